@@ -1,0 +1,198 @@
+"""FairFace data: load and merge the Hub configs/splits, decode images defensively, cache pixels once.
+
+Images are decoded by our own guarded code, never inside the datasets iterator (which raises on a truncated
+file): the image column is read as raw bytes, and ``decode_image`` turns every odd record into either an
+RGB square or ``None`` (skipped and counted). A real FairFace run lasts days; one bad JPEG must not end it.
+"""
+
+import hashlib
+import io
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .labels import ATTRIBUTES, check_dataset_labels
+
+MIN_IMAGE_SIDE = 16  # smaller images carry no face worth learning from: skipped
+MAX_IMAGE_PIXELS = 4096 * 4096  # decompression-bomb guard: larger images are skipped before decoding
+
+
+def load_fairface(dataset_name, config_names=("0.25", "1.25"), splits=("train", "validation"), cache_dir=None):
+    """Every (config, split) of a FairFace-layout dataset (Hub id or local folder), merged; images undecoded."""
+    import datasets
+
+    parts = []
+    for config in config_names:
+        for split in splits:
+            try:
+                part = datasets.load_dataset(dataset_name, config, split=split, cache_dir=cache_dir)
+            except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as error:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ValueError(f"cannot load dataset {dataset_name!r} config {config!r} split {split!r}: {first_line}")
+            check_dataset_labels(part.features)
+            parts.append(part.cast_column("image", datasets.Image(decode=False)))
+    merged = datasets.concatenate_datasets(parts)
+    check_label_ranges(merged)
+    return merged
+
+
+def check_label_ranges(dataset):
+    """Raise ValueError if any label lies outside its ClassLabel (a corrupt copy would otherwise crash mid-run)."""
+    for attribute, names in ATTRIBUTES.items():
+        values = np.asarray(dataset[attribute])
+        bad = np.flatnonzero((values < 0) | (values >= len(names)))
+        if bad.size:
+            raise ValueError(f"{bad.size} records have {attribute} labels outside 0-{len(names) - 1} "
+                             f"(first at row {bad[0]}: {values[bad[0]]})")
+
+
+def _to_rgb(image):
+    """Any PIL mode -> RGB; transparency is composited on white, 16-bit and float images are rescaled."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_image(record, resolution):
+    """Image record ({"bytes", "path"} or PIL or None) -> uint8 array (resolution, resolution, 3), or None if unusable."""
+    try:
+        if record is None:
+            return None
+        if isinstance(record, Image.Image):
+            image = record
+        else:
+            data = record.get("bytes")
+            image = Image.open(io.BytesIO(data) if data else record["path"])
+        width, height = image.size
+        if min(width, height) < MIN_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns on odd EXIF/ICC data; the pixels are what matter
+            image = ImageOps.exif_transpose(image)
+            image.load()
+            image = _to_rgb(image)
+        # Centre crop to a square, then resize with antialiasing: faces keep their proportions.
+        image = ImageOps.fit(image, (resolution, resolution), Image.Resampling.BICUBIC)
+        return np.asarray(image, dtype=np.uint8)
+    except Exception:  # noqa: BLE001 - any decoder failure (truncated, garbage, bomb) means: skip this record
+        return None
+
+
+class FairFaceImages(torch.utils.data.Dataset):
+    """Items: {"pixels": uint8 (3, H, W) or None, "attributes": long (3,)}; decoded per item, or from the cache."""
+
+    def __init__(self, dataset, resolution, cache=None):
+        self.dataset, self.resolution, self.cache = dataset, resolution, cache
+        self.attributes = np.stack([np.asarray(dataset[a]) for a in ATTRIBUTES], axis=1).astype(np.int64)
+
+    def __len__(self):
+        return len(self.attributes)
+
+    def __getitem__(self, index):
+        if self.cache is not None:
+            pixels = np.array(self.cache["pixels"][index]) if self.cache["valid"][index] else None
+        else:
+            pixels = decode_image(self.dataset[int(index)]["image"], self.resolution)
+        return {"pixels": None if pixels is None else torch.from_numpy(pixels).permute(2, 0, 1),
+                "attributes": torch.from_numpy(self.attributes[index])}
+
+
+def collate(items, resolution):
+    """Stack the usable items; unusable ones are dropped and counted. Never returns an empty batch: if every
+    item was unusable, one black image with weight 0 keeps all DDP ranks doing the same forward/backward."""
+    usable = [item for item in items if item["pixels"] is not None]
+    weights = torch.ones(len(usable))
+    if not usable:
+        usable = [{"pixels": torch.zeros(3, resolution, resolution, dtype=torch.uint8),
+                   "attributes": items[0]["attributes"]}]
+        weights = torch.zeros(1)
+    return {"pixels": torch.stack([item["pixels"] for item in usable]),
+            "attributes": torch.stack([item["attributes"] for item in usable]),
+            "weights": weights, "num_skipped": len(items) - int(weights.sum())}
+
+
+def to_model_range(pixels):
+    """uint8 (B, 3, H, W) -> float in [-1, 1]."""
+    return pixels.float().div(127.5).sub(1.0)
+
+
+# ---------------------------------------------------------------------------------------------- pixel cache
+def cache_key(dataset, resolution):
+    """Identifies decoded pixels: the merged dataset's fingerprint (its files, configs, splits) and the resolution."""
+    return hashlib.sha256(f"{dataset._fingerprint}|{resolution}|v1".encode()).hexdigest()[:16]
+
+
+def build_pixel_cache(dataset, cache_root, resolution, num_workers=0, progress=True):
+    """Decode, convert and resize every image once into a memory-mapped uint8 array under ``cache_root``.
+
+    The folder name is ``cache_key``: a different dataset, config/split selection or resolution gets its own
+    cache. Written to a temporary name and renamed when complete, so an interrupted build is never used.
+    Returns the loaded cache (see ``load_pixel_cache``).
+    """
+    from tqdm.auto import tqdm
+
+    folder = os.path.join(cache_root, f"pixels-{resolution}px-{cache_key(dataset, resolution)}")
+    if os.path.isfile(os.path.join(folder, "meta.json")):
+        return load_pixel_cache(folder)
+    tmp = f"{folder}.tmp-{os.getpid()}"
+    os.makedirs(tmp, exist_ok=True)
+    count = len(dataset)
+    pixels = np.lib.format.open_memmap(os.path.join(tmp, "pixels.npy"), mode="w+", dtype=np.uint8,
+                                       shape=(count, resolution, resolution, 3))
+    valid = np.zeros(count, dtype=bool)
+    source = FairFaceImages(dataset, resolution)
+    loader = torch.utils.data.DataLoader(source, batch_size=64, num_workers=num_workers, collate_fn=list)
+    index = 0
+    for items in tqdm(loader, desc="caching pixels", disable=not progress):
+        for item in items:
+            if item["pixels"] is not None:
+                pixels[index] = item["pixels"].permute(1, 2, 0).numpy()
+                valid[index] = True
+            index += 1
+    pixels.flush()
+    np.save(os.path.join(tmp, "valid.npy"), valid)
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump({"count": count, "resolution": resolution, "skipped": int((~valid).sum())}, f)
+    os.replace(tmp, folder)
+    return load_pixel_cache(folder)
+
+
+def load_pixel_cache(folder):
+    with open(os.path.join(folder, "meta.json")) as f:
+        meta = json.load(f)
+    return {"pixels": np.load(os.path.join(folder, "pixels.npy"), mmap_mode="r"),
+            "valid": np.load(os.path.join(folder, "valid.npy")), "meta": meta, "folder": folder}
+
+
+# ------------------------------------------------------------------------------------------ resumable order
+class EpochSampler(torch.utils.data.Sampler):
+    """This rank's indices of one epoch, from ``start`` on: a permutation that depends only on (seed, epoch).
+
+    Each rank takes every ``world_size``-th index of the permutation (trimmed to equal lengths), so a run on
+    N processes sees the same data as on one, and resuming mid-epoch just starts at ``start``: exact resume
+    needs no sampler state.
+    """
+
+    def __init__(self, length, seed, epoch, rank=0, world_size=1, start=0, shuffle=True):
+        generator = torch.Generator().manual_seed(seed * 100003 + epoch)
+        order = torch.randperm(length, generator=generator) if shuffle else torch.arange(length)
+        per_rank = length // world_size
+        self.indices = order[rank: per_rank * world_size: world_size][start:].tolist()
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)

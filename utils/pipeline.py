@@ -1,0 +1,186 @@
+"""The model: a condition encoder, a UNet2DConditionModel, and the pipeline that samples from them.
+
+The condition is three attribute tokens (age, gender, race) given to the UNet by cross-attention. Each
+attribute has one learned "unknown" entry besides its labels, so any attribute can be left out at sampling
+time, and the fully unknown condition is the null condition of classifier-free guidance (DiT's label
+embedder, one table per attribute instead of one per class id).
+
+The encoder is one ``nn.Embedding`` whose rows are laid out ``[ages..., unknown age, genders..., unknown
+gender, races..., unknown race]``: anyone can rebuild the tokens from ``condition_encoder/*.safetensors``
+with three row look-ups, without this repository (the model card shows how).
+"""
+
+import inspect
+import os
+
+import torch
+from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
+                       ImagePipelineOutput, ModelMixin, UNet2DConditionModel, UniPCMultistepScheduler)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_label
+
+# Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
+# prediction type as training). dpm++ is the default: it gave the best samples at ~25 steps (README).
+SCHEDULERS = {
+    "dpm++": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "ddim": DDIMScheduler,
+    "ddpm": DDPMScheduler,
+}
+
+
+class ConditionEncoder(ModelMixin, ConfigMixin):
+    """(age, gender, race) indices, -1 for unknown -> (batch, 3, embed_dim) cross-attention tokens."""
+
+    @register_to_config
+    def __init__(self, embed_dim: int = 512, ages=AGES, genders=GENDERS, races=RACES):
+        super().__init__()
+        sizes = [len(ages), len(genders), len(races)]
+        offsets, start = [], 0
+        for size in sizes:
+            offsets.append(start)
+            start += size + 1  # + the attribute's "unknown" row
+        self.register_buffer("sizes", torch.tensor(sizes), persistent=False)
+        self.register_buffer("offsets", torch.tensor(offsets), persistent=False)
+        self.embedding = nn.Embedding(start, embed_dim)
+
+    def forward(self, attributes):
+        """``attributes``: long tensor (batch, 3) of label indices, ``-1`` where unknown."""
+        attributes = torch.where(attributes < 0, self.sizes, attributes)  # -1 -> the unknown row
+        return self.embedding(attributes + self.offsets)
+
+    @property
+    def labels(self):
+        return {"age": list(self.config.ages), "gender": list(self.config.genders), "race": list(self.config.races)}
+
+
+def build_unet(resolution, block_out_channels=(64, 128, 256, 512), layers_per_block=3, attention_levels=(1,),
+               cross_attention_dim=512, attention_head_dim=8):
+    """The seed's UNet2DConditionModel: cross-attention at ``attention_levels`` (0 = highest resolution)."""
+    levels = range(len(block_out_channels))
+    return UNet2DConditionModel(
+        sample_size=resolution, in_channels=3, out_channels=3,
+        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        down_block_types=tuple("CrossAttnDownBlock2D" if i in attention_levels else "DownBlock2D" for i in levels),
+        up_block_types=tuple("CrossAttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(levels)),
+        mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=cross_attention_dim,
+        attention_head_dim=attention_head_dim, norm_num_groups=min(32, block_out_channels[0]),
+    )
+
+
+def conditions_to_tensor(conditions):
+    """[(age, gender, race) with None for unknown, ...] -> long tensor (n, 3) with -1 for unknown."""
+    return torch.tensor([[UNKNOWN if v is None else int(v) for v in c] for c in conditions], dtype=torch.long)
+
+
+def resolve_conditions(condition_ids=None, age=None, gender=None, race=None):
+    """Conditions as a list of (age, gender, race) tuples (None = unknown) from ids or attribute names."""
+    if condition_ids is not None:
+        if any(v is not None for v in (age, gender, race)):
+            raise ValueError("give condition ids or attributes, not both")
+        ids = [condition_ids] if isinstance(condition_ids, int) else list(condition_ids)
+        return [decode_condition(i) for i in ids]
+    return [(parse_label("age", age), parse_label("gender", gender), parse_label("race", race))]
+
+
+class FairFacePipeline(DiffusionPipeline):
+    """Attribute-conditioned face generation: ``pipe(condition_ids=[42], num_inference_steps=25).images``."""
+
+    model_cpu_offload_seq = "condition_encoder->unet"
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler, condition_encoder: ConditionEncoder):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder)
+
+    @property
+    def labels(self):
+        return self.condition_encoder.labels
+
+    def set_scheduler(self, name):
+        """Swap in a sampler by name (``dpm++``, ``unipc``, ``ddim``, ``ddpm``), keeping the trained noise schedule."""
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
+        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, condition_ids=None, *, age=None, gender=None, race=None, conditions=None,
+                 num_images_per_condition=1, generator=None, num_inference_steps=25, guidance_scale=2.0,
+                 output_type="pil", return_dict=True, show_progress=True):
+        """Sample faces.
+
+        Conditions come from ``condition_ids`` (int or list), from attribute names/indices ``age``, ``gender``,
+        ``race`` (any may be None = unknown), or directly as ``conditions`` [(age, gender, race), ...].
+        ``generator``: one torch.Generator, or a list with one per image (then each image depends only on its
+        own generator and condition, not on the rest of the batch). ``guidance_scale`` 1 disables
+        classifier-free guidance; above 1 the conditional and unconditional predictions come from one
+        batched UNet call. ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
+        """
+        if conditions is None:
+            conditions = resolve_conditions(condition_ids, age, gender, race)
+        conditions = [c for c in conditions for _ in range(num_images_per_condition)]
+        batch = len(conditions)
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"got {len(generator)} generators for {batch} images")
+
+        device, dtype = self.unet.device, self.unet.dtype
+        attributes = conditions_to_tensor(conditions).to(device)
+        tokens = self.condition_encoder(attributes).to(dtype)
+        guided = guidance_scale != 1.0
+        if guided:
+            null_tokens = self.condition_encoder(torch.full_like(attributes, UNKNOWN)).to(dtype)
+            tokens = torch.cat([null_tokens, tokens])
+
+        size = self.unet.config.sample_size
+        latents = randn_tensor((batch, self.unet.config.in_channels, size, size), generator=generator,
+                               device=device, dtype=dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # Stochastic samplers (ddpm, ddim with eta) draw their step noise from the per-image generators too.
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        latents = latents * self.scheduler.init_noise_sigma
+        for t in self.progress_bar(self.scheduler.timesteps) if show_progress else self.scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = self.scheduler.scale_model_input(model_input, t)
+            prediction = self.unet(model_input, t, encoder_hidden_states=tokens).sample
+            if guided:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + guidance_scale * (cond - uncond)
+            latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+
+        images = latents.clamp(-1, 1).float()
+        if output_type == "pt":
+            result = images
+        else:
+            result = ((images + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+            if output_type == "pil":
+                result = self.numpy_to_pil(result)
+        return ImagePipelineOutput(images=result) if return_dict else (result,)
+
+
+def has_pickled_weights_only(path):
+    """True if a local model folder holds .bin/.pt/.ckpt weights and no .safetensors (we never unpickle those)."""
+    names = [f for _, _, files in os.walk(path) for f in files]
+    pickled = any(f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for f in names)
+    return pickled and not any(f.endswith(".safetensors") for f in names)
+
+
+def load_pipeline(model, device=None, dtype=None, scheduler=None):
+    """Load a FairFacePipeline from a local folder or a Hub repo id, safetensors only (no pickle, no remote code).
+
+    Works offline from the Hub cache with ``HF_HUB_OFFLINE=1``. Raises ValueError with a one-line message for
+    folders that hold only pickled weights (never unpickled) or are not a pipeline.
+    """
+    if os.path.isdir(model):
+        if has_pickled_weights_only(model):
+            raise ValueError(f"{model} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
+                             "Convert them to safetensors first.")
+        if not os.path.isfile(os.path.join(model, "model_index.json")):
+            raise ValueError(f"{model} is not a fairface-diffusion pipeline folder (no model_index.json)")
+    encoder = ConditionEncoder.from_pretrained(model, subfolder="condition_encoder", use_safetensors=True)
+    pipe = FairFacePipeline.from_pretrained(model, condition_encoder=encoder, use_safetensors=True)
+    if scheduler:
+        pipe.set_scheduler(scheduler)
+    return pipe.to(device=device, dtype=dtype)
