@@ -22,6 +22,7 @@ from torch import nn
 
 from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_label
 
+DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
 # Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
 # prediction type as training). dpm++ is the default: it gave the best samples at ~25 steps (README).
 SCHEDULERS = {
@@ -184,3 +185,20 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
     if scheduler:
         pipe.set_scheduler(scheduler)
     return pipe.to(device=device, dtype=dtype)
+
+
+def generate(pipe, conditions, seeds, batch_size=16, progress=False, **call_kwargs):
+    """One image per (condition, seed) pair, in batches; image i depends only on conditions[i] and seeds[i].
+
+    The generators live on the CPU so that a seed gives the same starting noise on any device.
+    """
+    if len(conditions) != len(seeds):
+        raise ValueError(f"{len(conditions)} conditions but {len(seeds)} seeds")
+    from tqdm.auto import tqdm
+
+    images = []
+    for start in tqdm(range(0, len(seeds), batch_size), desc="sampling", disable=not progress):
+        chunk = slice(start, start + batch_size)
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds[chunk]]
+        images += pipe(conditions=conditions[chunk], generator=generators, show_progress=False, **call_kwargs).images
+    return images

@@ -1,0 +1,368 @@
+"""Train an attribute-conditioned face diffusion model on FairFace (age x gender x race, 126 conditions).
+
+    accelerate launch train_fairface.py                       # full FairFace, the seed's 128 px UNet
+    accelerate launch train_fairface.py --demo                # offline, minutes on a CPU: synthetic faces, tiny UNet
+
+The UNet (diffusers UNet2DConditionModel) sees the condition as three cross-attention tokens from a
+ConditionEncoder (utils/pipeline.py) that has an "unknown" entry per attribute; dropping the whole condition
+(--cond_drop_prob) trains the null condition for classifier-free guidance, dropping single attributes
+(--attr_drop_prob) lets users leave any attribute out when sampling.
+
+Outputs under --output_dir: epoch_{E}/ pipeline snapshots, sample_epoch_{E}_{i}.png, checkpoint-{step}/
+training state (resume with --resume_from_checkpoint latest), and the final pipeline at the root.
+"""
+
+import argparse
+import logging
+import math
+import os
+import sys
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from utils import data, hub, training
+from utils.labels import decode_condition
+from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int, probability
+from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, generate, DEFAULT_SCHEDULER
+
+logger = get_logger(__name__)
+
+# --demo: a tiny model on procedurally drawn faces (utils/demo_data.py); flags given explicitly still win.
+DEMO_DATA_DIR = os.path.join("demo_data", "fairface-synthetic")
+DEMO_DEFAULTS = dict(
+    dataset_name=DEMO_DATA_DIR, resolution=32, output_dir="fairface-demo", block_out_channels=[32, 64, 64],
+    layers_per_block=1, cross_attention_dim=64, train_batch_size=32, num_epochs=12, learning_rate=1e-3,
+    lr_warmup_steps=50, save_model_epochs=4, save_images_epochs=4, checkpointing_steps=200,
+    preprocess_cache=os.path.join("demo_data", "pixel-cache"), random_flip=True,
+)
+SAMPLE_CONDITIONS = [42, 73, 120]  # fixed conditions and seeds for sample_epoch_{E}_{i}.png: epochs compare
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    # Data
+    add("--dataset_name", default="HuggingFaceM4/FairFace", help="Hub dataset id or local folder in the same layout.")
+    add("--dataset_config_names", nargs="+", default=["0.25", "1.25"], help="FairFace configs (face padding) to merge.")
+    add("--dataset_splits", nargs="+", default=["train", "validation"], help="Splits to merge (all go to training).")
+    add("--cache_dir", default=None, help="datasets cache directory.")
+    add("--resolution", type=positive_int, default=128, help="Training image size (square, centre-cropped).")
+    add("--random_flip", action="store_true", help="Randomly mirror faces horizontally.")
+    add("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes.")
+    add("--preprocess_cache", default=None, help="Folder for a uint8 pixel cache: decode/resize every image once "
+        "(>=10x faster epochs, benchmarks/data_loading.py); keyed by dataset, configs, splits and resolution.")
+    add("--demo", action="store_true", help="Offline demo: generate synthetic FairFace-layout data, tiny model.")
+    # Model and conditioning (defaults: the seed's architecture)
+    add("--block_out_channels", type=int, nargs="+", default=[64, 128, 256, 512])
+    add("--layers_per_block", type=int, default=3)
+    add("--attention_levels", type=int, nargs="+", default=[1], help="UNet levels with cross-attention (0 = top).")
+    add("--cross_attention_dim", type=int, default=512, help="Width of the condition tokens.")
+    add("--cond_drop_prob", type=probability, default=0.1, help="Drop the whole condition (classifier-free guidance).")
+    add("--attr_drop_prob", type=probability, default=0.1, help="Drop each attribute on its own (partial conditions).")
+    # Diffusion objective
+    add("--num_train_timesteps", type=int, default=1000)
+    add("--beta_schedule", default="squaredcos_cap_v2", help="Cosine schedule: better than linear at small sizes.")
+    add("--prediction_type", choices=["epsilon", "v_prediction"], default="epsilon")
+    add("--snr_gamma", type=float, default=5.0, help="Min-SNR loss weighting gamma; <=0 turns it off.")
+    # Optimisation
+    add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
+    add("--num_epochs", type=positive_int, default=100)
+    add("--max_train_steps", type=positive_int, default=None, help="Overrides --num_epochs when set.")
+    add("--gradient_accumulation_steps", type=positive_int, default=1)
+    add("--learning_rate", type=float, default=2e-4)
+    add("--lr_scheduler", default="cosine", help='diffusers get_scheduler name: "constant", "cosine", "linear", ...')
+    add("--lr_warmup_steps", type=int, default=500)
+    add("--adam_beta1", type=float, default=0.9)
+    add("--adam_beta2", type=float, default=0.999)
+    add("--adam_weight_decay", type=float, default=1e-2)
+    add("--adam_epsilon", type=float, default=1e-8)
+    add("--max_grad_norm", type=float, default=1.0)
+    add("--use_ema", action="store_true", help="Keep an EMA of the weights; used for samples and the release.")
+    add("--ema_decay", type=float, default=0.9999, help="Maximum EMA decay (warm-up ramps towards it).")
+    add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config.")
+    add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs.")
+    add("--torch_compile", action="store_true", help="torch.compile the UNet.")
+    add("--seed", type=int, default=0, help="Seeds weights, data order and every random draw of training.")
+    add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop (after a checkpoint) after this many "
+        "non-finite losses in a row; isolated ones are skipped.")
+    add("--inject_nonfinite_steps", type=int, nargs="*", default=[], help=argparse.SUPPRESS)  # test hook
+    # Outputs, checkpoints, logging
+    add("--output_dir", default=DEFAULT_MODEL_DIR)
+    add("--save_model_epochs", type=positive_int, default=10, help="Write epoch_{E}/ pipeline snapshots this often.")
+    add("--save_images_epochs", type=positive_int, default=10, help="Write sample_epoch_{E}_{i}.png this often.")
+    add("--num_inference_steps", type=positive_int, default=25, help="DPM-Solver++ steps for the samples.")
+    add("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance for the samples.")
+    add("--checkpointing_steps", type=positive_int, default=2000, help="Write checkpoint-{step}/ this often.")
+    add("--checkpoints_total_limit", type=positive_int, default=None, help="Keep only this many checkpoints.")
+    add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    add("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    add("--logging_dir", default="logs", help="Under --output_dir.")
+    # Hub
+    add("--push_to_hub", action="store_true", help="Upload the final pipeline, model card and samples.")
+    add("--hub_model_id", default=None, help="user/repo (default: the output folder's name under your account).")
+    add("--hub_private_repo", action="store_true")
+    add("--hub_push_snapshots", action="store_true", help="Also upload epoch_{E}/ snapshots, in the background.")
+
+    args = parser.parse_args(input_args)
+    if args.demo:  # demo defaults, except where a flag was given on the command line
+        parser.set_defaults(**DEMO_DEFAULTS)
+        args = parser.parse_args(input_args)
+    if args.snr_gamma is not None and args.snr_gamma <= 0:
+        args.snr_gamma = None
+    if any(level >= len(args.block_out_channels) for level in args.attention_levels):
+        parser.error("--attention_levels must index --block_out_channels")
+    if args.resolution % 2 ** (len(args.block_out_channels) - 1):
+        parser.error(f"--resolution must be divisible by {2 ** (len(args.block_out_channels) - 1)} for this UNet")
+    return args
+
+
+def main(args):
+    # ---------------------------------------------------------------------------------------- setup
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+        probe = os.path.join(args.output_dir, ".write-test")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        fail(f"output folder {args.output_dir!r} is not writable: {error.strerror or error}")
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per file saved is noise
+    set_seed(args.seed)  # model initialisation; training draws use utils.training.step_generator
+    if args.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    stop = training.StopRequest()
+
+    # ---------------------------------------------------------------------------------------- data
+    with accelerator.main_process_first():
+        try:
+            if args.demo and not os.path.isdir(args.dataset_name):
+                from utils.demo_data import make_demo_dataset
+                make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
+            dataset = data.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
+                                         args.cache_dir)
+        except ValueError as error:
+            fail(str(error))
+        cache = None
+        if args.preprocess_cache:
+            cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
+                                           args.dataloader_num_workers, accelerator.is_local_main_process)
+    images = data.FairFaceImages(dataset, args.resolution, cache)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro_batches_per_epoch = len(images) // world // args.train_batch_size
+    steps_per_epoch = micro_batches_per_epoch // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        fail(f"{len(images)} images are too few for {world} process(es) x batch {args.train_batch_size} "
+             f"x accumulation {args.gradient_accumulation_steps}")
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+
+    # ---------------------------------------------------------------------------------------- model
+    unet = build_unet(args.resolution, args.block_out_channels, args.layers_per_block, args.attention_levels,
+                      args.cross_attention_dim)
+    encoder = ConditionEncoder(embed_dim=args.cross_attention_dim)
+    noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
+                                    prediction_type=args.prediction_type)
+    if accelerator.device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+    emas = {}
+    if args.use_ema:
+        emas = {name: EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, model_cls=type(model),
+                               model_config=model.config) for name, model in (("unet", unet), ("condition_encoder", encoder))}
+    optimizer = torch.optim.AdamW(list(unet.parameters()) + list(encoder.parameters()), lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
+                                  eps=args.adam_epsilon)
+    # Stepped by us once per optimizer step (an accelerate-prepared scheduler steps once per process).
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=max_train_steps)
+    unet, encoder, optimizer = accelerator.prepare(unet, encoder, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if args.torch_compile:
+        unet = torch.compile(unet)
+
+    def save_model_hook(models, weights, output_dir):  # weights as safetensors via save_pretrained
+        if accelerator.is_main_process:
+            for model in models:
+                name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
+                model.save_pretrained(os.path.join(output_dir, name))
+            for name, ema in emas.items():
+                ema.save_pretrained(os.path.join(output_dir, f"{name}_ema"))
+        weights.clear()
+
+    def load_model_hook(models, input_dir):
+        for name, ema in emas.items():
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, f"{name}_ema"), ema.model_cls, foreach=False)
+            ema.load_state_dict(loaded.state_dict())
+        while models:
+            model = models.pop()
+            name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
+            loaded = type(model).from_pretrained(input_dir, subfolder=name, use_safetensors=True)
+            model.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+    for ema in emas.values():
+        ema.to(accelerator.device)
+
+    # ---------------------------------------------------------------------------------------- resume
+    global_step, nonfinite_in_a_row = 0, 0
+    if args.resume_from_checkpoint:
+        try:
+            checkpoint = training.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        except ValueError as error:
+            fail(str(error))
+        if checkpoint is None:
+            accelerator.print("no complete checkpoint yet: starting a new run")
+        else:
+            accelerator.load_state(checkpoint)
+            state = training.read_training_state(checkpoint)
+            global_step, nonfinite_in_a_row = state["global_step"], state.get("nonfinite_in_a_row", 0)
+            accelerator.print(f"resumed from {checkpoint} at step {global_step}")
+
+    def pipeline_for_release():
+        """The pipeline of the current weights (EMA ones when --use_ema), on CPU-independent copies."""
+        models = {"unet": accelerator.unwrap_model(unet), "condition_encoder": accelerator.unwrap_model(encoder)}
+        for name, ema in emas.items():
+            models[name] = type(models[name]).from_config(models[name].config)
+            ema.copy_to(models[name].parameters())
+        pipeline = FairFacePipeline(unet=models["unet"], condition_encoder=models["condition_encoder"],
+                                    scheduler=noise_scheduler)
+        return pipeline.set_scheduler(DEFAULT_SCHEDULER).to(accelerator.device)
+
+    def save_checkpoint():
+        return training.save_checkpoint(accelerator, args.output_dir, global_step,
+                                        {"nonfinite_in_a_row": nonfinite_in_a_row}, args.checkpoints_total_limit)
+
+    if accelerator.is_main_process:
+        tracked = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("fairface-diffusion", config=tracked)
+    logger.info(f"{len(images)} images, {world} process(es), {steps_per_epoch} steps/epoch, "
+                f"{max_train_steps} steps ({num_epochs} epochs), {sum(p.numel() for p in unet.parameters()):,} "
+                "UNet parameters")
+
+    # ---------------------------------------------------------------------------------------- train
+    progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc="training")
+    first_epoch = global_step // steps_per_epoch
+    for epoch in range(first_epoch, num_epochs):
+        unet.train()
+        start = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps * args.train_batch_size
+        sampler = data.EpochSampler(len(images), args.seed, epoch, rank, world, start)
+        loader = torch.utils.data.DataLoader(
+            images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
+            num_workers=args.dataloader_num_workers, collate_fn=lambda items: data.collate(items, args.resolution),
+            pin_memory=accelerator.device.type == "cuda")
+        skipped, micro_step = 0, 0
+        for batch in loader:
+            if global_step >= (epoch + 1) * steps_per_epoch or global_step >= max_train_steps:
+                break
+            skipped += batch["num_skipped"]
+            generator = training.step_generator(args.seed, global_step, micro_step, rank, accelerator.device)
+            micro_step = (micro_step + 1) % args.gradient_accumulation_steps
+            with accelerator.accumulate(unet, encoder):
+                pixels, weights = batch["pixels"].to(accelerator.device), batch["weights"].to(accelerator.device)
+                clean, attributes = training.prepare_batch(
+                    pixels, batch["attributes"].to(accelerator.device), generator,
+                    args.random_flip, args.cond_drop_prob, args.attr_drop_prob)
+                noise = torch.randn(clean.shape, generator=generator, device=clean.device)
+                timesteps = torch.randint(0, args.num_train_timesteps, (clean.shape[0],), generator=generator,
+                                          device=clean.device)
+                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                with accelerator.autocast():
+                    prediction = unet(noisy, timesteps, encoder_hidden_states=encoder(attributes)).sample
+                target = training.diffusion_target(noise_scheduler, clean, noise, timesteps)
+                weights = weights * training.loss_weights(noise_scheduler, timesteps, args.snr_gamma)
+                loss = training.weighted_mse(prediction, target, weights)
+                if global_step in args.inject_nonfinite_steps:
+                    loss = loss * float("nan")
+                accelerator.backward(loss)
+                if not accelerator.sync_gradients:
+                    continue
+                grad_norm = accelerator.clip_grad_norm_(list(unet.parameters()) + list(encoder.parameters()),
+                                                        args.max_grad_norm)
+                # fp16: the grad scaler skips overflowing steps itself; otherwise a non-finite gradient
+                # (the same on every rank after all-reduce) skips the update and leaves EMA untouched.
+                finite = bool(torch.isfinite(grad_norm if accelerator.mixed_precision != "fp16" else loss))
+                if finite:
+                    optimizer.step()
+                    lr_scheduler.step()
+                    for name, ema in emas.items():
+                        ema.step((unet if name == "unet" else encoder).parameters())
+                optimizer.zero_grad(set_to_none=True)
+            nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
+            global_step += 1
+            progress.update(1)
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            accelerator.log(logs, step=global_step)
+            if not finite:
+                logger.warning(f"step {global_step}: non-finite loss/gradient, update skipped "
+                               f"({nonfinite_in_a_row} in a row)")
+            if nonfinite_in_a_row >= args.max_nonfinite_steps:
+                path = save_checkpoint()
+                fail(f"{nonfinite_in_a_row} non-finite steps in a row; stopped. Checkpoint {path}; try a lower "
+                     "--learning_rate or --mixed_precision bf16")
+            if global_step % args.checkpointing_steps == 0:
+                save_checkpoint()
+            if stop.agreed(accelerator):
+                path = save_checkpoint()
+                accelerator.print(f"stopped at step {global_step}; resume with: accelerate launch "
+                                  f"train_fairface.py ... --resume_from_checkpoint latest  ({path})")
+                accelerator.end_training()
+                sys.exit(0)
+            if global_step >= max_train_steps:
+                break
+
+        # ---------------------------------------------------------------------------------------- epoch end
+        skipped = int(accelerator.reduce(torch.tensor([skipped], device=accelerator.device), "sum").item())
+        if skipped:
+            logger.warning(f"epoch {epoch + 1}: skipped {skipped} unusable images (broken, too small or too large)")
+        accelerator.log({"skipped_images": skipped}, step=global_step)
+        last_epoch = global_step >= max_train_steps
+        if accelerator.is_main_process:
+            epoch_number = epoch + 1
+            pipeline = None
+            if epoch_number % args.save_model_epochs == 0 or last_epoch:
+                pipeline = pipeline_for_release()
+                training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}"),
+                                            pipeline.save_pretrained)
+                if args.push_to_hub and args.hub_push_snapshots:
+                    hub.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
+            if epoch_number % args.save_images_epochs == 0 or last_epoch:
+                pipeline = pipeline or pipeline_for_release()
+                samples = generate(pipeline, [decode_condition(c) for c in SAMPLE_CONDITIONS], [0, 1, 2],
+                                   num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+                for i, image in enumerate(samples):
+                    image.save(os.path.join(args.output_dir, f"sample_epoch_{epoch_number}_{i}.png"))
+                training.log_images(accelerator, samples, global_step)
+        accelerator.wait_for_everyone()
+        if last_epoch:
+            break
+
+    # ---------------------------------------------------------------------------------------- release
+    progress.close()
+    if global_step % args.checkpointing_steps:
+        save_checkpoint()
+    if accelerator.is_main_process:
+        pipeline = pipeline_for_release()
+        hub.save_release(pipeline, args, len(images), global_step)
+        if args.push_to_hub:
+            hub.push_release(args)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    accelerator.print(f"done: {global_step} steps; pipeline in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main(parse_args())
