@@ -1,0 +1,53 @@
+"""Shared fixtures: an offline Hugging Face home, a generated FairFace-layout dataset, a tiny trained run.
+
+Scripts are run as a user runs them (subprocess, from the repository root). Everything is offline: the
+datasets/Hub caches live in a temporary folder for the whole session (datasets caches local folders by path
+and config, so a shared real cache could serve stale data).
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+_HF_HOME = tempfile.mkdtemp(prefix="fairface-tests-hf-")
+os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"), HF_HUB_OFFLINE="1",
+                  HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
+                  PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+
+# A UNet of ~0.3 M parameters at 32 px: trains a few hundred steps in seconds on a laptop CPU.
+TINY_MODEL_ARGS = ["--resolution", "32", "--block_out_channels", "32", "64", "--layers_per_block", "1",
+                   "--cross_attention_dim", "32", "--report_to", "none", "--lr_warmup_steps", "10"]
+
+
+def run_script(script, *args, check=True, env=None, timeout=600):
+    """Run ``python script args`` from the repo root; returns the CompletedProcess (stdout+stderr text)."""
+    result = subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+                             f"\n--- stderr\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory):
+    """A FairFace-layout folder (configs 0.25/1.25, splits train/validation) of 504 synthetic faces."""
+    from utils.demo_data import make_demo_dataset
+
+    return make_demo_dataset(str(tmp_path_factory.mktemp("data") / "fairface"), num_images=504, resolution=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(demo_dataset, tmp_path_factory):
+    """A 3-epoch run of train_fairface.py with EMA: epoch_1..3 snapshots, samples, final pipeline at the root."""
+    output_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
+               "--train_batch_size", "16", "--num_epochs", "3", "--save_model_epochs", "1", "--save_images_epochs",
+               "1", "--checkpointing_steps", "1000", "--learning_rate", "1e-3", "--use_ema", "--random_flip")
+    return str(output_dir)
