@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from utils import data, hub, training
 from utils.labels import decode_condition
 from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int, probability
-from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, generate, DEFAULT_SCHEDULER
+from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER
 
 logger = get_logger(__name__)
 
@@ -64,6 +64,8 @@ def parse_args(input_args=None):
     add("--layers_per_block", type=int, default=3)
     add("--attention_levels", type=int, nargs="+", default=[1], help="UNet levels with cross-attention (0 = top).")
     add("--cross_attention_dim", type=int, default=512, help="Width of the condition tokens.")
+    add("--condition_in_time_embedding", action=argparse.BooleanOptionalAction, default=True,
+        help="Also add the condition to the timestep embedding (every ResNet block sees it; README: measured).")
     add("--cond_drop_prob", type=probability, default=0.1, help="Drop the whole condition (classifier-free guidance).")
     add("--attr_drop_prob", type=probability, default=0.1, help="Drop each attribute on its own (partial conditions).")
     # Diffusion objective
@@ -92,7 +94,8 @@ def parse_args(input_args=None):
     add("--seed", type=int, default=0, help="Seeds weights, data order and every random draw of training.")
     add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop (after a checkpoint) after this many "
         "non-finite losses in a row; isolated ones are skipped.")
-    add("--inject_nonfinite_steps", type=int, nargs="*", default=[], help=argparse.SUPPRESS)  # test hook
+    # Test hook: the loss is made NaN at these steps (numbered from 1, as logged).
+    add("--inject_nonfinite_steps", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
     # Outputs, checkpoints, logging
     add("--output_dir", default=DEFAULT_MODEL_DIR)
     add("--save_model_epochs", type=positive_int, default=10, help="Write epoch_{E}/ pipeline snapshots this often.")
@@ -106,7 +109,8 @@ def parse_args(input_args=None):
     add("--logging_dir", default="logs", help="Under --output_dir.")
     # Hub
     add("--push_to_hub", action="store_true", help="Upload the final pipeline, model card and samples.")
-    add("--hub_model_id", default=None, help="user/repo (default: the output folder's name under your account).")
+    add("--hub_model_id", type=hub.repo_id_arg, default=None,
+        help="user/repo (default: the output folder's name under your account).")
     add("--hub_private_repo", action="store_true")
     add("--hub_push_snapshots", action="store_true", help="Also upload epoch_{E}/ snapshots, in the background.")
 
@@ -132,6 +136,12 @@ def main(args):
         os.remove(probe)
     except OSError as error:
         fail(f"output folder {args.output_dir!r} is not writable: {error.strerror or error}")
+    checkpoint = None
+    if args.resume_from_checkpoint:  # checked before the data: a wrong path fails at once
+        try:
+            checkpoint = training.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        except ValueError as error:
+            fail(str(error))
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
@@ -170,7 +180,7 @@ def main(args):
 
     # ---------------------------------------------------------------------------------------- model
     unet = build_unet(args.resolution, args.block_out_channels, args.layers_per_block, args.attention_levels,
-                      args.cross_attention_dim)
+                      args.cross_attention_dim, condition_in_time_embedding=args.condition_in_time_embedding)
     encoder = ConditionEncoder(embed_dim=args.cross_attention_dim)
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
                                     prediction_type=args.prediction_type)
@@ -202,8 +212,7 @@ def main(args):
 
     def load_model_hook(models, input_dir):
         for name, ema in emas.items():
-            loaded = EMAModel.from_pretrained(os.path.join(input_dir, f"{name}_ema"), ema.model_cls, foreach=False)
-            ema.load_state_dict(loaded.state_dict())
+            training.load_ema(ema, os.path.join(input_dir, f"{name}_ema"))
         while models:
             model = models.pop()
             name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
@@ -218,21 +227,22 @@ def main(args):
     # ---------------------------------------------------------------------------------------- resume
     global_step, nonfinite_in_a_row = 0, 0
     if args.resume_from_checkpoint:
-        try:
-            checkpoint = training.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        except ValueError as error:
-            fail(str(error))
         if checkpoint is None:
             accelerator.print("no complete checkpoint yet: starting a new run")
         else:
-            accelerator.load_state(checkpoint)
+            try:
+                accelerator.load_state(checkpoint)
+            except (OSError, RuntimeError, ValueError, KeyError) as error:  # e.g. another --block_out_channels
+                fail(f"cannot resume from {checkpoint}: {str(error).strip().splitlines()[0]}")
             state = training.read_training_state(checkpoint)
             global_step, nonfinite_in_a_row = state["global_step"], state.get("nonfinite_in_a_row", 0)
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
 
     def pipeline_for_release():
         """The pipeline of the current weights (EMA ones when --use_ema), on CPU-independent copies."""
-        models = {"unet": accelerator.unwrap_model(unet), "condition_encoder": accelerator.unwrap_model(encoder)}
+        # keep_torch_compile=False: the plain UNet2DConditionModel (--torch_compile wraps it in an OptimizedModule)
+        models = {"unet": accelerator.unwrap_model(unet, keep_torch_compile=False),
+                  "condition_encoder": accelerator.unwrap_model(encoder)}
         for name, ema in emas.items():
             models[name] = type(models[name]).from_config(models[name].config)
             ema.copy_to(models[name].parameters())
@@ -240,9 +250,22 @@ def main(args):
                                     scheduler=noise_scheduler)
         return pipeline.set_scheduler(DEFAULT_SCHEDULER).to(accelerator.device)
 
+    saved = {}  # step -> checkpoint written by this run at that step
+
     def save_checkpoint():
-        return training.save_checkpoint(accelerator, args.output_dir, global_step,
-                                        {"nonfinite_in_a_row": nonfinite_in_a_row}, args.checkpoints_total_limit)
+        if global_step not in saved:
+            saved[global_step] = training.save_checkpoint(accelerator, args.output_dir, global_step,
+                                                          {"nonfinite_in_a_row": nonfinite_in_a_row},
+                                                          args.checkpoints_total_limit)
+        return saved[global_step]
+
+    def stop_run():  # SIGTERM/SIGINT (preemption, Ctrl-C): checkpoint, then a clean exit on every rank
+        path = save_checkpoint()
+        progress.close()
+        accelerator.print(f"stopped at step {global_step} by {stop.name}; checkpoint {path}. Resume with the same "
+                          "command plus --resume_from_checkpoint latest")
+        accelerator.end_training()
+        sys.exit(0)
 
     if accelerator.is_main_process:
         tracked = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
@@ -262,7 +285,7 @@ def main(args):
         loader = torch.utils.data.DataLoader(
             images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
             num_workers=args.dataloader_num_workers, collate_fn=lambda items: data.collate(items, args.resolution),
-            pin_memory=accelerator.device.type == "cuda")
+            worker_init_fn=data.ignore_stop_signals, pin_memory=accelerator.device.type == "cuda")
         skipped, micro_step = 0, 0
         for batch in loader:
             if global_step >= (epoch + 1) * steps_per_epoch or global_step >= max_train_steps:
@@ -280,11 +303,11 @@ def main(args):
                                           device=clean.device)
                 noisy = noise_scheduler.add_noise(clean, noise, timesteps)
                 with accelerator.autocast():
-                    prediction = unet(noisy, timesteps, encoder_hidden_states=encoder(attributes)).sample
+                    prediction = denoise(unet, noisy, timesteps, encoder(attributes))
                 target = training.diffusion_target(noise_scheduler, clean, noise, timesteps)
                 weights = weights * training.loss_weights(noise_scheduler, timesteps, args.snr_gamma)
                 loss = training.weighted_mse(prediction, target, weights)
-                if global_step in args.inject_nonfinite_steps:
+                if global_step + 1 in args.inject_nonfinite_steps:
                     loss = loss * float("nan")
                 accelerator.backward(loss)
                 if not accelerator.sync_gradients:
@@ -311,18 +334,15 @@ def main(args):
                                f"({nonfinite_in_a_row} in a row)")
             if nonfinite_in_a_row >= args.max_nonfinite_steps:
                 path = save_checkpoint()
+                progress.close()  # the error is the last line
                 fail(f"{nonfinite_in_a_row} non-finite steps in a row; stopped. Checkpoint {path}; try a lower "
                      "--learning_rate or --mixed_precision bf16")
             if global_step % args.checkpointing_steps == 0:
                 save_checkpoint()
+            if global_step >= min((epoch + 1) * steps_per_epoch, max_train_steps):
+                break  # the epoch's end (report, snapshot, samples) comes before a stop at its last step
             if stop.agreed(accelerator):
-                path = save_checkpoint()
-                accelerator.print(f"stopped at step {global_step}; resume with: accelerate launch "
-                                  f"train_fairface.py ... --resume_from_checkpoint latest  ({path})")
-                accelerator.end_training()
-                sys.exit(0)
-            if global_step >= max_train_steps:
-                break
+                stop_run()
 
         # ---------------------------------------------------------------------------------------- epoch end
         skipped = int(accelerator.reduce(torch.tensor([skipped], device=accelerator.device), "sum").item())
@@ -349,11 +369,12 @@ def main(args):
         accelerator.wait_for_everyone()
         if last_epoch:
             break
+        if stop.agreed(accelerator):
+            stop_run()
 
     # ---------------------------------------------------------------------------------------- release
     progress.close()
-    if global_step % args.checkpointing_steps:
-        save_checkpoint()
+    save_checkpoint()  # unless this step's checkpoint was just written
     if accelerator.is_main_process:
         pipeline = pipeline_for_release()
         hub.save_release(pipeline, args, len(images), global_step)
@@ -365,4 +386,9 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except training.SaveError as error:  # disk full, ...: one line; earlier checkpoints and snapshots are intact
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()  # the error is the last line
+        fail(str(error))

@@ -25,7 +25,7 @@ TINY_MODEL_ARGS = ["--resolution", "32", "--block_out_channels", "32", "64", "--
                    "--cross_attention_dim", "32", "--report_to", "none", "--lr_warmup_steps", "10"]
 
 
-def run_script(script, *args, check=True, env=None, timeout=600):
+def run_script(script, *args, check=True, env=None, timeout=1800):
     """Run ``python script args`` from the repo root; returns the CompletedProcess (stdout+stderr text)."""
     result = subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
                             capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})

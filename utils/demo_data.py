@@ -20,7 +20,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .labels import AGES, ATTRIBUTES, GENDERS, NUM_CONDITIONS, decode_condition
+from .labels import AGES, ATTRIBUTES, GENDERS, NUM_CONDITIONS, RACES, decode_condition
 
 REFERENCE_RESOLUTION = 64  # measure_attributes resizes every image to this size before reading its regions
 CONFIG_ZOOM = {"0.25": 1.0, "1.25": 0.8}  # "1.25": the same face, 80 % as large, with more background around
@@ -335,3 +335,21 @@ def _append(records, image, attributes, rng):
     for key, value in zip(("age", "gender", "race"), attributes):
         records[key].append(int(value))
     records["service_test"].append(bool(rng.random() < 0.5))
+
+
+def recovery_rates(images, conditions):
+    """How often the requested attributes are drawn: shares per attribute, all three, and per group.
+
+    ``conditions``: the requested (age, gender, race) index per image (no unknowns). Returns
+    {"age": share, "gender": share, "race": share, "all": share, "groups": {"race=Black": share-of-all-three, ...}}.
+    """
+    requested = np.asarray(conditions, dtype=np.int64)
+    measured = measure_attributes(images)
+    hits = {name: measured[name] == requested[:, i] for i, name in enumerate(("age", "gender", "race"))}
+    every = hits["age"] & hits["gender"] & hits["race"]
+    rates = {name: float(hit.mean()) for name, hit in hits.items()}
+    rates["all"] = float(every.mean())
+    rates["groups"] = {f"{name}={names[value]}": float(every[requested[:, i] == value].mean())
+                       for i, (name, names) in enumerate((("age", AGES), ("gender", GENDERS), ("race", RACES)))
+                       for value in range(len(names)) if (requested[:, i] == value).any()}
+    return rates

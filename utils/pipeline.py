@@ -59,8 +59,13 @@ class ConditionEncoder(ModelMixin, ConfigMixin):
 
 
 def build_unet(resolution, block_out_channels=(64, 128, 256, 512), layers_per_block=3, attention_levels=(1,),
-               cross_attention_dim=512, attention_head_dim=8):
-    """The seed's UNet2DConditionModel: cross-attention at ``attention_levels`` (0 = highest resolution)."""
+               cross_attention_dim=512, attention_head_dim=8, condition_in_time_embedding=True):
+    """The seed's UNet2DConditionModel: cross-attention at ``attention_levels`` (0 = highest resolution).
+
+    ``condition_in_time_embedding`` also adds the three condition tokens, projected, to the timestep embedding
+    (diffusers' ``class_embed_type="projection"``), so every ResNet block sees the condition, as DiT's
+    label embedding does; cross-attention alone reaches only the attention levels (README: measured).
+    """
     levels = range(len(block_out_channels))
     return UNet2DConditionModel(
         sample_size=resolution, in_channels=3, out_channels=3,
@@ -69,7 +74,17 @@ def build_unet(resolution, block_out_channels=(64, 128, 256, 512), layers_per_bl
         up_block_types=tuple("CrossAttnUpBlock2D" if i in attention_levels else "UpBlock2D" for i in reversed(levels)),
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=cross_attention_dim,
         attention_head_dim=attention_head_dim, norm_num_groups=min(32, block_out_channels[0]),
+        class_embed_type="projection" if condition_in_time_embedding else None,
+        projection_class_embeddings_input_dim=3 * cross_attention_dim if condition_in_time_embedding else None,
     )
+
+
+def denoise(unet, sample, timestep, tokens):
+    """One UNet prediction for condition tokens (batch, 3, dim): cross-attention keys, and the flattened tokens
+    as the time-embedding condition when the UNet has one."""
+    config = getattr(unet, "module", unet).config  # through a DistributedDataParallel wrapper
+    class_labels = tokens.flatten(1) if config.class_embed_type == "projection" else None
+    return unet(sample, timestep, encoder_hidden_states=tokens, class_labels=class_labels).sample
 
 
 def conditions_to_tensor(conditions):
@@ -145,7 +160,7 @@ class FairFacePipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps) if show_progress else self.scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
-            prediction = self.unet(model_input, t, encoder_hidden_states=tokens).sample
+            prediction = denoise(self.unet, model_input, t, tokens)
             if guided:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (cond - uncond)
@@ -180,11 +195,12 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
                              "Convert them to safetensors first.")
         if not os.path.isfile(os.path.join(model, "model_index.json")):
             raise ValueError(f"{model} is not a fairface-diffusion pipeline folder (no model_index.json)")
-    encoder = ConditionEncoder.from_pretrained(model, subfolder="condition_encoder", use_safetensors=True)
-    pipe = FairFacePipeline.from_pretrained(model, condition_encoder=encoder, use_safetensors=True)
+    # dtype at load time: a later .to(dtype) makes diffusers warn about "modules to keep in float32" on every load.
+    encoder = ConditionEncoder.from_pretrained(model, subfolder="condition_encoder", use_safetensors=True, dtype=dtype)
+    pipe = FairFacePipeline.from_pretrained(model, condition_encoder=encoder, use_safetensors=True, dtype=dtype)
     if scheduler:
         pipe.set_scheduler(scheduler)
-    return pipe.to(device=device, dtype=dtype)
+    return pipe.to(device=device)
 
 
 def generate(pipe, conditions, seeds, batch_size=16, progress=False, **call_kwargs):
@@ -200,5 +216,6 @@ def generate(pipe, conditions, seeds, batch_size=16, progress=False, **call_kwar
     for start in tqdm(range(0, len(seeds), batch_size), desc="sampling", disable=not progress):
         chunk = slice(start, start + batch_size)
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds[chunk]]
-        images += pipe(conditions=conditions[chunk], generator=generators, show_progress=False, **call_kwargs).images
+        output = pipe(conditions=conditions[chunk], generator=generators, show_progress=False, **call_kwargs)
+        images.extend(output.images)  # not +=: list += ndarray (output_type 'np') broadcasts instead of appending
     return images

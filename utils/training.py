@@ -6,12 +6,14 @@ seeded with (seed, global step, micro-batch, rank). A resumed run therefore repl
 uninterrupted run would have made, whatever state the global RNGs or data-loader workers are in.
 """
 
+import errno
 import json
 import os
 import re
 import shutil
 import signal
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +74,21 @@ def weighted_mse(prediction, target, weights):
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
+class SaveError(OSError):
+    """Writing a checkpoint or snapshot failed (disk full, permissions, ...); earlier outputs are intact."""
+
+
 def list_checkpoints(output_dir):
-    """Complete checkpoints under output_dir as [(step, path)], oldest first."""
+    """Complete checkpoints under output_dir as [(step, path)], oldest *written* first.
+
+    Write order, not step order: after resuming from an older checkpoint, the checkpoints the abandoned run
+    wrote at later steps are older than the new ones, so ``latest`` and rotation never pick them over new ones.
+    """
+    return [(step, path) for _, step, path in _checkpoints(output_dir)]
+
+
+def _checkpoints(output_dir):
+    """[(save_index, step, path)] of the complete checkpoints, sorted (save_index 0: written before it existed)."""
     if not os.path.isdir(output_dir):
         return []
     found = []
@@ -81,7 +96,11 @@ def list_checkpoints(output_dir):
         match = CHECKPOINT_PATTERN.match(name)
         path = os.path.join(output_dir, name)
         if match and os.path.isfile(os.path.join(path, TRAINING_STATE)):
-            found.append((int(match.group(1)), path))
+            try:
+                index = int(read_training_state(path).get("save_index", 0))
+            except (OSError, ValueError, AttributeError):
+                continue  # an unreadable marker: not a complete checkpoint
+            found.append((index, int(match.group(1)), path))
     return sorted(found)
 
 
@@ -104,50 +123,129 @@ def save_checkpoint(accelerator, output_dir, global_step, training_state, total_
     """``checkpoint-{step}``: written under a temporary name, renamed when complete, then old ones rotated.
 
     A run killed at any moment leaves the previous checkpoints intact and loadable. Returns the final path.
+    Raises SaveError (after removing the temporary folder) if the disk is full or not writable.
     """
     final = os.path.join(output_dir, f"checkpoint-{global_step}")
     tmp = os.path.join(output_dir, f".tmp-checkpoint-{global_step}")
-    if accelerator.is_main_process and os.path.isdir(tmp):
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)  # every rank writes its own RNG state; the main process the rest
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomic(os.path.join(tmp, TRAINING_STATE), dict(training_state, global_step=global_step))
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if total_limit:
-            for _, old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
+    try:
+        if accelerator.is_main_process and os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp)  # every rank writes its own RNG state; the main process the rest
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _test_fault_in_save(global_step)
+            index = 1 + max((index for index, _, _ in _checkpoints(output_dir)), default=0)
+            _fsync_tree(tmp)
+            write_json_atomic(os.path.join(tmp, TRAINING_STATE),
+                              dict(training_state, global_step=global_step, save_index=index))
+            _replace_folder(tmp, final)
+            if total_limit:
+                for _, old in list_checkpoints(output_dir)[:-total_limit]:
+                    if old != final:
+                        shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)  # free the space; the previous checkpoints are untouched
+        raise SaveError(f"could not write checkpoint {final}: {error.strerror or error} (earlier checkpoints are "
+                        "untouched; resume from them with --resume_from_checkpoint latest)") from error
     accelerator.wait_for_everyone()
     return final
 
 
 def save_folder_atomic(path, write):
-    """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (replacing it): never a half-written folder."""
+    """Call ``write(tmp_path)`` then rename tmp_path to ``path`` (replacing it): never a half-written folder.
+
+    Raises SaveError (after removing tmp_path) if writing fails with an OSError (disk full, ...)."""
     parent, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(parent, f".tmp-{name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        _fsync_tree(tmp)
+        _replace_folder(tmp, path)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SaveError(f"could not write {path}: {error.strerror or error}") from error
+
+
+def _replace_folder(tmp, final):
+    """Rename ``tmp`` to ``final``; an existing ``final`` is first renamed aside (instant), then deleted."""
+    old = None
+    if os.path.isdir(final):
+        old = os.path.join(os.path.dirname(final), ".old-" + os.path.basename(final))
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(os.path.dirname(final))
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(folder):
+    """Flush every file under ``folder`` to disk: after a crash, a renamed folder holds its data, not zeros."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(root)
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot fsync directories
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path, data):
     with open(f"{path}.tmp", "w") as f:
         json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(f"{path}.tmp", path)
+
+
+def _test_fault_in_save(global_step):
+    """Test hook (tests/test_resume.py, tests/test_reliability.py), inside the temporary folder of
+    checkpoint-STEP: ``FAIRFACE_TEST_SAVE_FAULT=STEP:pause`` waits there until a stop signal (at most 60 s),
+    ``STEP:hold`` waits 60 s whatever comes (to kill the run mid-save), ``STEP:enospc`` fails like a full disk."""
+    target, _, action = os.environ.get("FAIRFACE_TEST_SAVE_FAULT", "").partition(":")
+    if target != str(global_step):
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (action == "pause" and StopRequest.received is not None):
+        time.sleep(0.02)
+
+
+def load_ema(ema, folder):
+    """Load an EMAModel saved by ``EMAModel.save_pretrained`` from safetensors only (never unpickles a .bin,
+    unlike ``EMAModel.from_pretrained``); the shadow weights end up on the device they were on before."""
+    _, ema_kwargs = ema.model_cls.from_config(folder, return_unused_kwargs=True)
+    model = ema.model_cls.from_pretrained(folder, use_safetensors=True)
+    device = ema.shadow_params[0].device
+    ema.load_state_dict({**ema_kwargs, "shadow_params": [p.detach().to(device) for p in model.parameters()]})
 
 
 # ------------------------------------------------------------------------------------------- preemption
 class StopRequest:
     """SIGTERM/SIGINT ask the run to stop after the current optimizer step (checkpoint, clean exit);
-    a second signal exits at once."""
+    a second signal exits at once. Data-loader workers ignore both (``utils.data.ignore_stop_signals``)."""
+
+    received = None  # the first signal's number, for code without the instance (the save test hook)
 
     def __init__(self):
-        self.signal = None
+        self.signal = StopRequest.received = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
@@ -155,9 +253,13 @@ class StopRequest:
         if self.signal is not None:
             sys.stderr.write(f"\nsecond {signal.Signals(signum).name}: exiting now without saving\n")
             os._exit(128 + signum)
-        self.signal = signum
+        self.signal = StopRequest.received = signum
         sys.stderr.write(f"\n{signal.Signals(signum).name} received: stopping after this step and saving a "
                          "checkpoint (send it again to exit at once)\n")
+
+    @property
+    def name(self):
+        return signal.Signals(self.signal).name if self.signal else "a signal to another process"
 
     def agreed(self, accelerator):
         """True on every rank if any rank was signalled (all ranks must stop at the same step)."""

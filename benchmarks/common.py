@@ -1,0 +1,97 @@
+"""Helpers shared by the benchmarks: repository import path, offline caches, machine description, tables.
+
+Every benchmark measures the variants it compares side by side in one process, alternating between them
+round by round, and reports ratios: on a shared or throttled machine absolute numbers drift, ratios much less.
+"""
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+
+def offline_environment(hf_home=None):
+    """Point the Hugging Face caches at a private folder and stay offline (the benchmarks read generated data)."""
+    hf_home = hf_home or tempfile.mkdtemp(prefix="fairface-bench-hf-")
+    os.environ.update(HF_HOME=hf_home, HF_DATASETS_CACHE=os.path.join(hf_home, "datasets"), HF_HUB_OFFLINE="1",
+                      HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    return hf_home
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_lines(device=None):
+    """Markdown bullet lines describing where the benchmark ran."""
+    import torch
+
+    lines = [f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores visible, torch threads {torch.get_num_threads()})"]
+    if hasattr(os, "getloadavg"):
+        lines.append("- load average at start (1/5/15 min): " + " / ".join(f"{v:.1f}" for v in os.getloadavg()))
+    lines.append(f"- Python {platform.python_version()}, torch {torch.__version__}, {platform.platform()}")
+    try:
+        import diffusers
+
+        lines[-1] += f", diffusers {diffusers.__version__}"
+    except ImportError:
+        pass
+    if device is not None:
+        device = torch.device(device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        lines.append(f"- device: {device} ({name})")
+    return lines
+
+
+def markdown_table(header, rows):
+    """header: list of column names; rows: lists of cells (already formatted strings or numbers)."""
+    def cell(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def sync(device):
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Stopwatch:
+    """``with Stopwatch(device) as w: ...``; ``w.seconds`` afterwards (CUDA work is waited for at both ends)."""
+
+    def __init__(self, device="cpu"):
+        self.device, self.seconds = device, None
+
+    def __enter__(self):
+        sync(self.device)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        sync(self.device)
+        self.seconds = time.perf_counter() - self.start
+
+
+def fmt_seconds(seconds):
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
