@@ -108,7 +108,7 @@ def run_epoch(images, args, num_workers, epoch, resolution, prepare=False, devic
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, sampler=sampler, drop_last=True,
                                          num_workers=num_workers, worker_init_fn=data.ignore_stop_signals,
                                          collate_fn=functools.partial(data.collate, resolution=resolution))
-    samples, first = 0, None
+    samples, first, first_time = 0, None, None
     start = time.perf_counter()
     for step, batch in enumerate(loader):
         if prepare:
@@ -118,11 +118,12 @@ def run_epoch(images, args, num_workers, epoch, resolution, prepare=False, devic
                                                        attr_drop_prob=0.1)
         samples += int(batch["weights"].sum())
         if first is None:
-            first = batch["pixels"]
+            first, first_time, first_samples = batch["pixels"], time.perf_counter(), samples
     if prepare and device != "cpu":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    return samples, seconds, first
+    end = time.perf_counter()
+    steady = (samples - first_samples) / (end - first_time) if samples > first_samples else float("nan")
+    return samples, end - start, first, steady
 
 
 def main(args):
@@ -157,14 +158,15 @@ def main(args):
         uncached = data.FairFaceImages(dataset, args.resolution)
         cached = data.FairFaceImages(dataset, args.resolution, cache)
         # Same epoch order, same pixels: the cache changes the cost, not the data.
-        _, _, a = run_epoch(torch.utils.data.Subset(uncached, range(args.batch_size)), args, 0, 0, args.resolution)
-        _, _, b = run_epoch(torch.utils.data.Subset(cached, range(args.batch_size)), args, 0, 0, args.resolution)
+        a = run_epoch(torch.utils.data.Subset(uncached, range(args.batch_size)), args, 0, 0, args.resolution)[2]
+        b = run_epoch(torch.utils.data.Subset(cached, range(args.batch_size)), args, 0, 0, args.resolution)[2]
         identical = torch.equal(a, b)
         print(f"first batch identical with and without the cache: {identical}", flush=True)
 
         variants = [(kind, workers, prepare) for prepare in (False, True) for workers in args.num_workers
                     for kind in ("decode", "cache")]
         rates = {variant: [] for variant in variants}
+        steady_rates = {variant: [] for variant in variants}
         epoch = 0
         for round_index in range(args.rounds):
             order = variants[::-1] if round_index % 2 else variants  # alternate which variant goes first
@@ -172,9 +174,10 @@ def main(args):
                 kind, workers, prepare = variant
                 for _ in range(1 if kind == "decode" else args.cache_epochs):
                     epoch += 1
-                    samples, seconds, _ = run_epoch(uncached if kind == "decode" else cached, args, workers, epoch,
-                                                    args.resolution, prepare, device)
+                    samples, seconds, _, steady = run_epoch(uncached if kind == "decode" else cached, args, workers,
+                                                            epoch, args.resolution, prepare, device)
                     rates[variant].append(samples / seconds)
+                    steady_rates[variant].append(steady)
             print(f"round {round_index + 1}/{args.rounds}: " + ", ".join(
                 f"{k}/{w}w{'+prep' if p else ''} {rates[k, w, p][-1]:.0f}/s" for k, w, p in order), flush=True)
 
@@ -186,16 +189,19 @@ def main(args):
         for prepare in (False, True):
             for workers in args.num_workers:
                 decode, cache_rate = median(rates["decode", workers, prepare]), median(rates["cache", workers, prepare])
+                steady = (median(steady_rates["cache", workers, prepare])
+                          / median(steady_rates["decode", workers, prepare]))
                 epoch_decode, epoch_cache = len(dataset) / decode, len(dataset) / cache_rate
                 rows.append([f"DataLoader{f' + prepare_batch on {device}' if prepare else ''}", workers,
-                             f"{decode:.0f}", f"{cache_rate:.0f}", f"**{cache_rate / decode:.1f}x**",
+                             f"{decode:.0f}", f"{cache_rate:.0f}", f"**{cache_rate / decode:.1f}x**", f"{steady:.1f}x",
                              f"{epoch_decode:.2f} s", f"{epoch_cache:.2f} s", f"{build[workers]:.1f} s"])
         print(markdown_table(["input pipeline", "num_workers", "decode per item (samples/s)",
-                              "pixel cache (samples/s)", "ratio cache/decode", "epoch, decode", "epoch, cache",
-                              "one-off cache build"], rows))
+                              "pixel cache (samples/s)", "ratio cache/decode", "ratio after the first batch",
+                              "epoch, decode", "epoch, cache", "one-off cache build"], rows))
         print()
         print(f"Median of {args.rounds} alternating rounds (decode: 1 epoch per round and variant, cache: "
-              f"{args.cache_epochs}); every epoch through a fresh DataLoader (worker start-up included). "
+              f"{args.cache_epochs}); every epoch through a fresh DataLoader (worker start-up included; \"after the first "
+              "batch\": the same ratio without it, the steady state of a long FairFace epoch). "
               "\"+ prepare_batch\": each batch also moved to the training device and scaled/flipped/condition-dropped "
               "by utils.training.prepare_batch, as the training step does (on a GPU that part runs on the GPU). "
               f"Batches identical with and without the cache: {'yes' if identical else 'NO'}. Cache: "

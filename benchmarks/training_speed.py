@@ -115,10 +115,12 @@ class Variant:
 
 
 def train_step(variant, noise_scheduler, batch, step, snr_gamma=5.0):
-    """The body of train_fairface.py's training loop, for one optimizer step without accumulation."""
+    """The body of train_fairface.py's training loop, for one optimizer step without accumulation (same calls,
+    with torch.autocast / backward / clip_grad_norm_ where accelerate wraps them for a single process)."""
     import torch
 
     from utils import training
+    from utils.pipeline import denoise
 
     device = variant.device
     pixels, attributes, weights = batch
@@ -129,7 +131,7 @@ def train_step(variant, noise_scheduler, batch, step, snr_gamma=5.0):
                               device=device)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):  # accelerator.autocast()
-        prediction = variant.model(noisy, timesteps, encoder_hidden_states=variant.encoder(attributes)).sample
+        prediction = denoise(variant.model, noisy, timesteps, variant.encoder(attributes))
     target = training.diffusion_target(noise_scheduler, clean, noise, timesteps)
     weights = weights * training.loss_weights(noise_scheduler, timesteps, snr_gamma)
     loss = training.weighted_mse(prediction, target, weights)
@@ -149,11 +151,13 @@ def forward_flops(unet, encoder, batch, device):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
+    from utils.pipeline import denoise
+
     pixels, attributes, _ = batch
     x = pixels[:1].float() / 127.5 - 1  # one image (the math kernel's attention matrix of a whole batch at 128 px
     t = torch.full((1,), 500, device=device)  # would take tens of GB); FLOPs are linear in the batch
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        unet(x, t, encoder_hidden_states=encoder(attributes[:1]))
+        denoise(unet, x, t, encoder(attributes[:1]))
     return counter.get_total_flops() * pixels.shape[0]
 
 
@@ -192,6 +196,7 @@ def main(args):
     processors, num_attention = attention_processors(unet)
     sdpa = processors == ["AttnProcessor2_0"]
     params = sum(p.numel() for p in unet.parameters())
+    unet_config = unet.config
 
     generator = torch.Generator().manual_seed(0)
     res = config["resolution"]
@@ -203,8 +208,8 @@ def main(args):
     peak_tflops, peak_note = (args.peak_tflops, "--peak_tflops") if args.peak_tflops else default_peak_tflops(device)
 
     variants = [Variant("baseline: fp32 eager", unet, encoder, device)]
-    variants.append(Variant("fast: tf32 + channels_last + bf16 autocast", unet, encoder, device, bf16=True,
-                            tf32=True, channels_last=cuda))
+    fast_name = "fast: tf32 + channels_last + bf16 autocast" if cuda else "fast: bf16 autocast (+ tf32 flags)"
+    variants.append(Variant(fast_name, unet, encoder, device, bf16=True, tf32=True, channels_last=cuda))
     if compile_variant:
         variants.append(Variant("fast + torch.compile", unet, encoder, device, bf16=True, tf32=True,
                                 channels_last=cuda, compile=True))
@@ -214,7 +219,8 @@ def main(args):
 
     print(f"model: {'tiny' if tiny else 'seed'} UNet {config['block_out_channels']}, layers_per_block "
           f"{config['layers_per_block']}, attention at {config['attention_levels']}, cross-attention dim "
-          f"{config['cross_attention_dim']}, {res} px, batch {batch_size}: {params / 1e6:.1f} M parameters, "
+          f"{config['cross_attention_dim']}, condition also in the time embedding: "
+          f"{unet_config.class_embed_type == 'projection'}, {res} px, batch {batch_size}: {params / 1e6:.1f} M parameters, "
           f"{flops_forward / 1e9:.2f} GFLOP per forward, {flops_step / 1e9:.2f} GFLOP per training step", flush=True)
 
     # Warm-up (compilation, cuDNN autotuning, allocator), untimed.
