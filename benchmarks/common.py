@@ -9,7 +9,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -68,30 +67,3 @@ def markdown_table(header, rows):
 
 def median(values):
     return statistics.median(values) if values else float("nan")
-
-
-def sync(device):
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Stopwatch:
-    """``with Stopwatch(device) as w: ...``; ``w.seconds`` afterwards (CUDA work is waited for at both ends)."""
-
-    def __init__(self, device="cpu"):
-        self.device, self.seconds = device, None
-
-    def __enter__(self):
-        sync(self.device)
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        sync(self.device)
-        self.seconds = time.perf_counter() - self.start
-
-
-def fmt_seconds(seconds):
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"

@@ -38,7 +38,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, machine_lines, markdown_table  # noqa: E402,F401
+from common import machine_lines, markdown_table  # noqa: E402
 
 SEED_MODEL = dict(resolution=128, block_out_channels=[64, 128, 256, 512], layers_per_block=3, attention_levels=[1],
                   cross_attention_dim=512, batch_size=64)

@@ -159,7 +159,7 @@ def test_model_card_metadata_and_sections(pushed_run):
     for row in ("| optimizer steps | 8 |", "| epochs | 2 |", "| training images | 64 |",
                 "| batch size | 16 (16 per device x 1 process(es) x 1 accumulation step(s)) |"):
         assert row in text, row
-    assert "EMA weights" in text and "min-SNR" in text and "epsilon" in text and "float32" in text
+    assert "EMA weights" in text and "min-SNR" in text and "v_prediction" in text and "float32" in text
     assert pushed_run.root not in card.content, "the card must not leak local paths"
 
     with Image.open(os.path.join(pushed_run.output_dir, "samples.png")) as grid:
