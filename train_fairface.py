@@ -123,6 +123,8 @@ def parse_args(input_args=None):
         args.snr_gamma = None
     if any(level >= len(args.block_out_channels) for level in args.attention_levels):
         parser.error("--attention_levels must index --block_out_channels")
+    if args.hub_push_snapshots and not args.push_to_hub:
+        parser.error("--hub_push_snapshots needs --push_to_hub")
     if args.resolution % 2 ** (len(args.block_out_channels) - 1):
         parser.error(f"--resolution must be divisible by {2 ** (len(args.block_out_channels) - 1)} for this UNet")
     return args

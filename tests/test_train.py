@@ -118,6 +118,7 @@ def test_two_process_cpu_run_writes_one_set_of_outputs(demo_dataset, tmp_path):
 @pytest.mark.parametrize("bad_args,message", [
     (["--resolution", "31"], "divisible"), (["--cond_drop_prob", "1.5"], "between 0 and 1"),
     (["--attention_levels", "5"], "--attention_levels"), (["--train_batch_size", "0"], "positive"),
+    (["--hub_push_snapshots"], "needs --push_to_hub"),
 ])
 def test_bad_arguments_exit_2(bad_args, message, tmp_path):
     result = run_script("train_fairface.py", "--output_dir", tmp_path, *TINY_MODEL_ARGS, *bad_args, check=False)
