@@ -23,6 +23,18 @@ def offline_environment(hf_home=None):
     return hf_home
 
 
+def start_run(args, prefix):
+    """A benchmark's common start: work folder, offline caches, torch threads, device. Returns (work, device)."""
+    import torch
+
+    work = args.work_dir or tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(work, exist_ok=True)
+    offline_environment(os.path.join(work, "hf"))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return work, args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:

@@ -33,11 +33,10 @@ import io
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_lines, markdown_table, median, offline_environment  # noqa: E402
+from common import machine_lines, markdown_table, median, start_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -127,18 +126,13 @@ def run_epoch(images, args, num_workers, epoch, resolution, prepare=False, devic
 
 
 def main(args):
-    work = args.work_dir or tempfile.mkdtemp(prefix="fairface-bench-data-")
-    os.makedirs(work, exist_ok=True)
-    offline_environment(os.path.join(work, "hf"))
+    work, device = start_run(args, "fairface-bench-data-")
     import datasets
     import torch
 
     from utils import data
 
     datasets.disable_progress_bars()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         folder, generate_seconds = make_dataset(os.path.join(work, "fairface"), args)
         dataset = data.load_fairface(folder, cache_dir=os.path.join(work, "hf", "datasets"))

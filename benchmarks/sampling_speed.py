@@ -30,11 +30,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, machine_lines, markdown_table, offline_environment  # noqa: E402
+from common import REPO, machine_lines, markdown_table, start_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -179,9 +178,7 @@ def fidelity(images, conditions):
 
 
 def main(args):
-    work = args.work_dir or tempfile.mkdtemp(prefix="fairface-bench-sampling-")
-    os.makedirs(work, exist_ok=True)
-    offline_environment(os.path.join(work, "hf"))
+    work, device = start_run(args, "fairface-bench-sampling-")
     import numpy as np
     import torch
 
@@ -191,9 +188,6 @@ def main(args):
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.disable_progress_bar()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         train_seconds = None
         if args.model:
