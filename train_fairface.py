@@ -139,6 +139,11 @@ def main(args):
         os.remove(probe)
     except OSError as error:
         fail(f"output folder {args.output_dir!r} is not writable: {error.strerror or error}")
+    if args.push_to_hub:  # not logged in / no valid repo name: fail now, not after days of training
+        try:
+            hub.check_push_access(args)
+        except hub.PushError as error:
+            fail(str(error))
     checkpoint = None
     if args.resume_from_checkpoint:  # checked before the data: a wrong path fails at once
         try:

@@ -123,3 +123,11 @@ def test_two_process_cpu_run_writes_one_set_of_outputs(demo_dataset, tmp_path):
 def test_bad_arguments_exit_2(bad_args, message, tmp_path):
     result = run_script("train_fairface.py", "--output_dir", tmp_path, *TINY_MODEL_ARGS, *bad_args, check=False)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_push_without_login_fails_before_training(demo_dataset, tmp_path):
+    result = run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", tmp_path / "out",
+                        *TINY_MODEL_ARGS, "--push_to_hub", "--hub_model_id", "someone/x", "--max_train_steps", "2",
+                        check=False, env={"HF_TOKEN": "", "HF_HOME": str(tmp_path / "no-login")})
+    assert result.returncode == 2 and "not logged in" in result.stderr and "Traceback" not in result.stderr
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path / "out"))
