@@ -165,15 +165,11 @@ def pooled(result):
 
 
 def fidelity(images, conditions):
-    """{attribute: share recovered} and "all three" for images requested with ``conditions`` [(a, g, r)]."""
-    import numpy as np
+    """{attribute: (recovered, total)} and "all three" for images requested with ``conditions`` [(a, g, r)]."""
+    from utils.demo_data import attribute_hits
 
-    from utils.demo_data import measure_attributes
-
-    measured = measure_attributes(images)
-    hits = {name: np.asarray(measured[name]) == np.asarray([c[i] for c in conditions])
-            for i, name in enumerate(("age", "gender", "race"))}
-    hits["all three"] = hits["age"] & hits["gender"] & hits["race"]
+    hits = attribute_hits(images, conditions)
+    hits["all three"] = hits.pop("all")
     return {name: (int(h.sum()), len(h)) for name, h in hits.items()}
 
 

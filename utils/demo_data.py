@@ -337,6 +337,15 @@ def _append(records, image, attributes, rng):
     records["service_test"].append(bool(rng.random() < 0.5))
 
 
+def attribute_hits(images, conditions):
+    """Per image, whether each requested attribute was drawn: {"age", "gender", "race", "all": bool arrays}."""
+    requested = np.asarray(conditions, dtype=np.int64)
+    measured = measure_attributes(images)
+    hits = {name: measured[name] == requested[:, i] for i, name in enumerate(("age", "gender", "race"))}
+    hits["all"] = hits["age"] & hits["gender"] & hits["race"]
+    return hits
+
+
 def recovery_rates(images, conditions):
     """How often the requested attributes are drawn: shares per attribute, all three, and per group.
 
@@ -344,11 +353,9 @@ def recovery_rates(images, conditions):
     {"age": share, "gender": share, "race": share, "all": share, "groups": {"race=Black": share-of-all-three, ...}}.
     """
     requested = np.asarray(conditions, dtype=np.int64)
-    measured = measure_attributes(images)
-    hits = {name: measured[name] == requested[:, i] for i, name in enumerate(("age", "gender", "race"))}
-    every = hits["age"] & hits["gender"] & hits["race"]
+    hits = attribute_hits(images, conditions)
+    every = hits["all"]
     rates = {name: float(hit.mean()) for name, hit in hits.items()}
-    rates["all"] = float(every.mean())
     rates["groups"] = {f"{name}={names[value]}": float(every[requested[:, i] == value].mean())
                        for i, (name, names) in enumerate((("age", AGES), ("gender", GENDERS), ("race", RACES)))
                        for value in range(len(names)) if (requested[:, i] == value).any()}
