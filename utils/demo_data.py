@@ -57,12 +57,13 @@ SKIN_JITTER, HAIR_JITTER = 5.0, 4.0  # uniform +- per channel (0-255); far below
 POSITION_JITTER = 1.5 / REFERENCE_RESOLUTION  # uniform +- in image units: +-1.5 px at 64 px
 HEAD_ANCHOR = (0.5, 0.30)  # smaller heads shrink towards the fringe line, so the hair patch stays in place
 
-# Measured regions, (x0, y0, x1, y1) in image units of the "0.25" layout; chosen to stay inside their part for
-# every head size and jitter: the forehead-to-mouth skin, the middle of the hair cap, and both sides of the jaw
-# (long hair for Female, background for Male).
+# Measured regions, (x0, y0, x1, y1) in image units. Each lies inside its part in *both* layouts ("0.25" and the
+# zoomed-out "1.25"), for every head size and jitter, so a generated face is read correctly whichever layout the
+# model drew: the forehead-to-mouth skin, the lower half of the hair cap above the fringe, and both sides of the
+# neck (long hair for Female, background for Male).
 SKIN_BOX = (0.36, 0.51, 0.64, 0.59)
-HAIR_BOX = (0.42, 0.17, 0.58, 0.26)
-SIDE_BOXES = ((0.11, 0.60, 0.22, 0.76), (0.78, 0.60, 0.89, 0.76))
+HAIR_BOX = (0.42, 0.22, 0.58, 0.30)
+SIDE_BOXES = ((0.19, 0.55, 0.26, 0.68), (0.74, 0.55, 0.81, 0.68))
 
 # Odd records added by ``make_demo_dataset(broken_images=True)`` to the "0.25" train split (see its docstring).
 BROKEN_RECORDS_SKIPPED = 7  # undecodable or outside the size limits: the training data loader must skip them
@@ -152,9 +153,9 @@ def _as_arrays(images):
     return np.stack(out) if out else np.zeros((0, REFERENCE_RESOLUTION, REFERENCE_RESOLUTION, 3))
 
 
-def _region_median(pixels, box, zoom):
+def _region_median(pixels, box):
     """Per-channel median colour of a region for every image: robust to eyes, nose or a stray edge inside it."""
-    x0, y0, x1, y1 = (0.5 + (v - 0.5) * zoom for v in box)
+    x0, y0, x1, y1 = box
     n = REFERENCE_RESOLUTION
     cols = slice(int(round(x0 * n)), max(int(round(x1 * n)), int(round(x0 * n)) + 1))
     rows = slice(int(round(y0 * n)), max(int(round(y1 * n)), int(round(y0 * n)) + 1))
@@ -166,18 +167,18 @@ def _nearest(colours, prototypes):
     return np.argmin(((colours[:, None, :] - prototypes[None]) ** 2).sum(-1), axis=1)
 
 
-def measure_attributes(images, zoom=1.0):
+def measure_attributes(images):
     """Read age, gender and race back from drawn faces by nearest-prototype colours of fixed regions.
 
-    ``images``: list of PIL images or uint8 array (N, H, W, 3), any size >= 16 px (resized to 64 px here).
-    ``zoom``: the layout they were drawn with (``CONFIG_ZOOM[config]``). Returns {"age", "gender", "race"}, each an
+    ``images``: list of PIL images or uint8 array (N, H, W, 3), any size >= 16 px (resized to 64 px here), drawn in
+    either config's layout (the regions fit both). Returns {"age", "gender", "race"}, each an
     int array (N,) of predicted indices. Race: skin colour -> nearest skin tone; age: hair colour -> nearest
     hair level; gender: whether the regions beside the jaw look like this face's hair (Female) or background (Male).
     """
     pixels = _as_arrays(images)
-    skin = _region_median(pixels, SKIN_BOX, zoom)
-    hair = _region_median(pixels, HAIR_BOX, zoom)
-    side = np.mean([_region_median(pixels, b, zoom) for b in SIDE_BOXES], axis=0)
+    skin = _region_median(pixels, SKIN_BOX)
+    hair = _region_median(pixels, HAIR_BOX)
+    side = np.mean([_region_median(pixels, b) for b in SIDE_BOXES], axis=0)
     # Position of the side colour on the line background -> hair: ~0 for background, ~1 for long hair.
     background = np.asarray(BACKGROUND, dtype=np.float64)
     direction = hair - background
