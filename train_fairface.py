@@ -38,7 +38,7 @@ logger = get_logger(__name__)
 DEMO_DATA_DIR = os.path.join("demo_data", "fairface-synthetic")
 DEMO_DEFAULTS = dict(
     dataset_name=DEMO_DATA_DIR, resolution=32, output_dir="fairface-demo", block_out_channels=[32, 64, 64],
-    layers_per_block=1, cross_attention_dim=64, train_batch_size=32, num_epochs=12, learning_rate=1e-3,
+    layers_per_block=1, cross_attention_dim=64, train_batch_size=32, num_epochs=16, learning_rate=1e-3,
     lr_warmup_steps=50, save_model_epochs=4, save_images_epochs=4, checkpointing_steps=200,
     preprocess_cache=os.path.join("demo_data", "pixel-cache"), random_flip=True,
 )
@@ -64,8 +64,9 @@ def parse_args(input_args=None):
     add("--layers_per_block", type=int, default=3)
     add("--attention_levels", type=int, nargs="+", default=[1], help="UNet levels with cross-attention (0 = top).")
     add("--cross_attention_dim", type=int, default=512, help="Width of the condition tokens.")
-    add("--condition_in_time_embedding", action=argparse.BooleanOptionalAction, default=True,
-        help="Also add the condition to the timestep embedding (every ResNet block sees it; README: measured).")
+    add("--condition_in_time_embedding", action=argparse.BooleanOptionalAction, default=False,
+        help="Also add the condition to the timestep embedding (every ResNet block sees it). Off: on the demo data "
+        "cross-attention alone reached the fidelity target sooner (README: measured).")
     add("--cond_drop_prob", type=probability, default=0.1, help="Drop the whole condition (classifier-free guidance).")
     add("--attr_drop_prob", type=probability, default=0.1, help="Drop each attribute on its own (partial conditions).")
     # Diffusion objective

@@ -22,7 +22,7 @@ The model: unless ``--model DIR`` names a trained pipeline, a tiny UNet is first
 only: 2016 faces of one layout), 32 px, like ``--demo``.
 
     python benchmarks/sampling_speed.py                       # trains 300 steps, then measures
-    python benchmarks/sampling_speed.py --model fairface-demo # reuse a trained 0.25-config model
+    python benchmarks/sampling_speed.py --model fairface-demo # reuse a trained model (e.g. the --demo one)
 """
 
 import argparse
