@@ -135,7 +135,7 @@ def main(args):
     # ---------------------------------------------------------------------------------------- setup
     try:
         os.makedirs(args.output_dir, exist_ok=True)
-        probe = os.path.join(args.output_dir, ".write-test")
+        probe = os.path.join(args.output_dir, f".write-test-{os.getpid()}")  # one per process: ranks race
         open(probe, "w").close()
         os.remove(probe)
     except OSError as error:

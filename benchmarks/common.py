@@ -35,6 +35,14 @@ def start_run(args, prefix):
     return work, args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def end_run(args, work):
+    """Delete the work folder unless the user chose it with --work_dir (then it is kept for the next run)."""
+    if not args.work_dir:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:

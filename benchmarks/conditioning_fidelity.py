@@ -22,10 +22,9 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 
-from common import REPO, machine_lines, markdown_table, offline_environment
+from common import REPO, end_run, machine_lines, markdown_table, start_run
 
 RECIPES = {  # name -> train_fairface.py flags
     "epsilon": ["--prediction_type", "epsilon", "--snr_gamma", "0"],
@@ -54,7 +53,10 @@ def parse_args(argv=None):
     parser.add_argument("--num_images", type=int, default=2016, help="Size of the generated demo dataset.")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: every "
                         "core; the time estimates above are for 2).")
-    parser.add_argument("--work_dir", default=None, help="Keep data and runs here (default: a temporary folder).")
+    parser.add_argument("--work_dir", default=None, help="Keep data and runs here (default: a temporary folder, "
+                        "deleted at the end).")
+    parser.add_argument("--device", default="cpu", help="Where the evaluations sample (training: accelerate's "
+                        "choice).")
     parser.add_argument("--extra_train_args", nargs=argparse.REMAINDER, default=[],
                         help="Passed on to train_fairface.py (after the --demo defaults).")
     return parser.parse_args(argv)
@@ -80,7 +82,7 @@ def evaluate(model, guidance_scale, args):
     from utils.labels import NUM_CONDITIONS, decode_condition
     from utils.pipeline import generate, load_pipeline
 
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, device=args.device)
     conditions = [decode_condition(c) for c in range(NUM_CONDITIONS) for _ in range(args.seeds)]
     seeds = [1000 + i for i in range(len(conditions))]
     images = generate(pipe, conditions, seeds, batch_size=64, num_inference_steps=25, guidance_scale=guidance_scale)
@@ -99,16 +101,19 @@ def row(label, rates):
 
 
 def main(args):
-    import torch
+    work, _ = start_run(args, "fairface-bench-fidelity-")
+    try:
+        run_benchmark(args, work)
+    finally:
+        end_run(args, work)
 
-    torch.set_num_threads(args.threads)
-    work = args.work_dir or tempfile.mkdtemp(prefix="fairface-bench-fidelity-")
-    offline_environment(os.path.join(work, "hf"))
+
+def run_benchmark(args, work):
     from utils.demo_data import make_demo_dataset
 
     if not os.path.isfile(os.path.join(work, "fairface", "README.md")):
         make_demo_dataset(os.path.join(work, "fairface"), num_images=args.num_images, resolution=64, seed=0)
-    print("\n".join(["## Conditioning fidelity on the demo data", *machine_lines("cpu")]), flush=True)
+    print("\n".join(["## Conditioning fidelity on the demo data", *machine_lines(args.device)]), flush=True)
     header = ["recipe / snapshot", "age", "gender", "race", "all three", "worst group", "gap (pts)", "target met"]
     progress_rows, guidance_rows, reached = [], [], {}
     for recipe in args.recipes:

@@ -36,7 +36,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import machine_lines, markdown_table, median, start_run  # noqa: E402
+from common import end_run, machine_lines, markdown_table, median, start_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -204,8 +204,7 @@ def main(args):
         print()
         print("\n".join(machine_lines(device)))
     finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
+        end_run(args, work)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,12 @@ only: 2016 faces of one layout), 32 px, like ``--demo``.
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import REPO, machine_lines, markdown_table, start_run  # noqa: E402
+from common import REPO, end_run, machine_lines, markdown_table, start_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -280,8 +279,7 @@ def main(args):
         print()
         print("\n".join(machine_lines(device)))
     finally:
-        if not args.work_dir:
-            shutil.rmtree(work, ignore_errors=True)
+        end_run(args, work)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Synthetic FairFace: drawings read back from pixels, and the folder loads like the Hub dataset."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,7 +113,7 @@ def test_all_conditions_present_and_deterministic(tmp_path):
     ids = {encode_condition(*row) for row in zip(merged["age"], merged["gender"], merged["race"])}
     assert len(merged) == 504 and ids == set(range(NUM_CONDITIONS))
     for name in ("0.25/train-00000-of-00001.parquet", "1.25/validation-00000-of-00001.parquet"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        assert Path(first, name).read_bytes() == Path(second, name).read_bytes()
 
 
 def test_broken_images_are_added_and_the_dataset_still_loads(tmp_path):
