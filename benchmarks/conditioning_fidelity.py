@@ -34,8 +34,9 @@ RECIPES = {  # name -> train_fairface.py flags
     "v-prediction + min-SNR 5, time embedding": ["--prediction_type", "v_prediction", "--snr_gamma", "5",
                                                  "--condition_in_time_embedding"],
 }
-DEFAULT_RECIPES = list(RECIPES)[:3]
 TRAINING_DEFAULT = "v-prediction + min-SNR 5"  # train_fairface.py's defaults
+DEFAULT_RECIPES = ["epsilon", "epsilon + min-SNR 5", TRAINING_DEFAULT]
+PROGRESS_GUIDANCE = 2.0  # every snapshot is evaluated at the samples' default guidance
 TARGET_ALL, TARGET_GROUP_GAP = 0.90, 0.10
 
 
@@ -121,25 +122,25 @@ def run_benchmark(args, work):
         steps_per_epoch, rates_by_epoch = _steps_per_epoch(output, args.epochs), {}
         for epoch in range(args.eval_every, args.epochs + 1, args.eval_every):
             snapshot = os.path.join(output, f"epoch_{epoch}")
-            rates = evaluate(snapshot, 2.0, args)
+            rates = evaluate(snapshot, PROGRESS_GUIDANCE, args)
             rates_by_epoch[epoch] = rates
             step = epoch * steps_per_epoch
-            progress_rows.append(row(f"{recipe}, step {step}, g=2", rates))
+            progress_rows.append(row(f"{recipe}, step {step}, g={PROGRESS_GUIDANCE:g}", rates))
             if rates["met"] and recipe not in reached:
                 reached[recipe] = step
             print(markdown_table(header, progress_rows[-1:]).splitlines()[-1], flush=True)
         for guidance in args.guidance_scales if recipe in args.guidance_recipes else []:
-            # the final snapshot at g=2 was evaluated above already: same model, seeds and sampler
-            rates = rates_by_epoch.get(args.epochs) if guidance == 2.0 else None
+            # the final snapshot at PROGRESS_GUIDANCE was evaluated above already: same model, seeds and sampler
+            rates = rates_by_epoch.get(args.epochs) if guidance == PROGRESS_GUIDANCE else None
             guidance_rows.append(row(f"{recipe}, g={guidance:g}", rates or evaluate(output, guidance, args)))
             print(markdown_table(header, guidance_rows[-1:]).splitlines()[-1], flush=True)
         print(f"({recipe}: trained {args.epochs * steps_per_epoch} steps in {seconds:.0f} s)", flush=True)
 
-    print("\n### Recovery during training (DPM-Solver++ 25 steps, guidance 2, "
+    print(f"\n### Recovery during training (DPM-Solver++ 25 steps, guidance {PROGRESS_GUIDANCE:g}, "
           f"{args.seeds} image(s) x 126 conditions)\n" + markdown_table(header, progress_rows))
     print("\n### Guidance scale, final model\n" + markdown_table(header, guidance_rows))
     print(f"\n### Steps to the target (all three >= {TARGET_ALL:.0%}, no group > {TARGET_GROUP_GAP * 100:.0f} "
-          "points below the mean, at g=2)")
+          f"points below the mean, at g={PROGRESS_GUIDANCE:g})")
     for recipe in args.recipes:
         print(f"- {recipe}: " + (f"{reached[recipe]} steps" if recipe in reached else
                                  f"not reached within {args.epochs} epochs"))
