@@ -24,11 +24,10 @@ from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from utils import data, hub, training
-from utils.labels import decode_condition
+from utils.labels import FRAMINGS, decode_condition
 from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int, probability
 from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER
 
@@ -69,6 +68,9 @@ def parse_args(input_args=None):
         "cross-attention alone reached the fidelity target sooner (README: measured).")
     add("--cond_drop_prob", type=probability, default=0.1, help="Drop the whole condition (classifier-free guidance).")
     add("--attr_drop_prob", type=probability, default=0.1, help="Drop each attribute on its own (partial conditions).")
+    add("--framing_condition", action=argparse.BooleanOptionalAction, default=True, help="Condition on each image's "
+        "framing (config 0.25 = tight, 1.25 = wide; SDXL-style micro-conditioning), so samples can ask for one.")
+    add("--framing_drop_prob", type=probability, default=0.1, help="Drop the framing on its own (model's choice).")
     # Diffusion objective
     add("--num_train_timesteps", type=int, default=1000)
     add("--beta_schedule", default="squaredcos_cap_v2", help="Cosine schedule: better than linear at small sizes.")
@@ -90,6 +92,10 @@ def parse_args(input_args=None):
     add("--max_grad_norm", type=float, default=1.0)
     add("--use_ema", action="store_true", help="Keep an EMA of the weights; used for samples and the release.")
     add("--ema_decay", type=float, default=0.9999, help="Maximum EMA decay (warm-up ramps towards it).")
+    add("--ema_power", type=float, default=2 / 3, help="EMA warm-up: decay 1 - (1 + step) ** -power, up to --ema_decay.")
+    # Benchmark hook (benchmarks/conditioning_fidelity.py): more EMAs of the same run, DECAY:POWER each, written as
+    # epoch_{E}_ema{DECAY}_p{POWER}/ pipeline snapshots only (not checkpointed: lost on resume).
+    add("--ema_variants", type=training.ema_variant, nargs="*", default=[], help=argparse.SUPPRESS)
     add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config.")
     add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs.")
     add("--torch_compile", action="store_true", help="torch.compile the UNet.")
@@ -188,17 +194,17 @@ def main(args):
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
     # ---------------------------------------------------------------------------------------- model
+    encoder = ConditionEncoder(embed_dim=args.cross_attention_dim, framings=FRAMINGS if args.framing_condition else None)
     unet = build_unet(args.resolution, args.block_out_channels, args.layers_per_block, args.attention_levels,
-                      args.cross_attention_dim, condition_in_time_embedding=args.condition_in_time_embedding)
-    encoder = ConditionEncoder(embed_dim=args.cross_attention_dim)
+                      args.cross_attention_dim, condition_in_time_embedding=args.condition_in_time_embedding,
+                      num_tokens=encoder.num_tokens)
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.num_train_timesteps, beta_schedule=args.beta_schedule,
                                     prediction_type=args.prediction_type)
     if accelerator.device.type == "cuda":
         unet.to(memory_format=torch.channels_last)
-    emas = {}
-    if args.use_ema:
-        emas = {name: EMAModel(model.parameters(), decay=args.ema_decay, use_ema_warmup=True, model_cls=type(model),
-                               model_config=model.config) for name, model in (("unet", unet), ("condition_encoder", encoder))}
+    models = {"unet": unet, "condition_encoder": encoder}
+    emas = training.build_emas(models, args.ema_decay, args.ema_power) if args.use_ema else {}
+    ema_variants = {f"ema{d:g}_p{p:.3g}": training.build_emas(models, d, p) for d, p in args.ema_variants}
     optimizer = torch.optim.AdamW(list(unet.parameters()) + list(encoder.parameters()), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
                                   eps=args.adam_epsilon)
@@ -230,7 +236,7 @@ def main(args):
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
-    for ema in emas.values():
+    for ema in [*emas.values(), *(e for variant in ema_variants.values() for e in variant.values())]:
         ema.to(accelerator.device)
 
     # ---------------------------------------------------------------------------------------- resume
@@ -247,7 +253,7 @@ def main(args):
             global_step, nonfinite_in_a_row = state["global_step"], state.get("nonfinite_in_a_row", 0)
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
 
-    def pipeline_for_release():
+    def pipeline_for_release(emas=emas):
         """The pipeline of the current weights (EMA ones when --use_ema), on CPU-independent copies."""
         # keep_torch_compile=False: the plain UNet2DConditionModel (--torch_compile wraps it in an OptimizedModule)
         models = {"unet": accelerator.unwrap_model(unet, keep_torch_compile=False),
@@ -306,7 +312,7 @@ def main(args):
                 pixels, weights = batch["pixels"].to(accelerator.device), batch["weights"].to(accelerator.device)
                 clean, attributes = training.prepare_batch(
                     pixels, batch["attributes"].to(accelerator.device), generator,
-                    args.random_flip, args.cond_drop_prob, args.attr_drop_prob)
+                    args.random_flip, args.cond_drop_prob, args.attr_drop_prob, args.framing_drop_prob)
                 noise = torch.randn(clean.shape, generator=generator, device=clean.device)
                 timesteps = torch.randint(0, args.num_train_timesteps, (clean.shape[0],), generator=generator,
                                           device=clean.device)
@@ -329,8 +335,9 @@ def main(args):
                 if finite:
                     optimizer.step()
                     lr_scheduler.step()
-                    for name, ema in emas.items():
-                        ema.step((unet if name == "unet" else encoder).parameters())
+                    for group in (emas, *ema_variants.values()):
+                        for name, ema in group.items():
+                            ema.step((unet if name == "unet" else encoder).parameters())
                 optimizer.zero_grad(set_to_none=True)
             nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
             global_step += 1
@@ -366,6 +373,9 @@ def main(args):
                 pipeline = pipeline_for_release()
                 training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}"),
                                             pipeline.save_pretrained)
+                for label, variant in ema_variants.items():
+                    training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}_{label}"),
+                                                pipeline_for_release(variant).save_pretrained)
                 if args.push_to_hub and args.hub_push_snapshots:
                     hub.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
             if epoch_number % args.save_images_epochs == 0 or last_epoch:

@@ -33,6 +33,9 @@ RECIPES = {  # name -> train_fairface.py flags
     # the same with the condition also added to the timestep embedding (not in the default list)
     "v-prediction + min-SNR 5, time embedding": ["--prediction_type", "v_prediction", "--snr_gamma", "5",
                                                  "--condition_in_time_embedding"],
+    # the default without the framing condition (every model before framing existed)
+    "v-prediction + min-SNR 5, no framing": ["--prediction_type", "v_prediction", "--snr_gamma", "5",
+                                             "--no-framing_condition"],
 }
 TRAINING_DEFAULT = "v-prediction + min-SNR 5"  # train_fairface.py's defaults
 DEFAULT_RECIPES = ["epsilon", "epsilon + min-SNR 5", TRAINING_DEFAULT]
@@ -58,18 +61,24 @@ def parse_args(argv=None):
                         "deleted at the end).")
     parser.add_argument("--device", default="cpu", help="Where the evaluations sample (training: accelerate's "
                         "choice).")
+    parser.add_argument("--ema_variants", nargs="*", default=[], help="DECAY:POWER EMAs (diffusers' warm-up) that "
+                        "each run also keeps; every evaluated snapshot is evaluated with each of them too (one run "
+                        "carries them all: EMA does not change the raw weights' trajectory).")
     parser.add_argument("--extra_train_args", nargs=argparse.REMAINDER, default=[],
                         help="Passed on to train_fairface.py (after the --demo defaults).")
     return parser.parse_args(argv)
 
 
 def train(recipe, work, args):
-    output = os.path.join(work, re.sub(r"[^a-z0-9]+", "_", recipe.lower()))
+    """Train one recipe (or reuse the finished run of the same recipe and budget in --work_dir)."""
+    output = os.path.join(work, re.sub(r"[^a-z0-9]+", "_", recipe.lower()) + f"_{args.epochs}ep")
     command = [sys.executable, os.path.join(REPO, "train_fairface.py"), "--demo", "--dataset_name",
                os.path.join(work, "fairface"), "--preprocess_cache", os.path.join(work, "cache"), "--output_dir",
                output, "--num_epochs", str(args.epochs), "--save_model_epochs", str(args.eval_every),
                "--save_images_epochs", str(args.epochs), "--report_to", "none", *RECIPES[recipe],
-               *args.extra_train_args]
+               *(["--ema_variants", *args.ema_variants] if args.ema_variants else []), *args.extra_train_args]
+    if os.path.isfile(os.path.join(output, "model_index.json")):
+        return output, float("nan")
     start = time.perf_counter()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})

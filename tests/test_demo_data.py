@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from utils.demo_data import (BROKEN_RECORDS_SKIPPED, CONFIG_ZOOM, ODD_RECORDS_ADDED, ODD_RECORDS_CONVERTIBLE,
-                             draw_face, make_demo_dataset, measure_attributes)
+                             draw_face, make_demo_dataset, measure_attributes, measure_framing)
 from utils.labels import AGES, GENDERS, NUM_CONDITIONS, RACES, decode_condition, encode_condition
 
 datasets = pytest.importorskip("datasets")
@@ -54,6 +54,16 @@ def test_measure_attributes_recovers_drawn_attributes(zoom):
     for images in (faces, small):  # noise sigma 8/255 and a slight blur, at 64 and 32 px
         noisy = np.stack([_degrade(image, rng) for image in images])
         assert min(_recovery(noisy, labels).values()) >= 0.95
+
+
+@pytest.mark.parametrize("config, framing", [("0.25", 0), ("1.25", 1)])
+def test_measure_framing_tells_the_two_layouts_apart(config, framing):
+    """Tight ("0.25") and wide ("1.25") read back from pixels: at 64 and 32 px, also blurred and noisy."""
+    faces, _ = _faces(zoom=CONFIG_ZOOM[config], repeats=2)
+    small = [face.resize((32, 32), Image.Resampling.BICUBIC) for face in faces]
+    rng = np.random.default_rng(4)
+    for images in (faces, small, [_degrade(image, rng, sigma=12.0, blur=1.0) for image in faces + small]):
+        assert np.array_equal(measure_framing(images), np.full(len(images), framing))
 
 
 def test_faces_drawn_at_32px_are_measurable_and_vary():

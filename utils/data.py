@@ -17,14 +17,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .labels import ATTRIBUTES, check_dataset_labels
+from .labels import ATTRIBUTES, CONFIG_FRAMING, UNKNOWN, check_dataset_labels
 
 MIN_IMAGE_SIDE = 16  # smaller images carry no face worth learning from: skipped
 MAX_IMAGE_PIXELS = 4096 * 4096  # decompression-bomb guard: larger images are skipped before decoding
 
 
 def load_fairface(dataset_name, config_names=("0.25", "1.25"), splits=("train", "validation"), cache_dir=None):
-    """Every (config, split) of a FairFace-layout dataset (Hub id or local folder), merged; images undecoded."""
+    """Every (config, split) of a FairFace-layout dataset (Hub id or local folder), merged; images undecoded.
+
+    Each row also gets a ``framing`` column: the index of its config in ``CONFIG_FRAMING`` (0.25 -> tight,
+    1.25 -> wide), ``-1`` (unknown) for any other config name."""
     import datasets
 
     parts = []
@@ -36,7 +39,8 @@ def load_fairface(dataset_name, config_names=("0.25", "1.25"), splits=("train", 
                 first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise ValueError(f"cannot load dataset {dataset_name!r} config {config!r} split {split!r}: {first_line}")
             check_dataset_labels(part.features)
-            parts.append(part.cast_column("image", datasets.Image(decode=False)))
+            part = part.cast_column("image", datasets.Image(decode=False))
+            parts.append(part.add_column("framing", [CONFIG_FRAMING.get(str(config), UNKNOWN)] * len(part)))
     merged = datasets.concatenate_datasets(parts)
     check_label_ranges(merged)
     return merged
@@ -110,11 +114,14 @@ def decode_image(record, resolution):
 
 
 class FairFaceImages(torch.utils.data.Dataset):
-    """Items: {"pixels": uint8 (3, H, W) or None, "attributes": long (3,)}; decoded per item, or from the cache."""
+    """Items: {"pixels": uint8 (3, H, W) or None, "attributes": long (4,) = age, gender, race, framing (-1 when
+    the dataset has no ``framing`` column)}; decoded per item, or from the cache."""
 
     def __init__(self, dataset, resolution, cache=None):
         self.dataset, self.resolution, self.cache = dataset, resolution, cache
-        self.attributes = np.stack([np.asarray(dataset[a]) for a in ATTRIBUTES], axis=1).astype(np.int64)
+        framing = dataset["framing"] if "framing" in dataset.column_names else [UNKNOWN] * len(dataset)
+        columns = [np.asarray(dataset[a]) for a in ATTRIBUTES] + [np.asarray(framing)]
+        self.attributes = np.stack(columns, axis=1).astype(np.int64)
 
     def __len__(self):
         return len(self.attributes)

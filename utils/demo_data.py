@@ -11,7 +11,8 @@ diffusion model and can be read back from pixels without any neural classifier (
     age    -> hair lightness, dark brown (0-2) -> grey -> white (more than 70); children also have smaller heads
 
 Background, shirt, eyes and mouth are fixed; each image gets a little jitter (position, colours, mouth width).
-The "1.25" config shows the same kind of face zoomed out (more margin), like FairFace's larger face padding.
+The "1.25" config shows the same kind of face zoomed out (more margin), like FairFace's larger face padding;
+``measure_framing`` reads which of the two layouts an image shows (the framing condition, utils/labels.py).
 """
 
 import io
@@ -64,6 +65,10 @@ HEAD_ANCHOR = (0.5, 0.30)  # smaller heads shrink towards the fringe line, so th
 SKIN_BOX = (0.36, 0.51, 0.64, 0.59)
 HAIR_BOX = (0.42, 0.22, 0.58, 0.30)
 SIDE_BOXES = ((0.19, 0.55, 0.26, 0.68), (0.74, 0.55, 0.81, 0.68))
+# Framing: a band across the neck near the bottom of the image (neither moves with head size). "0.25" (tight)
+# shows the neck there (it ends at y >= 0.897), the zoomed-out "1.25" (wide) the shirt (it starts at y <= 0.855).
+FRAMING_BOX = (0.47, 0.85, 0.53, 0.88)
+WIDE_THRESHOLD = 0.35  # position neck -> shirt; drawn faces: tight <= 0.27, wide >= 0.41 even blurred and noisy
 
 # Odd records added by ``make_demo_dataset(broken_images=True)`` to the "0.25" train split (see its docstring).
 BROKEN_RECORDS_SKIPPED = 7  # undecodable or outside the size limits: the training data loader must skip them
@@ -185,6 +190,20 @@ def measure_attributes(images):
     t = ((side - background) * direction).sum(-1) / np.maximum((direction ** 2).sum(-1), 1e-6)
     return {"age": _nearest(hair, HAIR_COLOURS), "gender": (t > 0.5).astype(np.int64),
             "race": _nearest(skin, SKIN_TONES)}
+
+
+def measure_framing(images):
+    """Read the framing back from drawn faces: int array (N,), 0 = tight ("0.25" layout), 1 = wide ("1.25").
+
+    The band ``FRAMING_BOX`` shows the neck (skin shadow: 0.85 x this face's measured skin) in the tight layout
+    and the shirt in the wide one; its colour's position on the line neck -> shirt decides (tests/test_demo_data.py).
+    """
+    pixels = _as_arrays(images)
+    neck = _region_median(pixels, SKIN_BOX) * 0.85
+    band = _region_median(pixels, FRAMING_BOX)
+    direction = np.asarray(SHIRT, dtype=np.float64) - neck
+    t = ((band - neck) * direction).sum(-1) / np.maximum((direction ** 2).sum(-1), 1e-6)
+    return (t > WIDE_THRESHOLD).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------------------------- the dataset

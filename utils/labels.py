@@ -9,6 +9,10 @@ the dataset actually loaded, so a re-ordered or re-labelled copy is refused inst
 An attribute may also be *unknown* (``None`` in Python, ``-1`` in tensors): the model then draws it from its
 learned distribution. That is how partial conditions (``--gender female`` alone) and classifier-free
 guidance (all three unknown) work.
+
+*Framing* is an optional fourth condition, SDXL-style micro-conditioning: FairFace's configs ``0.25`` and
+``1.25`` are the same faces cropped with little and with wide margin, and a model trained on both learns
+which one it draws (``tight`` = 0.25, ``wide`` = 1.25). It is not part of the condition id.
 """
 
 import re
@@ -19,6 +23,8 @@ RACES = ("East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_His
 ATTRIBUTES = {"age": AGES, "gender": GENDERS, "race": RACES}
 NUM_CONDITIONS = len(AGES) * len(GENDERS) * len(RACES)  # 126
 UNKNOWN = -1
+FRAMINGS = ("tight", "wide")
+CONFIG_FRAMING = {"0.25": 0, "1.25": 1}  # FairFace config (face padding) -> framing index; other configs: unknown
 
 # Extra spellings people type for a label; everything is also matched case-, space- and punctuation-insensitively.
 _ALIASES = {
@@ -55,6 +61,20 @@ def parse_label(attribute, value):
         if aliases.get(wanted) is not None:
             return aliases[wanted]
     raise ValueError(f"unknown {attribute} {value!r}; valid: {', '.join(repr(n) for n in names)} (or 0-{len(names) - 1})")
+
+
+def parse_framing(value):
+    """Index of a framing name (``"tight"``/``"wide"``, or the config names ``"0.25"``/``"1.25"``); None for
+    None/``"any"``. Raises ValueError listing the valid values."""
+    if value is None or _key(value) in ("", "any", "unknown", "none", "-1"):
+        return None
+    if _key(value) in FRAMINGS:
+        return FRAMINGS.index(_key(value))
+    if isinstance(value, int) and 0 <= value < len(FRAMINGS):
+        return value
+    if str(value).strip() in CONFIG_FRAMING:
+        return CONFIG_FRAMING[str(value).strip()]
+    raise ValueError(f"unknown framing {value!r}; valid: {', '.join(repr(n) for n in FRAMINGS)} (or any)")
 
 
 def encode_condition(age, gender, race):

@@ -8,6 +8,10 @@ embedder, one table per attribute instead of one per class id).
 The encoder is one ``nn.Embedding`` whose rows are laid out ``[ages..., unknown age, genders..., unknown
 gender, races..., unknown race]``: anyone can rebuild the tokens from ``condition_encoder/*.safetensors``
 with three row look-ups, without this repository (the model card shows how).
+
+Models trained with framing (utils/labels.py: tight = FairFace config 0.25, wide = 1.25) have a fourth token,
+SDXL-style micro-conditioning: its rows ``[tight, wide, unknown framing]`` are appended after the race rows,
+so the three attribute look-ups stay where they were. Encoders saved without ``framings`` give three tokens.
 """
 
 import inspect
@@ -20,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_label
+from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_framing, parse_label
 
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
 # Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
@@ -34,12 +38,15 @@ SCHEDULERS = {
 
 
 class ConditionEncoder(ModelMixin, ConfigMixin):
-    """(age, gender, race) indices, -1 for unknown -> (batch, 3, embed_dim) cross-attention tokens."""
+    """(age, gender, race[, framing]) indices, -1 for unknown -> (batch, tokens, embed_dim) cross-attention tokens.
+
+    ``framings=None`` (every encoder saved before framing existed): three tokens, a framing column is ignored.
+    """
 
     @register_to_config
-    def __init__(self, embed_dim: int = 512, ages=AGES, genders=GENDERS, races=RACES):
+    def __init__(self, embed_dim: int = 512, ages=AGES, genders=GENDERS, races=RACES, framings=None):
         super().__init__()
-        sizes = [len(ages), len(genders), len(races)]
+        sizes = [len(ages), len(genders), len(races)] + ([len(framings)] if framings else [])
         offsets, start = [], 0
         for size in sizes:
             offsets.append(start)
@@ -48,21 +55,30 @@ class ConditionEncoder(ModelMixin, ConfigMixin):
         self.register_buffer("offsets", torch.tensor(offsets), persistent=False)
         self.embedding = nn.Embedding(start, embed_dim)
 
+    @property
+    def num_tokens(self):
+        return len(self.sizes)
+
     def forward(self, attributes):
-        """``attributes``: long tensor (batch, 3) of label indices, ``-1`` where unknown."""
+        """``attributes``: long tensor (batch, 3 or 4) of label indices, ``-1`` where unknown; a missing framing
+        column is unknown framing, a framing column is dropped for an encoder without framing."""
+        if attributes.shape[1] < self.num_tokens:
+            attributes = nn.functional.pad(attributes, (0, self.num_tokens - attributes.shape[1]), value=UNKNOWN)
+        attributes = attributes[:, : self.num_tokens]
         attributes = torch.where(attributes < 0, self.sizes, attributes)  # -1 -> the unknown row
         return self.embedding(attributes + self.offsets)
 
     @property
     def labels(self):
-        return {"age": list(self.config.ages), "gender": list(self.config.genders), "race": list(self.config.races)}
+        labels = {"age": list(self.config.ages), "gender": list(self.config.genders), "race": list(self.config.races)}
+        return {**labels, "framing": list(self.config.framings)} if self.config.framings else labels
 
 
 def build_unet(resolution, block_out_channels=(64, 128, 256, 512), layers_per_block=3, attention_levels=(1,),
-               cross_attention_dim=512, attention_head_dim=8, condition_in_time_embedding=False):
+               cross_attention_dim=512, attention_head_dim=8, condition_in_time_embedding=False, num_tokens=3):
     """The seed's UNet2DConditionModel: cross-attention at ``attention_levels`` (0 = highest resolution).
 
-    ``condition_in_time_embedding`` also adds the three condition tokens, projected, to the timestep embedding
+    ``condition_in_time_embedding`` also adds the ``num_tokens`` condition tokens, projected, to the timestep embedding
     (diffusers' ``class_embed_type="projection"``), so every ResNet block sees the condition, as DiT's
     label embedding does. Off by default: on the demo data cross-attention alone learned the attributes faster
     (README: measured).
@@ -76,12 +92,12 @@ def build_unet(resolution, block_out_channels=(64, 128, 256, 512), layers_per_bl
         mid_block_type="UNetMidBlock2DCrossAttn", cross_attention_dim=cross_attention_dim,
         attention_head_dim=attention_head_dim, norm_num_groups=min(32, block_out_channels[0]),
         class_embed_type="projection" if condition_in_time_embedding else None,
-        projection_class_embeddings_input_dim=3 * cross_attention_dim if condition_in_time_embedding else None,
+        projection_class_embeddings_input_dim=num_tokens * cross_attention_dim if condition_in_time_embedding else None,
     )
 
 
 def denoise(unet, sample, timestep, tokens):
-    """One UNet prediction for condition tokens (batch, 3, dim): cross-attention keys, and the flattened tokens
+    """One UNet prediction for condition tokens (batch, tokens, dim): cross-attention keys, and the flattened tokens
     as the time-embedding condition when the UNet has one."""
     config = getattr(unet, "module", unet).config  # through a DistributedDataParallel wrapper
     class_labels = tokens.flatten(1) if config.class_embed_type == "projection" else None
@@ -124,13 +140,14 @@ class FairFacePipeline(DiffusionPipeline):
         return self
 
     @torch.no_grad()
-    def __call__(self, condition_ids=None, *, age=None, gender=None, race=None, conditions=None,
+    def __call__(self, condition_ids=None, *, age=None, gender=None, race=None, conditions=None, framing=None,
                  num_images_per_condition=1, generator=None, num_inference_steps=25, guidance_scale=2.0,
                  output_type="pil", return_dict=True, show_progress=True):
         """Sample faces.
 
         Conditions come from ``condition_ids`` (int or list), from attribute names/indices ``age``, ``gender``,
         ``race`` (any may be None = unknown), or directly as ``conditions`` [(age, gender, race), ...].
+        ``framing``: "tight" or "wide" for every image (None: the model's choice; needs a model with framing).
         ``generator``: one torch.Generator, or a list with one per image (then each image depends only on its
         own generator and condition, not on the rest of the batch). ``guidance_scale`` 1 disables
         classifier-free guidance; above 1 the conditional and unconditional predictions come from one
@@ -145,6 +162,10 @@ class FairFacePipeline(DiffusionPipeline):
 
         device, dtype = self.unet.device, self.unet.dtype
         attributes = conditions_to_tensor(conditions).to(device)
+        if parse_framing(framing) is not None:
+            if not self.condition_encoder.config.framings:
+                raise ValueError("this model was trained without framing; leave framing out")
+            attributes = nn.functional.pad(attributes, (0, 1), value=parse_framing(framing))
         tokens = self.condition_encoder(attributes).to(dtype)
         guided = guidance_scale != 1.0
         if guided:

@@ -6,6 +6,7 @@ seeded with (seed, global step, micro-batch, rank). A resumed run therefore repl
 uninterrupted run would have made, whatever state the global RNGs or data-loader workers are in.
 """
 
+import argparse
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from diffusers.training_utils import compute_snr
+from diffusers.training_utils import EMAModel, compute_snr
 
 from .data import to_model_range
 
@@ -33,14 +34,20 @@ def step_generator(seed, global_step, micro_step, rank, device):
     return generator
 
 
-def prepare_batch(pixels, attributes, generator, random_flip, cond_drop_prob, attr_drop_prob):
-    """Images in [-1, 1] (optionally flipped) and attributes with dropped entries set to -1 (unknown)."""
+def prepare_batch(pixels, attributes, generator, random_flip, cond_drop_prob, attr_drop_prob, framing_drop_prob=None):
+    """Images in [-1, 1] (optionally flipped) and attributes with dropped entries set to -1 (unknown).
+
+    ``attributes`` (batch, 3 or 4): a fourth column, the framing, is dropped with ``framing_drop_prob`` (default:
+    ``attr_drop_prob``); the whole condition, framing included, with ``cond_drop_prob``."""
     batch = pixels.shape[0]
     images = to_model_range(pixels)
     if random_flip:
         flip = torch.rand(batch, generator=generator, device=images.device) < 0.5
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    drop_attr = torch.rand(attributes.shape, generator=generator, device=attributes.device) < attr_drop_prob
+    drop_probs = torch.full(attributes.shape[1:], float(attr_drop_prob), device=attributes.device)
+    if attributes.shape[1] > 3 and framing_drop_prob is not None:
+        drop_probs[3] = framing_drop_prob
+    drop_attr = torch.rand(attributes.shape, generator=generator, device=attributes.device) < drop_probs
     drop_all = torch.rand(batch, 1, generator=generator, device=attributes.device) < cond_drop_prob
     attributes = torch.where(drop_attr | drop_all, torch.full_like(attributes, -1), attributes)
     return images, attributes
@@ -226,6 +233,23 @@ def _test_fault_in_save(global_step):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (action == "pause" and StopRequest.received is not None):
         time.sleep(0.02)
+
+
+# ------------------------------------------------------------------------------------------------- EMA
+def build_emas(models, decay, power=2 / 3):
+    """{name: EMAModel} of ``models`` ({name: model}) with diffusers' warm-up: the decay at step t is
+    min(``decay``, 1 - (1 + t) ** -``power``), so early averages do not drag in the random initialisation."""
+    return {name: EMAModel(model.parameters(), decay=decay, use_ema_warmup=True, power=power, model_cls=type(model),
+                           model_config=model.config) for name, model in models.items()}
+
+
+def ema_variant(text):
+    """``DECAY:POWER`` (e.g. ``0.9999:0.75``) -> (decay, power); argparse type of the hidden --ema_variants."""
+    try:
+        decay, power = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected DECAY:POWER such as 0.9999:0.75, got {text!r}") from None
+    return decay, power
 
 
 def load_ema(ema, folder):
