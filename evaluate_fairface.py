@@ -9,6 +9,8 @@ copy training faces?
 1. Images: N per condition sampled from --model (image k of every condition uses seed --seed + k; saved to
    OUTPUT_DIR/samples/ as cond042_20-29_male_east-asian_seed0003.png), or read from --samples_dir: every
    .png/.jpg/.webp whose name contains "cond<id>" (cond42, cond042_...), e.g. sample_fairface.py's output.
+   --framing tight wide samples N per condition and framing (cond042_..._tight_seed0003.png) and also reports
+   accuracy and Fréchet distance per framing, against real images of that framing's config (0.25, 1.25).
 2. Attribute fidelity: age, gender and race of every image by a zero-shot CLIP (--classifier) or FairFace-trained
    image classifiers (--age_classifier ...); accuracy, confusion matrices and accuracy per group, for the
    generated images and, as the classifier's own ceiling, for real FairFace images of the same conditions.
@@ -33,10 +35,10 @@ from PIL import Image
 
 from utils import evaluation as ev
 from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int
-from utils.conditions import (add_sampling_args, condition_from_id, load_pipeline_or_exit, parse_condition_ids,
-                              resolve_device_dtype, sample_filename)
+from utils.conditions import (add_sampling_args, condition_from_id, framing_or_exit, load_pipeline_or_exit,
+                              parse_condition_ids, resolve_device_dtype, sample_filename)
 from utils.data import decode_image, load_fairface
-from utils.labels import ATTRIBUTES, NUM_CONDITIONS, decode_condition
+from utils.labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition, parse_framing
 from utils.pipeline import generate
 
 
@@ -51,7 +53,10 @@ def parse_args(input_args=None):
     add("--conditions", "--condition", dest="conditions", nargs="+", default=["all"], metavar="ID",
         help=f"'all' (default) or condition ids 0-{NUM_CONDITIONS - 1} (age*14 + gender*7 + race) and ranges, "
              "e.g. 0 42 100-125.")
-    add("--num_images_per_condition", type=positive_int, default=4, help="Images sampled per condition.")
+    add("--num_images_per_condition", type=positive_int, default=4, help="Images sampled per condition (and framing).")
+    add("--framing", nargs="+", choices=FRAMINGS, default=None, help="Sample every condition with each of these "
+        "framings (models trained with framing) and report accuracy and Fréchet distance per framing too "
+        "(default: the model's choice).")
     add("--seed", type=int, default=0, help="Image k of every condition uses seed SEED + k; also seeds the choice "
         "of real images.")
     add("--resolution", type=positive_int, default=None,
@@ -100,6 +105,8 @@ def parse_args(input_args=None):
                      "not see, or leave it out for leave-one-out")
     if not 0 < args.memorisation_percentile < 100:
         parser.error("--memorisation_percentile must be between 0 and 100")
+    if args.samples_dir and args.framing:
+        parser.error("--framing is for sampling from --model; --samples_dir images are evaluated as they are")
     if args.samples_dir and not os.path.isdir(args.samples_dir):
         parser.error(f"--samples_dir {args.samples_dir!r} is not a folder")
     args.real_per_condition = args.real_per_condition or args.num_images_per_condition
@@ -132,6 +139,7 @@ def main(args):
     # ---------------------------------------------------------------------------------------- models (first: fail fast)
     device = args.torch_device
     pipe = None if args.samples_dir else load_pipeline_or_exit(args.model, device, args.torch_dtype, args.scheduler)
+    framings = [framing_or_exit(pipe, f, args.model) for f in args.framing] if args.framing else [None]
     classifiers = {}
     for attribute, name in (("age", args.age_classifier), ("gender", args.gender_classifier),
                             ("race", args.race_classifier)):
@@ -169,20 +177,26 @@ def main(args):
             fail(f"no images named cond<id>... in {args.samples_dir!r}" + ("" if wanted is None else
                                                                            " for the requested --conditions"))
         generated = [Image.open(path).convert("RGB") for path, _, _ in found]
-        generated_ids = np.array([c for _, c, _ in found])
+        generated_ids, generated_framings = np.array([c for _, c, _ in found]), np.full(len(found), -1)
         names = [os.path.basename(path) for path, _, _ in found]
         model_description = args.samples_dir
         print(f"{len(generated)} images of {len(set(generated_ids.tolist()))} conditions from {args.samples_dir}")
     else:
         pipe.set_progress_bar_config(disable=True)
-        generated_ids = np.repeat(args.condition_ids, args.num_images_per_condition)
+        ids = np.repeat(args.condition_ids, args.num_images_per_condition)
         seeds = [args.seed + k for _ in args.condition_ids for k in range(args.num_images_per_condition)]
-        print(f"sampling {len(seeds)} images ({len(args.condition_ids)} conditions x {args.num_images_per_condition})")
-        generated = generate(pipe, [decode_condition(c) for c in generated_ids], seeds, args.batch_size, progress=True,
-                             num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+        print(f"sampling {len(seeds) * len(framings)} images ({len(args.condition_ids)} conditions x "
+              f"{args.num_images_per_condition}" + (f" x framings {', '.join(framings)})" if args.framing else ")"))
+        generated, names = [], []
+        for framing in framings:  # seed k of a condition starts from the same noise in every framing
+            generated += generate(pipe, [decode_condition(c) for c in ids], seeds, args.batch_size, progress=True,
+                                  num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                                  framing=framing)
+            names += [sample_filename(condition_from_id(int(c)), seed, framing) for c, seed in zip(ids, seeds)]
+        generated_ids = np.tile(ids, len(framings))
+        generated_framings = np.repeat([-1 if f is None else parse_framing(f) for f in framings], len(ids))
         del pipe
         os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
-        names = [sample_filename(condition_from_id(int(c)), seed) for c, seed in zip(generated_ids, seeds)]
         for image, name in zip(generated, names):
             image.save(os.path.join(args.output_dir, "samples", name))
         model_description = args.model
@@ -192,7 +206,12 @@ def main(args):
     generated_attributes = ev.attribute_arrays(generated_ids)
 
     # ---------------------------------------------------------------------------------------- real images
-    real_index = ev.sample_per_condition(pool.condition_ids, conditions, args.real_per_condition, rng)
+    if args.framing:  # real images of each requested framing's config, as many as without --framing each
+        real_index = np.concatenate([ev.sample_per_condition(np.where(pool.framings == parse_framing(f),
+                                                                      pool.condition_ids, -1), conditions,
+                                                             args.real_per_condition, rng) for f in args.framing])
+    else:
+        real_index = ev.sample_per_condition(pool.condition_ids, conditions, args.real_per_condition, rng)
     real = [decode_image(pool.record(i), resolution) for i in real_index]
     usable = [k for k, image in enumerate(real) if image is not None]
     real, real_index = [real[k] for k in usable], real_index[usable]
@@ -220,6 +239,19 @@ def main(args):
     for attribute, names_ in ATTRIBUTES.items():
         frechet[f"by_{attribute}"] = ev.frechet_by_group(generated_features, generated_attributes[attribute],
                                                          real_features, real_attributes[attribute], names_)
+    def subset(arrays, keep):
+        return {attribute: values[keep] for attribute, values in arrays.items()}
+
+    by_framing = {}
+    for framing in args.framing or []:
+        g, r = generated_framings == parse_framing(framing), pool.framings[real_index] == parse_framing(framing)
+        by_framing[framing] = {
+            "fidelity": {"generated": ev.fidelity_metrics(subset(generated_attributes, g),
+                                                          subset(generated_predictions, g), generated_ids[g]),
+                         "real": ev.fidelity_metrics(subset(real_attributes, r), subset(real_predictions, r),
+                                                     real_ids[r])},
+            "frechet_distance": ev.frechet_distance_between(generated_features[g], real_features[r]),
+            "generated": int(g.sum()), "real": int(r.sum())}
     diversity = {"generated": ev.summarise_diversity(ev.diversity_by_condition(generated_features, generated_ids)),
                  "real": ev.summarise_diversity(ev.diversity_by_condition(real_features, real_ids))}
 
@@ -261,6 +293,7 @@ def main(args):
                    "train_pool_unusable": int((~np.isfinite(pool_features).all(axis=1)).sum()),
                    "aligned_copies": [f"{a[0]}/{a[1]} = {b[0]}/{b[1]}" for a, b in pool.aligned]},
         "fidelity": fidelity, "frechet_distance": frechet, "diversity": diversity, "memorisation": memo,
+        "by_framing": by_framing,
     }
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1, allow_nan=False)

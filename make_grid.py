@@ -6,7 +6,8 @@
 Epochs: rows = the epoch_{E}/ snapshots that train_fairface.py wrote under --run_dir (--epochs, default all,
 in numeric order), columns = --conditions. Every tile starts from the same noise (--seed), so a column shows
 what training changed and a row what the condition changes. Atlas: 9 rows (ages) x 14 columns (gender x race),
-i.e. condition id = row * 14 + column, again from one seed.
+i.e. condition id = row * 14 + column, again from one seed. Models trained with framing draw every tile
+tight (--framing, "any" = the model's choice per tile), so tiles differ only by what the grid compares.
 """
 
 import argparse
@@ -16,7 +17,8 @@ import re
 from tqdm.auto import tqdm
 
 from utils.cli import DEFAULT_MODEL_DIR, fail
-from utils.conditions import add_sampling_args, load_pipeline_or_exit, parse_condition_ids, resolve_device_dtype
+from utils.conditions import (add_framing_arg, add_sampling_args, framing_or_exit, load_pipeline_or_exit,
+                              parse_condition_ids, resolve_device_dtype)
 from utils.grid import labelled_grid
 from utils.labels import AGES, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe_condition
 from utils.pipeline import generate
@@ -31,6 +33,7 @@ def parse_args(input_args=None):
     add("--conditions", nargs="+", default=None, help="Columns: ids, ranges (0-13) or 'all' (default: 0 1 2 3).")
     add("--atlas", action="store_true", help="Instead: all 126 conditions of --model, ages x (gender, race).")
     add("--model", default=DEFAULT_MODEL_DIR, help="Pipeline folder or Hub repo id for --atlas.")
+    add_framing_arg(parser, default_help="tight for models trained with framing")
     add("--seed", type=int, default=0, help="Seed of every tile's noise (default: %(default)s).")
     add("--output", default=None,
         help="PNG to write (default: assets/grid_epochs_{first}_{last}.png, or assets/atlas.png).")
@@ -66,22 +69,24 @@ def find_snapshots(run_dir, epochs=None):
 def sample_row(model, args):
     """One image per condition, all from --seed's noise."""
     pipe = load_pipeline_or_exit(model, device=args.device, dtype=args.torch_dtype, scheduler=args.scheduler)
+    framing = framing_or_exit(pipe, args.framing or ("tight" if pipe.condition_encoder.config.framings else None), model)
     return generate(pipe, [decode_condition(c) for c in args.condition_ids], [args.seed] * len(args.condition_ids),
                     batch_size=args.batch_size, num_inference_steps=args.num_inference_steps,
-                    guidance_scale=args.guidance_scale)
+                    guidance_scale=args.guidance_scale, framing=framing)
 
 
 def main(args):
+    note = f", {args.framing}" if args.framing in ("tight", "wide") else ""  # labels name a framing asked for
     if args.atlas:  # ids run age-major, so the 126 images fill 9 rows of 14 in order
         images = sample_row(args.model, args)
-        grid = labelled_grid(images, len(AGES), len(GENDERS) * len(RACES), row_labels=list(AGES),
+        grid = labelled_grid(images, len(AGES), len(GENDERS) * len(RACES), row_labels=[a + note for a in AGES],
                              col_labels=[f"{gender}\n{race}" for gender in GENDERS for race in RACES])
         output = args.output or os.path.join("assets", "atlas.png")
     else:
         snapshots = find_snapshots(args.run_dir, args.epochs)
         images = [image for folder in tqdm(snapshots.values(), desc="epochs") for image in sample_row(folder, args)]
         grid = labelled_grid(images, len(snapshots), len(args.condition_ids),
-                             row_labels=[f"epoch {e}" for e in snapshots],
+                             row_labels=[f"epoch {e}{note}" for e in snapshots],
                              col_labels=[describe_condition(c) for c in args.condition_ids])
         output = args.output or os.path.join("assets", f"grid_epochs_{min(snapshots)}_{max(snapshots)}.png")
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)

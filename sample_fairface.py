@@ -9,7 +9,10 @@ Conditions are ids 0-125 (age*14 + gender*7 + race; `all` for every one) or attr
 where a left-out attribute is unknown and drawn by the model. Image k of a condition uses seed k (or the
 --seeds list), with its own generator: a seed gives the same image whatever else is in the batch and
 whatever --batch_size (across batch sizes up to float rounding, at most 1/255 here on CPU).
-Files: cond042_20-29_male_east-asian_seed0003.png (by id), anyage_female_black_seed0000.png (by attributes).
+--framing tight|wide asks a model trained with framing for close-ups (FairFace's 0.25 crops) or wider margins
+(1.25); left out, the model chooses.
+Files: cond042_20-29_male_east-asian_seed0003.png (by id), anyage_female_black_seed0000.png (by attributes),
+cond042_20-29_male_east-asian_wide_seed0003.png (with --framing).
 --grid adds grid.png: rows = conditions, columns = seeds.
 """
 
@@ -17,8 +20,8 @@ import argparse
 import os
 
 from utils.cli import DEFAULT_MODEL_DIR, fail, parse_seeds, positive_int
-from utils.conditions import (add_condition_args, add_sampling_args, conditions_from_args, load_pipeline_or_exit,
-                              resolve_device_dtype, sample_filename)
+from utils.conditions import (add_condition_args, add_framing_arg, add_sampling_args, conditions_from_args,
+                              framing_or_exit, load_pipeline_or_exit, resolve_device_dtype, sample_filename)
 from utils.grid import labelled_grid
 from utils.pipeline import generate
 
@@ -30,6 +33,7 @@ def parse_args(input_args=None):
                         help="Pipeline folder (train_fairface.py --output_dir, or one of its epoch_{E}/ snapshots) "
                              "or Hub repo id user/repo (default: %(default)s).")
     add_condition_args(parser)
+    add_framing_arg(parser)
     seeds = parser.add_argument_group("images").add_mutually_exclusive_group()
     seeds.add_argument("--num_images", type=positive_int, default=4,
                        help="Images per condition, seeds 0..N-1 (default: %(default)s).")
@@ -54,25 +58,27 @@ def parse_args(input_args=None):
 def main(args):
     # Model: local folder or Hub id, safetensors only; the sampler is swapped in by name.
     pipe = load_pipeline_or_exit(args.model, device=args.device, dtype=args.torch_dtype, scheduler=args.scheduler)
+    framing = framing_or_exit(pipe, args.framing, args.model)
 
     # Sample: every (condition, seed) pair, condition-major, one CPU generator per image.
     pairs = [(condition, seed) for condition in args.conditions for seed in args.seeds]
     print(f"sampling {len(pairs)} images ({len(args.conditions)} conditions x {len(args.seeds)} seeds) with "
-          f"{args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale:g} on {args.device}")
+          f"{args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale:g} on {args.device}"
+          + (f", {framing} framing" if framing else ""))
     images = generate(pipe, [c.attributes for c, _ in pairs], [s for _, s in pairs], batch_size=args.batch_size,
                       progress=True, num_inference_steps=args.num_inference_steps,
-                      guidance_scale=args.guidance_scale)
+                      guidance_scale=args.guidance_scale, framing=framing)
 
     # Save: names carry the condition and the seed, so any image can be redrawn on its own.
     os.makedirs(args.output_dir, exist_ok=True)
-    paths = [os.path.join(args.output_dir, sample_filename(c, s)) for c, s in pairs]
+    paths = [os.path.join(args.output_dir, sample_filename(c, s, framing)) for c, s in pairs]
     for image, path in zip(images, paths):
         image.save(path)
     print(f"wrote {len(paths)} images to {args.output_dir}/ (e.g. {os.path.basename(paths[0])})")
 
     if args.grid:
         grid = labelled_grid(images, len(args.conditions), len(args.seeds),
-                             row_labels=[c.label for c in args.conditions],
+                             row_labels=[c.label + (f", {framing}" if framing else "") for c in args.conditions],
                              col_labels=[f"seed {s}" for s in args.seeds])
         grid_path = os.path.join(args.output_dir, "grid.png")
         grid.save(grid_path)

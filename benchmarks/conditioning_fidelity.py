@@ -40,6 +40,7 @@ RECIPES = {  # name -> train_fairface.py flags
 TRAINING_DEFAULT = "v-prediction + min-SNR 5"  # train_fairface.py's defaults
 DEFAULT_RECIPES = ["epsilon", "epsilon + min-SNR 5", TRAINING_DEFAULT]
 PROGRESS_GUIDANCE = 2.0  # every snapshot is evaluated at the samples' default guidance
+LOOK_CONDITIONS = [0, 20, 42, 58, 73, 95, 110, 125]  # the EMA look grid's columns: every age band, both genders
 TARGET_ALL, TARGET_GROUP_GAP = 0.90, 0.10
 
 
@@ -87,16 +88,24 @@ def train(recipe, work, args):
     return output, time.perf_counter() - start
 
 
-def evaluate(model, guidance_scale, args):
-    from utils.demo_data import recovery_rates
-    from utils.labels import NUM_CONDITIONS, decode_condition
+def evaluate(model, guidance_scale, args, framing=None, images_out=None):
+    """Recovery rates of every condition x --seeds; with ``framing``, also the share drawn in that framing."""
+    from utils.demo_data import measure_framing, recovery_rates
+    from utils.labels import NUM_CONDITIONS, decode_condition, parse_framing
     from utils.pipeline import generate, load_pipeline
 
     pipe = load_pipeline(model, device=args.device)
     conditions = [decode_condition(c) for c in range(NUM_CONDITIONS) for _ in range(args.seeds)]
     seeds = [1000 + i for i in range(len(conditions))]
-    images = generate(pipe, conditions, seeds, batch_size=64, num_inference_steps=25, guidance_scale=guidance_scale)
+    images = generate(pipe, conditions, seeds, batch_size=64, num_inference_steps=25, guidance_scale=guidance_scale,
+                      framing=framing)
+    if images_out is not None:
+        images_out.extend(images)
     rates = recovery_rates(images, conditions)
+    drawn = measure_framing(images)
+    rates["wide"] = float(drawn.mean())  # share drawn wide: how the model chooses when not asked
+    if framing:
+        rates["framing"] = float((drawn == parse_framing(framing)).mean())
     worst = min(rates["groups"], key=rates["groups"].get)
     mean = sum(rates["groups"].values()) / len(rates["groups"])
     rates.update(worst=worst, gap=mean - rates["groups"][worst])
@@ -108,6 +117,23 @@ def row(label, rates):
     return [label, f"{rates['age']:.1%}", f"{rates['gender']:.1%}", f"{rates['race']:.1%}", f"{rates['all']:.1%}",
             f"{rates['worst']} {rates['groups'][rates['worst']]:.1%}", f"{rates['gap'] * 100:.1f}",
             "yes" if rates["met"] else "no"]
+
+
+def framing_row(label, rates):
+    return [label, f"{rates['framing']:.1%}", f"{rates['age']:.1%}", f"{rates['gender']:.1%}", f"{rates['race']:.1%}",
+            f"{rates['all']:.1%}", f"{rates['gap'] * 100:.1f}"]
+
+
+def save_look(path, rows, labels, seeds):
+    """Side-by-side look of several models' evaluation images: one row each, the LOOK_CONDITIONS (first seed)."""
+    from utils.grid import labelled_grid
+    from utils.labels import describe_condition
+
+    grid = labelled_grid([images[c * seeds] for images in rows for c in LOOK_CONDITIONS], len(rows),
+                         len(LOOK_CONDITIONS), row_labels=labels,
+                         col_labels=[describe_condition(c) for c in LOOK_CONDITIONS])
+    grid.save(path)
+    print(f"(wrote {path})", flush=True)
 
 
 def main(args):
@@ -125,19 +151,36 @@ def run_benchmark(args, work):
         make_demo_dataset(os.path.join(work, "fairface"), num_images=args.num_images, resolution=64, seed=0)
     print("\n".join(["## Conditioning fidelity on the demo data", *machine_lines(args.device)]), flush=True)
     header = ["recipe / snapshot", "age", "gender", "race", "all three", "worst group", "gap (pts)", "target met"]
-    progress_rows, guidance_rows, reached = [], [], {}
+    progress_rows, guidance_rows, framing_rows, reached = [], [], [], {}
+    framing_header = ["recipe / framing asked", "framing drawn", "age", "gender", "race", "all three", "gap (pts)"]
     for recipe in args.recipes:
         output, seconds = train(recipe, work, args)
         steps_per_epoch, rates_by_epoch = _steps_per_epoch(output, args.epochs), {}
         for epoch in range(args.eval_every, args.epochs + 1, args.eval_every):
-            snapshot = os.path.join(output, f"epoch_{epoch}")
-            rates = evaluate(snapshot, PROGRESS_GUIDANCE, args)
+            snapshot, look = os.path.join(output, f"epoch_{epoch}"), []
+            rates = evaluate(snapshot, PROGRESS_GUIDANCE, args, images_out=look)
             rates_by_epoch[epoch] = rates
             step = epoch * steps_per_epoch
             progress_rows.append(row(f"{recipe}, step {step}, g={PROGRESS_GUIDANCE:g}", rates))
             if rates["met"] and recipe not in reached:
                 reached[recipe] = step
-            print(markdown_table(header, progress_rows[-1:]).splitlines()[-1], flush=True)
+            print(markdown_table(header, progress_rows[-1:]).splitlines()[-1] + f" (wide {rates['wide']:.0%})",
+                  flush=True)
+            looks, look_labels = [look], ["raw weights"]
+            for variant in sorted(v for v in os.listdir(output) if v.startswith(f"epoch_{epoch}_ema")):
+                looks.append([])  # the same run's EMA of the weights (--ema_variants), same seeds
+                rates = evaluate(os.path.join(output, variant), PROGRESS_GUIDANCE, args, images_out=looks[-1])
+                look_labels.append(variant.split("_", 2)[2])
+                progress_rows.append(row(f"{recipe}, step {step}, {look_labels[-1]}, g={PROGRESS_GUIDANCE:g}", rates))
+                print(markdown_table(header, progress_rows[-1:]).splitlines()[-1], flush=True)
+            if len(looks) > 1:
+                save_look(os.path.join(work, f"ema_look_{os.path.basename(output)}_step{step}.png"), looks, look_labels,
+                          args.seeds)
+        if _has_framing(output):  # the final model asked for each framing
+            for framing in ("tight", "wide"):
+                rates = evaluate(output, PROGRESS_GUIDANCE, args, framing=framing)
+                framing_rows.append(framing_row(f"{recipe}, {framing}", rates))
+                print(markdown_table(framing_header, framing_rows[-1:]).splitlines()[-1], flush=True)
         for guidance in args.guidance_scales if recipe in args.guidance_recipes else []:
             # the final snapshot at PROGRESS_GUIDANCE was evaluated above already: same model, seeds and sampler
             rates = rates_by_epoch.get(args.epochs) if guidance == PROGRESS_GUIDANCE else None
@@ -148,11 +191,21 @@ def run_benchmark(args, work):
     print(f"\n### Recovery during training (DPM-Solver++ 25 steps, guidance {PROGRESS_GUIDANCE:g}, "
           f"{args.seeds} image(s) x 126 conditions)\n" + markdown_table(header, progress_rows))
     print("\n### Guidance scale, final model\n" + markdown_table(header, guidance_rows))
+    if framing_rows:
+        print(f"\n### Framing asked for, final model (g={PROGRESS_GUIDANCE:g})\n"
+              + markdown_table(framing_header, framing_rows))
     print(f"\n### Steps to the target (all three >= {TARGET_ALL:.0%}, no group > {TARGET_GROUP_GAP * 100:.0f} "
           f"points below the mean, at g={PROGRESS_GUIDANCE:g})")
     for recipe in args.recipes:
         print(f"- {recipe}: " + (f"{reached[recipe]} steps" if recipe in reached else
                                  f"not reached within {args.epochs} epochs"))
+
+
+def _has_framing(model):
+    import json
+
+    with open(os.path.join(model, "condition_encoder", "config.json")) as f:
+        return bool(json.load(f).get("framings"))
 
 
 def _steps_per_epoch(output, epochs):

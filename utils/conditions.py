@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from .cli import DEFAULT_MODEL_DIR, fail, positive_int
-from .labels import NUM_CONDITIONS, decode_condition, describe, parse_label, slug
+from .labels import FRAMINGS, NUM_CONDITIONS, decode_condition, describe, parse_label, slug
 from .pipeline import DEFAULT_SCHEDULER, SCHEDULERS, load_pipeline
 
 DEFAULT_GUIDANCE_SCALE = 2.0  # train_fairface.py's --guidance_scale: samples match the training-time ones
@@ -62,9 +62,23 @@ def condition_from_attributes(age=None, gender=None, race=None):
     return Condition(tuple(attributes), slug(*attributes), describe(*attributes))
 
 
-def sample_filename(condition, seed):
-    """``cond042_20-29_male_east-asian_seed0003.png`` / ``anyage_female_black_seed0000.png``."""
-    return f"{condition.name}_seed{int(seed):04d}.png"
+def sample_filename(condition, seed, framing=None):
+    """``cond042_20-29_male_east-asian_seed0003.png`` / ``anyage_female_black_tight_seed0000.png`` (with a framing)."""
+    return f"{condition.name}{f'_{framing}' if framing else ''}_seed{int(seed):04d}.png"
+
+
+def add_framing_arg(parser, default_help="the model's choice"):
+    parser.add_argument("--framing", choices=[*FRAMINGS, "any"], default=None,
+                        help=f"tight (FairFace config 0.25) or wide (1.25) margin around the face, for models trained "
+                             f"with framing; any = the model's choice (default: {default_help}).")
+
+
+def framing_or_exit(pipe, framing, model):
+    """The framing to ask ``pipe`` for (None for "any"/None); one-line error if the model has no framing condition."""
+    framing = None if framing == "any" else framing
+    if framing and not pipe.condition_encoder.config.framings:
+        fail(f"{model!r} was trained without the framing condition; leave --framing out")
+    return framing
 
 
 def add_condition_args(parser):

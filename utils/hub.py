@@ -194,6 +194,7 @@ def build_model_card(pipeline, args, num_images, global_step, repo_id=None):
              if args.use_ema else "no"),
         snr=(f"min-SNR loss weighting (gamma {args.snr_gamma:g})" if args.snr_gamma else "uniform loss weighting"),
         cond_drop_prob=f"{args.cond_drop_prob:g}", attr_drop_prob=f"{args.attr_drop_prob:g}",
+        framing=bool(pipeline.condition_encoder.config.framings),
         precision={"no": "float32", "fp16": "float16 mixed precision", "bf16": "bfloat16 mixed precision"}.get(
             precision, precision) + f"; weights stored as {str(unet.dtype).replace('torch.', '')}",
         seed=args.seed, license_name=license_name, license_reason=license_reason,

@@ -1,0 +1,154 @@
+"""Framing (issue 15): the FairFace config as a fourth, optional condition (tight = 0.25, wide = 1.25).
+
+A tiny model trained on the generated two-layout data draws the framing it is asked for (read back from pixels
+by utils.demo_data.measure_framing); models saved before framing existed still load and sample; every script
+refuses a bad --framing with a one-line error.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import make_grid
+import sample_fairface
+from conftest import TINY_MODEL_ARGS, run_script
+from utils import data, grid, training
+from utils.demo_data import measure_framing
+from utils.labels import CONFIG_FRAMING, FRAMINGS, decode_condition
+from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, generate, load_pipeline
+
+ROUND_TRIP_EPOCHS = 6  # 186 steps of batch 16 on 504 faces: enough for the tiny model to learn the framing
+FAST = ["--num_inference_steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def framing_run(demo_dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("runs") / "framing"
+    run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
+               "--train_batch_size", "16", "--num_epochs", ROUND_TRIP_EPOCHS, "--learning_rate", "1e-3",
+               "--save_model_epochs", "100", "--save_images_epochs", "100", "--checkpointing_steps", "1000")
+    return str(output_dir)
+
+
+@pytest.fixture(scope="module")
+def old_model(tmp_path_factory):
+    """A pipeline as saved before framing existed: its encoder config has no "framings" entry."""
+    folder = tmp_path_factory.mktemp("old") / "model"
+    torch.manual_seed(0)
+    encoder = ConditionEncoder(embed_dim=32)
+    unet = build_unet(32, (32, 64), layers_per_block=1, cross_attention_dim=32)
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = FairFacePipeline(unet=unet, scheduler=DPMSolverMultistepScheduler(), condition_encoder=encoder)
+    pipe.save_pretrained(folder)
+    config_path = folder / "condition_encoder" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["framings"]
+    config_path.write_text(json.dumps(config))
+    return str(folder)
+
+
+# ------------------------------------------------------------------------------------------------ round trip
+def test_requested_framing_is_drawn(framing_run):
+    pipe = load_pipeline(framing_run)
+    assert pipe.labels["framing"] == list(FRAMINGS)
+    conditions = [decode_condition(c) for c in range(0, 126, 3)]  # 42 conditions, every attribute value
+    seeds = list(range(len(conditions)))
+    for index, framing in enumerate(FRAMINGS):
+        images = generate(pipe, conditions, seeds, batch_size=64, num_inference_steps=10, guidance_scale=2.0,
+                          framing=framing)
+        drawn = measure_framing(images)
+        assert np.mean(drawn == index) >= 0.9, f"{framing}: drawn {np.bincount(drawn, minlength=2)} (tight, wide)"
+
+
+def test_sample_and_grid_files_carry_the_framing(framing_run, tmp_path):
+    paths = sample_fairface.main(sample_fairface.parse_args(
+        ["--model", framing_run, "--condition", "42", "--num_images", "1", "--framing", "wide", "--grid",
+         "--output_dir", str(tmp_path), *FAST]))
+    assert [os.path.basename(p) for p in paths] == ["cond042_20-29_male_east-asian_wide_seed0000.png"]
+    assert (tmp_path / "grid.png").is_file()
+    # make_grid draws one fixed framing (tight) by default: the same tile as asking for tight explicitly
+    tiles = {}
+    for name, flags in (("default", []), ("tight", ["--framing", "tight"]), ("any", ["--framing", "any"])):
+        path = make_grid.main(make_grid.parse_args(["--run_dir", framing_run, "--conditions", "42", *flags,
+                                                    "--output", str(tmp_path / f"{name}.png"), *FAST]))
+        tiles[name] = np.asarray(Image.open(path).convert("RGB"))[-grid.tile_size(32):, -grid.tile_size(32):]
+    assert np.array_equal(tiles["default"], tiles["tight"])
+    assert not np.array_equal(tiles["default"], tiles["any"])  # unknown framing: another token, another image
+
+
+# ------------------------------------------------------------------------------------------ the encoder rows
+def test_framing_rows_are_appended_after_the_attribute_rows():
+    """The attribute look-ups of the model card's snippet stay valid: framing rows are 21, 22 (unknown 23)."""
+    encoder = ConditionEncoder(embed_dim=8, framings=FRAMINGS)
+    table = encoder.embedding.weight
+    attributes = torch.tensor([[4, 1, 2, 1], [-1, -1, -1, -1], [0, 0, 0, 0]])
+    tokens = encoder(attributes)
+    assert tokens.shape == (3, 4, 8) and encoder.num_tokens == 4
+    assert torch.equal(tokens[0], table[[4, 11, 15, 22]])
+    assert torch.equal(tokens[1], table[[9, 12, 20, 23]])
+    assert torch.equal(tokens[2], table[[0, 10, 13, 21]])
+    assert torch.equal(encoder(attributes[:, :3])[0], table[[4, 11, 15, 23]])  # no framing column: unknown
+
+
+def test_old_encoder_ignores_a_framing_column():
+    old = ConditionEncoder(embed_dim=8)
+    attributes = torch.tensor([[4, 1, 2, 1]])
+    assert old.num_tokens == 3 and old.embedding.num_embeddings == 21
+    assert torch.equal(old(attributes), old(attributes[:, :3]))
+
+
+def test_model_saved_without_framing_loads_and_samples(old_model, tmp_path):
+    pipe = load_pipeline(old_model)
+    assert "framing" not in pipe.labels and pipe.condition_encoder.num_tokens == 3
+    paths = sample_fairface.main(sample_fairface.parse_args(
+        ["--model", old_model, "--condition", "42", "--num_images", "1", "--output_dir", str(tmp_path), *FAST]))
+    assert [os.path.basename(p) for p in paths] == ["cond042_20-29_male_east-asian_seed0000.png"]
+    with pytest.raises(ValueError, match="without framing"):
+        pipe(condition_ids=[42], framing="tight", num_inference_steps=2)
+
+
+# ---------------------------------------------------------------------------------------------- data, drops
+def test_each_row_carries_its_config_framing(demo_dataset):
+    merged = data.load_fairface(demo_dataset)
+    images = data.FairFaceImages(merged, 32)
+    assert set(np.unique(images.attributes[:, 3])) == {CONFIG_FRAMING["0.25"], CONFIG_FRAMING["1.25"]}
+    one = data.load_fairface(demo_dataset, ["1.25"])
+    assert set(data.FairFaceImages(one, 32).attributes[:, 3]) == {1}
+    without = data.FairFaceImages(merged.remove_columns("framing"), 32)  # a dataset without the column: unknown
+    assert set(without.attributes[:, 3]) == {-1}
+
+
+def test_framing_has_its_own_dropout():
+    attributes = torch.tensor([[4, 1, 2, 1]] * 64)
+    pixels = torch.zeros(64, 3, 4, 4, dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    _, dropped = training.prepare_batch(pixels, attributes, generator, False, 0.0, 0.0, framing_drop_prob=1.0)
+    assert torch.equal(dropped[:, :3], attributes[:, :3]) and bool((dropped[:, 3] == -1).all())
+    _, kept = training.prepare_batch(pixels, attributes, generator, False, 0.0, 1.0, framing_drop_prob=0.0)
+    assert bool((kept[:, :3] == -1).all()) and torch.equal(kept[:, 3], attributes[:, 3])
+
+
+# ------------------------------------------------------------------------------------------------ CLI errors
+@pytest.mark.parametrize("script, extra", [
+    ("sample_fairface.py", ["--condition", "42"]),
+    ("make_grid.py", ["--atlas"]),
+    ("evaluate_fairface.py", []),
+])
+def test_bad_framing_is_a_one_line_error(script, extra, tmp_path):
+    result = run_script(script, "--model", tmp_path, *extra, "--framing", "medium", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: argument --framing: invalid choice: 'medium'" in result.stderr.strip().splitlines()[-1]
+
+
+def test_framing_for_a_model_without_it_is_a_one_line_error(old_model, tmp_path):
+    result = run_script("sample_fairface.py", "--model", old_model, "--condition", "42", "--framing", "wide",
+                        "--output_dir", tmp_path, *FAST, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("was trained without the framing condition; leave "
+                                                           "--framing out")
+    assert not os.listdir(tmp_path)

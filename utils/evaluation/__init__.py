@@ -1,0 +1,29 @@
+"""Evaluating a trained model (issue 8): one module per idea, each small functions on numpy arrays that can be
+tested against hand-computed values; the models (a zero-shot CLIP or FairFace-trained image classifiers, a
+DINOv2 feature model) are thin wrappers around ``transformers`` ``from_pretrained``, from safetensors only
+(offline from the Hub cache with ``HF_HUB_OFFLINE=1``). ``evaluate_fairface.py`` uses them as
+``from utils import evaluation as ev; ev.fidelity_metrics(...)``.
+
+* ``samples``: generated sample files found by name, real FairFace records addressed by condition (and framing).
+* ``classifiers``: age, gender and race of every image; accuracy is measured against the requested condition
+  (generated images) or the dataset label (real images, the classifier's own ceiling).
+* ``features``: image features (DINOv2 CLS token) of images and of streamed pool records.
+* ``fidelity``: accuracy, confusion matrices and accuracy per group.
+* ``frechet``: Fréchet distance between generated and real features, overall and per group (pytorch-fid's way).
+* ``diversity``: mean pairwise cosine distance of the features of the images of one condition.
+* ``memorisation``: every generated image's cosine distance to its nearest training image, against the same
+  distance for real images the model did not see.
+* ``drawing`` (PIL only) of the plots, and ``report``: the markdown report.
+"""
+
+# flake8: noqa: F401 -- the package's interface: everything evaluate_fairface.py and the tests use, as ev.<name>
+from .classifiers import (CLIPAttributeClassifier, ImageClassifierAttribute, classify, describe_classifiers,
+                          label_mapping)
+from .diversity import diversity_by_condition, mean_pairwise_cosine_distance, summarise_diversity
+from .drawing import SHORT_NAMES, bar_panels, confusion_heatmap, hstack, pair_grid
+from .features import FeatureExtractor, from_pretrained_safetensors, record_features
+from .fidelity import accuracy, confusion_matrix, fidelity_metrics, group_accuracy
+from .frechet import feature_statistics, frechet_by_group, frechet_distance, frechet_distance_between
+from .memorisation import memorisation, nearest_neighbours
+from .report import fmt_number, fmt_percent, report_markdown
+from .samples import RealPool, attribute_arrays, find_samples, sample_per_condition
