@@ -9,20 +9,31 @@ Guidance scales 1, 2 and 3 are compared on the final model of the --guidance_rec
 per recipe, the first step at which the target was met: >= 90 % of all three attributes recovered together,
 and no age/gender/race group more than 10 points below the mean.
 
+Framing (issue 15): a final model trained with the framing condition is also sampled asking for each framing
+(tight, wide), and utils.demo_data.measure_framing reads from the pixels whether it was drawn ("framing
+drawn"); the recipe "..., no framing" trains the same model without it, for the attribute comparison.
+EMA: --ema_variants DECAY:POWER ... makes each run keep those EMAs of its weights too (diffusers EMAModel with
+warm-up; EMA does not change the raw weights' trajectory, so one run carries them all); every evaluated
+snapshot is then evaluated with each, and ema_look_*.png in the work folder shows their samples side by side.
+
 A 2-core CPU trains ~1.9 steps/s and samples one 126-condition evaluation in ~45 s, so the default budget
 (5 epochs = 315 steps per recipe, ~14 min) ranks the recipes early in training; the demo's full 16 epochs,
 where the target is reached, take ~35 min:
 
     python benchmarks/conditioning_fidelity.py                                 # ~14 min, 2-core CPU
     python benchmarks/conditioning_fidelity.py --epochs 16 --eval_every 4      # ~35 min: steps to the target
+    python benchmarks/conditioning_fidelity.py --recipes "v-prediction + min-SNR 5" \
+        "v-prediction + min-SNR 5, no framing" --guidance_recipes --ema_variants 0.99:0.6667 0.9999:0.75
 """
 
 import argparse
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 from common import REPO, end_run, machine_lines, markdown_table, start_run
 
@@ -51,13 +62,15 @@ def parse_args(argv=None):
                         "demo trains 16; 5 keeps the default run under 15 minutes on a 2-core CPU).")
     parser.add_argument("--eval_every", type=int, default=5, help="Evaluate every this many epochs (at g=2).")
     parser.add_argument("--guidance_scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
-    parser.add_argument("--guidance_recipes", nargs="+", choices=list(RECIPES), default=[TRAINING_DEFAULT],
+    parser.add_argument("--guidance_recipes", nargs="*", choices=list(RECIPES), default=[TRAINING_DEFAULT],
                         help="Recipes whose final model is also sampled at every --guidance_scales (each "
                         "evaluation costs ~45 s on a 2-core CPU).")
     parser.add_argument("--seeds", type=int, default=1, help="Images per condition.")
     parser.add_argument("--num_images", type=int, default=2016, help="Size of the generated demo dataset.")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: every "
                         "core; the time estimates above are for 2).")
+    parser.add_argument("--jobs", type=int, default=1, help="Evaluations run at a time, each in its own process "
+                        "with --threads threads (trainings run one after the other).")
     parser.add_argument("--work_dir", default=None, help="Keep data and runs here (default: a temporary folder, "
                         "deleted at the end).")
     parser.add_argument("--device", default="cpu", help="Where the evaluations sample (training: accelerate's "
@@ -88,20 +101,24 @@ def train(recipe, work, args):
     return output, time.perf_counter() - start
 
 
-def evaluate(model, guidance_scale, args, framing=None, images_out=None):
-    """Recovery rates of every condition x --seeds; with ``framing``, also the share drawn in that framing."""
+def evaluate(model, guidance_scale, args, framing=None, keep_look=False):
+    """Recovery rates of every condition x --seeds; with ``framing``, also the share drawn in that framing;
+    ``keep_look``: also the LOOK_CONDITIONS' images (first seed), as rates["look"]."""
+    import torch
+
     from utils.demo_data import measure_framing, recovery_rates
     from utils.labels import NUM_CONDITIONS, decode_condition, parse_framing
     from utils.pipeline import generate, load_pipeline
 
+    torch.set_num_threads(args.threads)  # also in --jobs worker processes
     pipe = load_pipeline(model, device=args.device)
     conditions = [decode_condition(c) for c in range(NUM_CONDITIONS) for _ in range(args.seeds)]
     seeds = [1000 + i for i in range(len(conditions))]
     images = generate(pipe, conditions, seeds, batch_size=64, num_inference_steps=25, guidance_scale=guidance_scale,
                       framing=framing)
-    if images_out is not None:
-        images_out.extend(images)
     rates = recovery_rates(images, conditions)
+    if keep_look:
+        rates["look"] = [images[c * args.seeds] for c in LOOK_CONDITIONS]
     drawn = measure_framing(images)
     rates["wide"] = float(drawn.mean())  # share drawn wide: how the model chooses when not asked
     if framing:
@@ -124,12 +141,12 @@ def framing_row(label, rates):
             f"{rates['all']:.1%}", f"{rates['gap'] * 100:.1f}"]
 
 
-def save_look(path, rows, labels, seeds):
+def save_look(path, rows, labels):
     """Side-by-side look of several models' evaluation images: one row each, the LOOK_CONDITIONS (first seed)."""
     from utils.grid import labelled_grid
     from utils.labels import describe_condition
 
-    grid = labelled_grid([images[c * seeds] for images in rows for c in LOOK_CONDITIONS], len(rows),
+    grid = labelled_grid([image for images in rows for image in images], len(rows),
                          len(LOOK_CONDITIONS), row_labels=labels,
                          col_labels=[describe_condition(c) for c in LOOK_CONDITIONS])
     grid.save(path)
@@ -151,54 +168,70 @@ def run_benchmark(args, work):
         make_demo_dataset(os.path.join(work, "fairface"), num_images=args.num_images, resolution=64, seed=0)
     print("\n".join(["## Conditioning fidelity on the demo data", *machine_lines(args.device)]), flush=True)
     header = ["recipe / snapshot", "age", "gender", "race", "all three", "worst group", "gap (pts)", "target met"]
-    progress_rows, guidance_rows, framing_rows, reached = [], [], [], {}
     framing_header = ["recipe / framing asked", "framing drawn", "age", "gender", "race", "all three", "gap (pts)"]
-    for recipe in args.recipes:
-        output, seconds = train(recipe, work, args)
-        steps_per_epoch, rates_by_epoch = _steps_per_epoch(output, args.epochs), {}
+    # Train every recipe first, then evaluate everything (--jobs evaluations at a time), printing in order.
+    runs = {recipe: train(recipe, work, args) for recipe in args.recipes}
+    pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) if args.jobs > 1 else None
+    submit = (lambda *a, **k: pool.submit(evaluate, *a, **k)) if pool else (lambda *a, **k: _Done(evaluate(*a, **k)))
+    plan = []  # (table, label, future, look file or None)
+    for recipe, (output, _) in runs.items():
+        steps_per_epoch = _steps_per_epoch(output, args.epochs)
         for epoch in range(args.eval_every, args.epochs + 1, args.eval_every):
-            snapshot, look = os.path.join(output, f"epoch_{epoch}"), []
-            rates = evaluate(snapshot, PROGRESS_GUIDANCE, args, images_out=look)
-            rates_by_epoch[epoch] = rates
             step = epoch * steps_per_epoch
-            progress_rows.append(row(f"{recipe}, step {step}, g={PROGRESS_GUIDANCE:g}", rates))
-            if rates["met"] and recipe not in reached:
-                reached[recipe] = step
-            print(markdown_table(header, progress_rows[-1:]).splitlines()[-1] + f" (wide {rates['wide']:.0%})",
-                  flush=True)
-            looks, look_labels = [look], ["raw weights"]
-            for variant in sorted(v for v in os.listdir(output) if v.startswith(f"epoch_{epoch}_ema")):
-                looks.append([])  # the same run's EMA of the weights (--ema_variants), same seeds
-                rates = evaluate(os.path.join(output, variant), PROGRESS_GUIDANCE, args, images_out=looks[-1])
-                look_labels.append(variant.split("_", 2)[2])
-                progress_rows.append(row(f"{recipe}, step {step}, {look_labels[-1]}, g={PROGRESS_GUIDANCE:g}", rates))
-                print(markdown_table(header, progress_rows[-1:]).splitlines()[-1], flush=True)
-            if len(looks) > 1:
-                save_look(os.path.join(work, f"ema_look_{os.path.basename(output)}_step{step}.png"), looks, look_labels,
-                          args.seeds)
-        if _has_framing(output):  # the final model asked for each framing
-            for framing in ("tight", "wide"):
-                rates = evaluate(output, PROGRESS_GUIDANCE, args, framing=framing)
-                framing_rows.append(framing_row(f"{recipe}, {framing}", rates))
-                print(markdown_table(framing_header, framing_rows[-1:]).splitlines()[-1], flush=True)
+            look = os.path.join(work, f"ema_look_{os.path.basename(output)}_step{step}.png")
+            variants = sorted(v for v in os.listdir(output) if v.startswith(f"epoch_{epoch}_ema"))  # --ema_variants
+            for folder in [f"epoch_{epoch}", *variants]:
+                label = f"{recipe}, step {step}" + (f", {folder.split('_', 2)[2]}" if folder in variants else "")
+                plan.append(("progress", label, submit(os.path.join(output, folder), PROGRESS_GUIDANCE, args,
+                                                       keep_look=bool(variants)), look if variants else None))
+        for framing in ("tight", "wide") if _has_framing(output) else ():  # the final model asked for each
+            plan.append(("framing", f"{recipe}, {framing}", submit(output, PROGRESS_GUIDANCE, args, framing), None))
         for guidance in args.guidance_scales if recipe in args.guidance_recipes else []:
-            # the final snapshot at PROGRESS_GUIDANCE was evaluated above already: same model, seeds and sampler
-            rates = rates_by_epoch.get(args.epochs) if guidance == PROGRESS_GUIDANCE else None
-            guidance_rows.append(row(f"{recipe}, g={guidance:g}", rates or evaluate(output, guidance, args)))
-            print(markdown_table(header, guidance_rows[-1:]).splitlines()[-1], flush=True)
-        print(f"({recipe}: trained {args.epochs * steps_per_epoch} steps in {seconds:.0f} s)", flush=True)
+            plan.append(("guidance", f"{recipe}, g={guidance:g}", submit(output, guidance, args), None))
+    tables, reached, looks = {"progress": [], "framing": [], "guidance": []}, {}, {}
+    for table, label, future, look in plan:
+        rates = future.result()
+        if table == "framing":
+            tables[table].append(framing_row(label, rates))
+        else:
+            tables[table].append(row(label + (f", g={PROGRESS_GUIDANCE:g}" if table == "progress" else ""), rates))
+        if table == "progress" and rates["met"] and ", ema" not in label:
+            recipe = next(r for r in runs if label.startswith(r + ", step"))
+            reached.setdefault(recipe, int(label.rsplit("step ", 1)[1].split(",")[0]))
+        if look:
+            looks.setdefault(look, []).append((label.rsplit(", ", 1)[1] if ", ema" in label else "raw weights",
+                                               rates["look"]))
+        print(markdown_table(framing_header if table == "framing" else header, tables[table][-1:]).splitlines()[-1]
+              + (f" (drawn wide: {rates['wide']:.0%})" if table == "progress" else ""), flush=True)
+    if pool:
+        pool.shutdown()
+    for path, rows in looks.items():
+        save_look(path, [images for _, images in rows], [name for name, _ in rows])
+    for recipe, (output, seconds) in runs.items():
+        print(f"({recipe}: {args.epochs * _steps_per_epoch(output, args.epochs)} steps, trained in {seconds:.0f} s"
+              " (nan: reused from --work_dir))")
 
     print(f"\n### Recovery during training (DPM-Solver++ 25 steps, guidance {PROGRESS_GUIDANCE:g}, "
-          f"{args.seeds} image(s) x 126 conditions)\n" + markdown_table(header, progress_rows))
-    print("\n### Guidance scale, final model\n" + markdown_table(header, guidance_rows))
-    if framing_rows:
+          f"{args.seeds} image(s) x 126 conditions)\n" + markdown_table(header, tables["progress"]))
+    print("\n### Guidance scale, final model\n" + markdown_table(header, tables["guidance"]))
+    if tables["framing"]:
         print(f"\n### Framing asked for, final model (g={PROGRESS_GUIDANCE:g})\n"
-              + markdown_table(framing_header, framing_rows))
+              + markdown_table(framing_header, tables["framing"]))
     print(f"\n### Steps to the target (all three >= {TARGET_ALL:.0%}, no group > {TARGET_GROUP_GAP * 100:.0f} "
           f"points below the mean, at g={PROGRESS_GUIDANCE:g})")
     for recipe in args.recipes:
         print(f"- {recipe}: " + (f"{reached[recipe]} steps" if recipe in reached else
                                  f"not reached within {args.epochs} epochs"))
+
+
+class _Done:
+    """An evaluation already run (--jobs 1), with the interface of a Future."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 def _has_framing(model):
