@@ -184,10 +184,13 @@ def run_benchmark(args, work):
                 label = f"{recipe}, step {step}" + (f", {folder.split('_', 2)[2]}" if folder in variants else "")
                 plan.append(("progress", label, submit(os.path.join(output, folder), PROGRESS_GUIDANCE, args,
                                                        keep_look=bool(variants)), look if variants else None))
+        final = next(future for _, label, future, _ in reversed(plan) if ", ema" not in label)  # final raw weights
         for framing in ("tight", "wide") if _has_framing(output) else ():  # the final model asked for each
             plan.append(("framing", f"{recipe}, {framing}", submit(output, PROGRESS_GUIDANCE, args, framing), None))
         for guidance in args.guidance_scales if recipe in args.guidance_recipes else []:
-            plan.append(("guidance", f"{recipe}, g={guidance:g}", submit(output, guidance, args), None))
+            # the final snapshot at PROGRESS_GUIDANCE is evaluated above already: same model, seeds and sampler
+            future = final if guidance == PROGRESS_GUIDANCE else submit(output, guidance, args)
+            plan.append(("guidance", f"{recipe}, g={guidance:g}", future, None))
     tables, reached, looks = {"progress": [], "framing": [], "guidance": []}, {}, {}
     for table, label, future, look in plan:
         rates = future.result()

@@ -192,6 +192,57 @@ def test_missing_models_and_data_are_one_line_errors(flag, value, message, tiny_
     assert "error: " + message.format(tmp=tmp_path) in error
 
 
+def test_per_framing_accuracy_and_frechet_distance(tiny_run, demo_dataset, tiny_models, tmp_path):
+    """--framing tight wide: every condition sampled in both framings, each against real images of its config."""
+    output_dir = tmp_path / "eval"
+    run_script("evaluate_fairface.py", "--model", tiny_run, "--dataset_name", demo_dataset, "--classifier",
+               tiny_models["clip"], "--feature_model", tiny_models["dinov2"], "--conditions", "0", "42",
+               "--num_images_per_condition", "2", "--framing", "tight", "wide", "--output_dir", output_dir, *EVAL_ARGS)
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["counts"]["generated"] == 8 and set(metrics["by_framing"]) == {"tight", "wide"}
+    for framing, values in metrics["by_framing"].items():
+        # real: up to 2 per condition from its config; the demo set has conditions 0 and 42 once each in 1.25
+        assert values["generated"] == 4 and values["real"] == {"tight": 4, "wide": 2}[framing]
+        assert set(values["fidelity"]["generated"]["accuracy"]) >= {"age", "gender", "race", "all"}
+        assert values["frechet_distance"] is None or values["frechet_distance"] >= 0
+        assert sorted(name for name in os.listdir(output_dir / "samples") if f"_{framing}_" in name) == [
+            f"cond{c:03d}_{slug}_{framing}_seed{s:04d}.png" for c, slug in ((0, "0-2_male_east-asian"),
+                                                                           (42, "20-29_male_east-asian"))
+            for s in (0, 1)]
+    assert "## Per framing" in (output_dir / "report.md").read_text()
+
+
+class _WritesMarkerWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_classifier_weights_are_refused_never_unpickled(tiny_models, tmp_path, capsys):
+    """A classifier folder with only a .bin (here a pickle that would create a file when loaded) is refused."""
+    import pickle
+    import shutil
+
+    import evaluate_fairface
+
+    folder = tmp_path / "pickled_vit"
+    shutil.copytree(tiny_models["gender_vit"], folder)
+    for name in os.listdir(folder):
+        if name.endswith(".safetensors"):
+            os.remove(folder / name)
+    marker = tmp_path / "unpickled"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_WritesMarkerWhenUnpickled(str(marker))))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_fairface.main(evaluate_fairface.parse_args(
+            ["--samples_dir", str(tmp_path), "--gender_classifier", str(folder), "--classifier", tiny_models["clip"],
+             "--feature_model", tiny_models["dinov2"], "--output_dir", str(tmp_path / "out")]))
+    assert exit_info.value.code == 2 and not marker.exists()
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"cannot load gender classifier '{folder}': {folder} holds only pickled weights" in error
+
+
 # ------------------------------------------------------------------------------------------- Fréchet distance
 def test_frechet_distance_one_dimensional_closed_form():
     # (mu1 - mu2)^2 + s1 + s2 - 2 sqrt(s1 s2) = 4 + 4 + 1 - 2 * 2 = 5
