@@ -278,14 +278,12 @@ def _readme(parts):
     return "\n".join(lines) + "\n"
 
 
-def make_demo_dataset(output_dir, num_images=2016, resolution=64, seed=0, broken_images=False, label_names=None,
-                      condition_ids=None):
+def make_demo_dataset(output_dir, num_images=2016, resolution=64, seed=0, broken_images=False, label_names=None):
     """Write a synthetic FairFace (parquet files + README with ``configs:``) to ``output_dir``; returns it.
 
     ``num_images`` faces are split 40 % / 10 % / 40 % / 10 % over 0.25/train, 0.25/validation, 1.25/train and
-    1.25/validation. Conditions cycle through all 126 ids (or ``condition_ids``: a smaller set, for tests that
-    train a tiny model on one idea) before shuffling (with ``seed``), so every condition appears equally often
-    (+-1) in the whole set. Everything is deterministic given ``seed``.
+    1.25/validation. Conditions cycle through all 126 ids before shuffling (with ``seed``), so every condition
+    appears equally often (+-1) in the whole set. Everything is deterministic given ``seed``.
 
     ``label_names``: e.g. ``{"race": [...]}`` overrides ClassLabel names (same number of names) to write a
     deliberately *mislabelled* copy, which training must refuse.
@@ -309,8 +307,7 @@ def make_demo_dataset(output_dir, num_images=2016, resolution=64, seed=0, broken
     features = _features(label_names)
 
     rng = np.random.default_rng(seed)
-    cycle = np.asarray(condition_ids if condition_ids is not None else range(NUM_CONDITIONS))
-    conditions = rng.permutation(cycle[np.arange(num_images) % len(cycle)])
+    conditions = rng.permutation(np.arange(num_images) % NUM_CONDITIONS)
     validation = max(1, round(0.1 * num_images))  # per config; the rest is train: 40/10/40/10 %
     first_train = (num_images - 2 * validation + 1) // 2
     sizes = [first_train, validation, num_images - 2 * validation - first_train, validation]
