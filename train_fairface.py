@@ -287,7 +287,7 @@ def main(args):
         accelerator.init_trackers("fairface-diffusion", config=tracked)
     logger.info(f"{len(images)} images, {world} process(es), {steps_per_epoch} steps/epoch, "
                 f"{max_train_steps} steps ({num_epochs} epochs), {sum(p.numel() for p in unet.parameters()):,} "
-                "UNet parameters")
+                f"UNet parameters, {torch.get_num_threads()} torch threads per process")
 
     # ---------------------------------------------------------------------------------------- train
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,

@@ -60,8 +60,8 @@ def use_available_cores(device, logger=None):
     threads = cores_per_local_process()
     torch.set_num_threads(threads)
     if logger is not None:
-        logger.info(f"CPU: {threads} torch threads per process (the launcher's default was OMP_NUM_THREADS=1; "
-                    "export OMP_NUM_THREADS to choose)")
+        logger.info(f"CPU: {threads} threads per process, not the launcher's default OMP_NUM_THREADS=1 (export "
+                    "OMP_NUM_THREADS to choose)")
     return threads
 
 
