@@ -27,10 +27,9 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from utils import data, distributed, hub, training
+from utils import data, distributed, hub, step_metrics, training
 from utils.labels import decode_condition
 from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int, probability
-from utils.step_metrics import StepMetrics
 from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER
 
 logger = get_logger(__name__)
@@ -292,7 +291,7 @@ def main(args):
     # ---------------------------------------------------------------------------------------- train
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="training")
-    metrics = StepMetrics(accelerator.device)  # read every --logging_steps: no per-step host sync
+    metrics = step_metrics.StepMetrics(accelerator.device)  # read every --logging_steps: no per-step host sync
     first_epoch = global_step // steps_per_epoch
     for epoch in range(first_epoch, num_epochs):
         unet.train()
@@ -332,10 +331,8 @@ def main(args):
                                                         args.max_grad_norm)
                 # fp16: the grad scaler skips overflowing steps itself; otherwise a non-finite gradient
                 # (the same on every rank after all-reduce) skips the update and leaves EMA untouched.
-                # The step's one host sync: skipping the LR and EMA steps needs the answer on the host.
                 finite = bool(torch.isfinite(grad_norm if accelerator.mixed_precision != "fp16" else loss))
                 if finite:
-                    metrics.add(loss, grad_norm)
                     optimizer.step()
                     lr_scheduler.step()
                     for name, ema in emas.items():
@@ -344,6 +341,7 @@ def main(args):
             nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
             global_step += 1
             progress.update(1)
+            metrics.add(loss, grad_norm, counted=finite)
             logging_step = global_step % args.logging_steps == 0 or global_step == max_train_steps
             if logging_step:
                 metrics.report(accelerator, progress, lr_scheduler.get_last_lr()[0], global_step)
