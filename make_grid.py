@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from utils.cli import DEFAULT_MODEL_DIR, fail
 from utils.conditions import add_sampling_args, load_pipeline_or_exit, parse_condition_ids, resolve_device_dtype
-from utils.grid import labelled_grid
-from utils.labels import AGES, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe_condition
+from utils.grid import atlas_grid, labelled_grid
+from utils.labels import NUM_CONDITIONS, decode_condition, describe_condition
 from utils.pipeline import generate
 
 
@@ -74,8 +74,7 @@ def sample_row(model, args):
 def main(args):
     if args.atlas:  # ids run age-major, so the 126 images fill 9 rows of 14 in order
         images = sample_row(args.model, args)
-        grid = labelled_grid(images, len(AGES), len(GENDERS) * len(RACES), row_labels=list(AGES),
-                             col_labels=[f"{gender}\n{race}" for gender in GENDERS for race in RACES])
+        grid = atlas_grid(images)
         output = args.output or os.path.join("assets", "atlas.png")
     else:
         snapshots = find_snapshots(args.run_dir, args.epochs)

@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from utils import data, hub, training
+from utils import data, hub, remote_code, training
 from utils.labels import decode_condition
 from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int, probability
 from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER
@@ -365,7 +365,7 @@ def main(args):
             if epoch_number % args.save_model_epochs == 0 or last_epoch:
                 pipeline = pipeline_for_release()
                 training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}"),
-                                            pipeline.save_pretrained)
+                                            lambda folder: remote_code.save_pipeline(pipeline, folder))
                 if args.push_to_hub and args.hub_push_snapshots:
                     hub.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
             if epoch_number % args.save_images_epochs == 0 or last_epoch:

@@ -9,7 +9,8 @@
 ``push_release(args)``
     Waits for the snapshot uploads, creates the repo if needed and uploads the release in one commit.
 
-Only the files of ``RELEASE_PATTERNS`` (an allowlist: model card, samples, pipeline configs and safetensors)
+Only the files of ``RELEASE_PATTERNS`` (an allowlist: model card, samples, pipeline configs, safetensors and the
+generated pipeline code of utils/remote_code.py)
 leave the machine: never ``checkpoint-*`` (optimizer state, pickled RNG states), logs, ``*.bin``/``*.pkl`` or
 the training samples. The access token is huggingface_hub's own business (``hf auth login`` or ``HF_TOKEN``,
 resolved by huggingface_hub): this module never reads, passes, prints or writes one, and the card holds no local
@@ -18,6 +19,9 @@ paths.
 A failed or skipped push can be done later without training again (from the repository root):
 
     python -m utils.hub OUTPUT_DIR [--hub_model_id user/repo] [--hub_private_repo] [--hub_push_snapshots]
+
+``--space`` also creates a Space next to the model repo that serves app.py's demo page for it (utils/space.py),
+and links it from the model card.
 """
 
 import argparse
@@ -30,19 +34,19 @@ import shutil
 
 import huggingface_hub
 
-from . import training
+from . import remote_code, space, training
 from .cli import fail
 from .grid import labelled_grid
 from .labels import AGES, GENDERS, RACES, decode_condition, describe_condition, encode_condition, label_table_markdown
-from .pipeline import generate
+from .pipeline import PIPELINE_FILES, generate
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
 FAIRFACE = "HuggingFaceM4/FairFace"
-# What a pipeline folder (the release root or an epoch_{E}/ snapshot) may upload: configs and safetensors only.
-PIPELINE_PATTERNS = ["model_index.json", "unet/*.json", "unet/*.safetensors", "condition_encoder/*.json",
-                     "condition_encoder/*.safetensors", "scheduler/*.json"]
+# What a pipeline folder (the release root or an epoch_{E}/ snapshot) may upload: configs, safetensors and
+# exactly the generated pipeline code (for trust_remote_code users; our own loader never reads it).
+PIPELINE_PATTERNS = [*PIPELINE_FILES, *remote_code.CODE_FILES]
 RELEASE_PATTERNS = ["README.md", "samples.png", *PIPELINE_PATTERNS]
 # A new release replaces these folders in the repo as a whole: no stale shard or index file of an older push
 # survives next to the new weights (snapshots in epoch_{E}/ are left alone).
@@ -53,6 +57,7 @@ SAMPLE_GRID_CONDITIONS = [encode_condition(*c) for c in
 SAMPLE_GRID_SEEDS = [0, 1, 2, 3]
 USERNAME_PLACEHOLDER = "your-username"  # in the card until the push knows the account (no --hub_model_id)
 _CARD_REPO_ID = re.compile(r"<!-- fairface-diffusion repo_id: (\S+) -->")
+_CARD_SPACE = re.compile(r"<!-- fairface-diffusion space -->.*")  # the card's Space line (empty until --space)
 
 
 class PushError(training.SaveError):
@@ -84,7 +89,7 @@ def save_release(pipeline, args, num_images, global_step):
     """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, all moved in at the end."""
 
     def write(folder):
-        pipeline.save_pretrained(folder)
+        remote_code.save_pipeline(pipeline, folder)  # + the code plain diffusers loads it with
         sample_grid(pipeline, args).save(os.path.join(folder, "samples.png"))
         build_model_card(pipeline, args, num_images, global_step).save(os.path.join(folder, "README.md"))
 
@@ -309,6 +314,18 @@ def set_card_repo_id(output_dir, repo_id):
         os.replace(f"{path}.tmp", path)
 
 
+def set_card_space(output_dir, space_url):
+    """Link the Space from the model card (its "Try it in a browser" section)."""
+    path = os.path.join(output_dir, "README.md")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+            f.write(_CARD_SPACE.sub(lambda _: f"<!-- fairface-diffusion space --> **On the Hub:** [{space_url}]"
+                                    f"({space_url}) serves this page for this model.", text))
+        os.replace(f"{path}.tmp", path)
+
+
 def check_push_access(args):
     """Before a --push_to_hub run trains: PushError now, instead of after training, when the push cannot work
     (not logged in, or an output folder name that is no valid repo name). Reads no token, only whether one exists."""
@@ -334,6 +351,10 @@ def main(argv=None):
                         help="user/repo (default: the folder's name under your account)")
     parser.add_argument("--hub_private_repo", action="store_true")
     parser.add_argument("--hub_push_snapshots", action="store_true", help="Also upload the epoch_N/ snapshots.")
+    parser.add_argument("--space", action="store_true",
+                        help="Also create a gradio Space next to the model repo that serves app.py for it.")
+    parser.add_argument("--hub_space_id", type=repo_id_arg, default=None,
+                        help="The Space's user/name (default: the model's repo id + -demo).")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.output_dir, "model_index.json")):
         fail(f"{args.output_dir} holds no released pipeline (no model_index.json); train with train_fairface.py "
@@ -345,9 +366,29 @@ def main(argv=None):
         for name in sorted(snapshots, key=lambda n: int(n.split("_")[1])):
             push_snapshot(args, os.path.join(args.output_dir, name))
     try:
+        if args.space:  # the Space first: the card that push_release uploads links to it
+            model_id, space_id = _space_step(args, lambda: create_space(args))
         push_release(args)
+        if args.space:
+            print(f"pushed the demo app to {_space_step(args, lambda: space.upload_space(space_id, model_id))}")
     except PushError as error:
         fail(str(error), prog=parser.prog)
+
+
+def create_space(args):
+    """(model repo id, Space repo id), both resolved by the Hub; the card links the Space."""
+    model_id = _create_repo(args).repo_id
+    space_id = space.create_space(args, model_id).repo_id
+    set_card_space(args.output_dir, f"https://huggingface.co/spaces/{space_id}")
+    return model_id, space_id
+
+
+def _space_step(args, step):
+    try:
+        return step()
+    except Exception as error:  # whatever huggingface_hub raises; the local release is untouched
+        raise PushError(f"could not create the Space ({_error_text(error)}); retry with: "
+                        f"{retry_command(args)} --space") from error
 
 
 if __name__ == "__main__":

@@ -11,11 +11,15 @@ with three row look-ups, without this repository (the model card shows how).
 """
 
 import inspect
+import json
 import os
 
+import diffusers
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
-                       ImagePipelineOutput, ModelMixin, UNet2DConditionModel, UniPCMultistepScheduler)
+                       ImagePipelineOutput, ModelMixin, SchedulerMixin, UNet2DConditionModel,
+                       UniPCMultistepScheduler)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
@@ -23,6 +27,9 @@ from torch import nn
 from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_label
 
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
+# The files of a saved pipeline that load_pipeline reads: configs and safetensors, never code or pickles.
+PIPELINE_FILES = ["model_index.json", "unet/*.json", "unet/*.safetensors", "condition_encoder/*.json",
+                  "condition_encoder/*.safetensors", "scheduler/*.json"]
 # Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
 # prediction type as training). dpm++ is the default: it gave the best samples at ~25 steps (README).
 SCHEDULERS = {
@@ -107,8 +114,11 @@ class FairFacePipeline(DiffusionPipeline):
     """Attribute-conditioned face generation: ``pipe(condition_ids=[42], num_inference_steps=25).images``."""
 
     model_cpu_offload_seq = "condition_encoder->unet"
+    _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: UNet2DConditionModel, scheduler, condition_encoder: ConditionEncoder):
+    # condition_encoder: ModelMixin, not ConditionEncoder: loaded with trust_remote_code, the encoder comes from its
+    # own module file (condition_encoder/), another class object than the one in this file; diffusers warns then.
+    def __init__(self, unet: UNet2DConditionModel, scheduler, condition_encoder: ModelMixin):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder)
 
@@ -126,7 +136,8 @@ class FairFacePipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, condition_ids=None, *, age=None, gender=None, race=None, conditions=None,
                  num_images_per_condition=1, generator=None, num_inference_steps=25, guidance_scale=2.0,
-                 output_type="pil", return_dict=True, show_progress=True):
+                 output_type="pil", return_dict=True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",), show_progress=True):
         """Sample faces.
 
         Conditions come from ``condition_ids`` (int or list), from attribute names/indices ``age``, ``gender``,
@@ -135,7 +146,15 @@ class FairFacePipeline(DiffusionPipeline):
         own generator and condition, not on the rest of the batch). ``guidance_scale`` 1 disables
         classifier-free guidance; above 1 the conditional and unconditional predictions come from one
         batched UNet call. ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
+        ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as in diffusers: ``callback_kwargs`` holds
+        the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``); returned ones replace them.
+        The progress bar follows ``set_progress_bar_config``; ``show_progress=False`` hides it for one call.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)}: valid: {self._callback_tensor_inputs}")
         if conditions is None:
             conditions = resolve_conditions(condition_ids, age, gender, race)
         conditions = [c for c in conditions for _ in range(num_images_per_condition)]
@@ -143,7 +162,8 @@ class FairFacePipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
 
-        device, dtype = self.unet.device, self.unet.dtype
+        # _execution_device: where the UNet runs, also under enable_model_cpu_offload() (weights wait on the CPU).
+        device, dtype = self._execution_device, self.unet.dtype
         attributes = conditions_to_tensor(conditions).to(device)
         tokens = self.condition_encoder(attributes).to(dtype)
         guided = guidance_scale != 1.0
@@ -158,7 +178,8 @@ class FairFacePipeline(DiffusionPipeline):
         # Stochastic samplers (ddpm, ddim with eta) draw their step noise from the per-image generators too.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         latents = latents * self.scheduler.init_noise_sigma
-        for t in self.progress_bar(self.scheduler.timesteps) if show_progress else self.scheduler.timesteps:
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = self.scheduler.scale_model_input(model_input, t)
             prediction = denoise(self.unet, model_input, t, tokens)
@@ -166,8 +187,13 @@ class FairFacePipeline(DiffusionPipeline):
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + guidance_scale * (cond - uncond)
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents}
+                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                latents = outputs.pop("latents", latents)
 
         images = latents.clamp(-1, 1).float()
+        self.maybe_free_model_hooks()
         if output_type == "pt":
             result = images
         else:
@@ -187,8 +213,11 @@ def has_pickled_weights_only(path):
 def load_pipeline(model, device=None, dtype=None, scheduler=None):
     """Load a FairFacePipeline from a local folder or a Hub repo id, safetensors only (no pickle, no remote code).
 
-    Works offline from the Hub cache with ``HF_HUB_OFFLINE=1``. Raises ValueError with a one-line message for
-    folders that hold only pickled weights (never unpickled) or are not a pipeline.
+    Code-free: the pipeline is rebuilt from this module's classes, the configs and the safetensors; a ``.py``
+    file shipped with the model (for ``trust_remote_code`` users) is never downloaded, imported or run, and
+    releases without one load the same. Works offline from the Hub cache with ``HF_HUB_OFFLINE=1``. Raises
+    ValueError with a one-line message for folders that hold only pickled weights (never unpickled) or are
+    not a pipeline.
     """
     if os.path.isdir(model):
         if has_pickled_weights_only(model):
@@ -196,9 +225,30 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
                              "Convert them to safetensors first.")
         if not os.path.isfile(os.path.join(model, "model_index.json")):
             raise ValueError(f"{model} is not a fairface-diffusion pipeline folder (no model_index.json)")
+        folder = model
+    else:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(model, allow_patterns=PIPELINE_FILES)
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            raise ValueError(f"{model} is not a fairface-diffusion pipeline (no model_index.json)")
+    with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
+        index = json.load(f)
+    library, name = index.get("scheduler") or (None, None)
+    scheduler_class = getattr(diffusers, name, None) if library == "diffusers" else None
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise ValueError(f"{model}: model_index.json names no diffusers scheduler (scheduler: {library}.{name})")
     # dtype at load time: a later .to(dtype) makes diffusers warn about "modules to keep in float32" on every load.
-    encoder = ConditionEncoder.from_pretrained(model, subfolder="condition_encoder", use_safetensors=True, dtype=dtype)
-    pipe = FairFacePipeline.from_pretrained(model, condition_encoder=encoder, use_safetensors=True, dtype=dtype)
+    components = dict(
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, dtype=dtype),
+        condition_encoder=ConditionEncoder.from_pretrained(folder, subfolder="condition_encoder",
+                                                           use_safetensors=True, dtype=dtype),
+        scheduler=scheduler_class.from_pretrained(folder, subfolder="scheduler"))
+    # Pipeline settings saved in model_index.json (those FairFacePipeline takes), as from_pretrained passes them.
+    parameters = inspect.signature(FairFacePipeline.__init__).parameters
+    options = {k: v for k, v in index.items() if k in parameters and k not in components}
+    pipe = FairFacePipeline(**components, **options)
+    pipe.register_to_config(_name_or_path=model)
     if scheduler:
         pipe.set_scheduler(scheduler)
     return pipe.to(device=device)
