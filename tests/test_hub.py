@@ -156,7 +156,7 @@ def test_model_card_metadata_and_sections(pushed_run):
                    "evaluate_fairface.py", "Kärkkäinen", "WACV 2021", "CC BY 4.0",
                    f"hf download {REPO_ID}", f"huggingface-cli download {REPO_ID}",
                    f"python sample_fairface.py --model {REPO_ID} --condition 42", "![", "samples.png",
-                   "## Use with diffusers", "the repository's own pipeline", "If you won't run remote code",
+                   "## Use with diffusers", "repository's own pipeline", "If you won't run remote code",
                    f"python app.py --model {REPO_ID}"):
         assert needed in text, needed
     first = re.findall(r"```python\n(.*?)```", text, re.S)[0]  # the first "how to use" is plain diffusers

@@ -1,7 +1,7 @@
 """The pipeline code shipped with every saved model (issue 12): generated from utils/, loaded by plain diffusers
 with ``trust_remote_code=True``, following diffusers' pipeline conventions; and never run by our own loader.
 
-The models are tiny_run's (train_fairface.py as a user runs it), so what is tested is what training writes.
+The model is a short train_fairface.py run (as a user runs it), so what is tested is what training writes.
 The clean-venv runs (only torch, diffusers, safetensors; repo not importable) are in tests/test_hub.py, against
 the recorded upload laid out as the Hub cache and the local release.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import TINY_MODEL_ARGS, run_script
 from utils import labels, pipeline, remote_code
 from utils.pipeline import generate, load_pipeline
 
@@ -49,18 +49,31 @@ def images_of(pipe, output_type="np", **kwargs):
 
 
 @pytest.fixture(scope="module")
-def remote_pipe(tiny_run):
+def short_run(tmp_path_factory):
+    """train_fairface.py as short as it goes: 2 epochs of 4 steps, a snapshot after each, then the release."""
+    from utils.demo_data import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("remote-code")
+    data = make_demo_dataset(str(root / "data"), num_images=64, resolution=32)
+    run_script("train_fairface.py", "--dataset_name", data, "--output_dir", root / "run", *TINY_MODEL_ARGS,
+               "--train_batch_size", "16", "--num_epochs", "2", "--save_model_epochs", "1", "--save_images_epochs",
+               "2", "--checkpointing_steps", "1000", "--num_inference_steps", "2")
+    return str(root / "run")
+
+
+@pytest.fixture(scope="module")
+def remote_pipe(short_run):
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(tiny_run, trust_remote_code=True)
+    pipe = DiffusionPipeline.from_pretrained(short_run, trust_remote_code=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 # ---------------------------------------------------------------------------------------------- the shipped code
-def test_every_save_ships_the_generated_code(tiny_run):
+def test_every_save_ships_the_generated_code(short_run):
     source = remote_code.pipeline_source()
-    for folder in (tiny_run, os.path.join(tiny_run, "epoch_1"), os.path.join(tiny_run, "epoch_3")):
+    for folder in (short_run, os.path.join(short_run, "epoch_1"), os.path.join(short_run, "epoch_2")):
         for path in remote_code.CODE_FILES:
             with open(os.path.join(folder, path), encoding="utf-8") as f:
                 assert f.read() == source, f"{folder}/{path} is not the code generated from utils/ now"
@@ -96,11 +109,11 @@ def test_a_foreign_relative_import_is_refused(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- plain diffusers
-def test_plain_diffusers_draws_what_load_pipeline_draws(remote_pipe, tiny_run):
+def test_plain_diffusers_draws_what_load_pipeline_draws(remote_pipe, short_run):
     assert type(remote_pipe).__name__ == "FairFacePipeline"
     assert type(remote_pipe).__module__.startswith("diffusers_modules."), "loaded from the shipped file"
     assert type(remote_pipe.condition_encoder).__module__.startswith("diffusers_modules.")
-    ours = load_pipeline(tiny_run)
+    ours = load_pipeline(short_run)
     ours.set_progress_bar_config(disable=True)
     assert np.array_equal(images_of(remote_pipe), images_of(ours))
     # Attributes by name, any of them left out, are the same conditions as by index.
@@ -124,7 +137,8 @@ def test_output_types_and_images_per_condition(remote_pipe):
     generators = [torch.Generator().manual_seed(s) for s in (0, 0, 1, 1)]
     four = remote_pipe(condition_ids=[42, 58], num_images_per_condition=2, generator=generators,
                        num_inference_steps=STEPS, output_type="np").images
-    assert four.shape == (4, 32, 32, 3) and np.array_equal(four[[0, 2]], as_np)  # condition-major
+    # Condition-major; another batch size changes CPU kernels' rounding only.
+    assert four.shape == (4, 32, 32, 3) and np.allclose(four[[0, 2]], as_np, atol=1e-5)
 
 
 def test_callback_on_step_end(remote_pipe):
@@ -147,10 +161,10 @@ def test_callback_on_step_end(remote_pipe):
         images_of(remote_pipe, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"])
 
 
-def test_progress_bar_config_and_dtype(remote_pipe, tiny_run, capfd):
+def test_progress_bar_config_and_dtype(remote_pipe, short_run, capfd):
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(tiny_run, trust_remote_code=True)
+    pipe = DiffusionPipeline.from_pretrained(short_run, trust_remote_code=True)
     capfd.readouterr()
     images_of(pipe)
     assert f"{STEPS}/{STEPS}" in capfd.readouterr().err  # diffusers' progress bar, by default
@@ -164,12 +178,12 @@ def test_progress_bar_config_and_dtype(remote_pipe, tiny_run, capfd):
 
 # ---------------------------------------------------------------------------------------------- our loader: no code
 @pytest.fixture(scope="module")
-def planted_run(tiny_run, tmp_path_factory):
-    """tiny_run's release and snapshots, each shipped .py file planted to leave a trace if it is ever run."""
+def planted_run(short_run, tmp_path_factory):
+    """The run's release and snapshots, each shipped .py file planted to leave a trace if it is ever run."""
     root = tmp_path_factory.mktemp("planted")
-    folder = copy_release(tiny_run, root / "run")
+    folder = copy_release(short_run, root / "run")
     marker = root / "EXECUTED"
-    assert plant(folder, marker) == 2 * 4  # the release and epoch_1..3, two files each
+    assert plant(folder, marker) == 2 * 3  # the release, epoch_1 and epoch_2: two files each
     return folder, marker
 
 
@@ -184,11 +198,11 @@ def test_planted_code_runs_under_trust_remote_code(planted_run, tmp_path):
     assert marker.exists()
 
 
-def test_load_pipeline_never_runs_shipped_code(planted_run, tiny_run):
+def test_load_pipeline_never_runs_shipped_code(planted_run, short_run):
     folder, marker = planted_run
     pipe = load_pipeline(folder)
     assert type(pipe) is pipeline.FairFacePipeline and not marker.exists()
-    assert np.array_equal(images_of(pipe, show_progress=False), images_of(load_pipeline(tiny_run), show_progress=False))
+    assert np.array_equal(images_of(pipe, show_progress=False), images_of(load_pipeline(short_run), show_progress=False))
 
 
 def test_scripts_never_run_shipped_code(planted_run, tmp_path):
@@ -213,9 +227,9 @@ def test_evaluate_never_runs_shipped_code(planted_run, demo_dataset, tmp_path):
     assert (tmp_path / "eval" / "metrics.json").exists() and not marker.exists()
 
 
-def test_releases_without_code_still_load(tiny_run, tmp_path):
+def test_releases_without_code_still_load(short_run, tmp_path):
     """What releases looked like before the code shipped: model_index.json names this repository's classes."""
-    folder = copy_release(tiny_run, tmp_path / "old")
+    folder = copy_release(short_run, tmp_path / "old")
     for path in remote_code.CODE_FILES:
         os.remove(os.path.join(folder, path))
     with open(os.path.join(folder, "model_index.json")) as f:
@@ -224,5 +238,5 @@ def test_releases_without_code_still_load(tiny_run, tmp_path):
     with open(os.path.join(folder, "model_index.json"), "w") as f:
         json.dump(index, f)
     old = generate(load_pipeline(folder), [(3, 1, 2)], [5], num_inference_steps=STEPS, output_type="np")
-    new = generate(load_pipeline(tiny_run), [(3, 1, 2)], [5], num_inference_steps=STEPS, output_type="np")
+    new = generate(load_pipeline(short_run), [(3, 1, 2)], [5], num_inference_steps=STEPS, output_type="np")
     assert np.array_equal(old[0], new[0])
