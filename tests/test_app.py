@@ -196,6 +196,9 @@ def test_gradio_client_calls_the_generate_endpoint(app):
     same = [np.asarray(Image.open(path), dtype=np.int16) for path in (again[0]["image"], faces[1]["image"])]
     assert np.abs(same[0] - same[1]).max() <= 1  # seed 8 alone = seed 8 in a batch of 3, up to float rounding
 
+    atlas = Image.open(client.predict(0, 2.0, 5, api_name="/atlas"))  # 9 ages x 14 (gender, race), 96 px tiles
+    assert atlas.width > 14 * 96 and atlas.height > 9 * 96
+
     from gradio_client.exceptions import AppError
 
     for arguments, message in ((("teen", "f", "purple", 2, 0, 2.0, 25), "unknown race 'purple'"),
