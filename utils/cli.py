@@ -40,3 +40,17 @@ def probability(text):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+class GuidanceInterval(argparse.Action):
+    """``--guidance_interval LO HI``: timesteps 0 <= LO <= HI (``0 inf``: every step); anything else: exit 2."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=2, type=float, metavar=("LO", "HI"), **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        low, high = values
+        if not 0 <= low <= high:
+            parser.error(f"{option_string} needs 0 <= LO <= HI (timesteps; '0 inf' guides every step), "
+                         f"got {low:g} {high:g}")
+        setattr(namespace, self.dest, (low, high))
