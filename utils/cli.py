@@ -43,14 +43,17 @@ def probability(text):
 
 
 class GuidanceInterval(argparse.Action):
-    """``--guidance_interval LO HI``: timesteps 0 <= LO <= HI (``0 inf``: every step); anything else: exit 2."""
+    """``--guidance_interval LO HI``: timesteps 0 <= LO <= HI (``0 inf``: every step); else one line, exit 2."""
 
     def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=2, type=float, metavar=("LO", "HI"), **kwargs)
+        super().__init__(option_strings, dest, nargs=2, metavar=("LO", "HI"), **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        low, high = values
+        try:
+            low, high = (float(value) for value in values)
+        except ValueError:
+            low = high = float("nan")
         if not 0 <= low <= high:
-            parser.error(f"{option_string} needs 0 <= LO <= HI (timesteps; '0 inf' guides every step), "
-                         f"got {low:g} {high:g}")
+            fail(f"{option_string} needs two timesteps 0 <= LO <= HI ('0 inf': every step), got {' '.join(values)}",
+                 prog=parser.prog)
         setattr(namespace, self.dest, (low, high))

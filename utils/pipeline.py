@@ -145,7 +145,9 @@ class FairFacePipeline(DiffusionPipeline):
         if interval is not None:
             if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
                 raise ValueError(f"guidance_interval must be (lo, hi) timesteps with lo <= hi, got {interval!r}")
-            settings["guidance_interval"] = (float(interval[0]), float(interval[1]))
+            last = self.scheduler.config.num_train_timesteps - 1  # no step's timestep is above it: "inf" -> last
+            low, high = float(interval[0]), float(interval[1])
+            settings["guidance_interval"] = (low, max(low, min(high, float(last))))
         return settings
 
     def _guided_prediction(self, latents, t, tokens, null_tokens, guidance_scale):
