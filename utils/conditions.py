@@ -107,9 +107,10 @@ def add_sampling_args(parser, batch_size=16):
                        help=f"Classifier-free guidance; 1 turns it off (default: the model's, "
                             f"{new['guidance_scale']:g}).")
     group.add_argument("--guidance_interval", action=GuidanceInterval, default=None,
-                       help=f"Guide only the steps whose timestep t has LO <= t <= HI (0 = clean, 999 = noise); the "
-                            f"others cost half (default: the model's; {new['guidance_interval']} for models trained "
-                            f"now, every step for older ones; '0 inf' = every step).")
+                       help="Guide only the steps whose timestep t has LO <= t <= HI (0 = clean, 999 = noise); the "
+                            "others cost half (default: the model's; {} for models trained now, every step for older "
+                            "ones; '0 inf' = every step).".format("%g-%g" % new["guidance_interval"]
+                                                                   if new["guidance_interval"] else "every step"))
     group.add_argument("--batch_size", type=positive_int, default=batch_size,
                        help="Images per UNet batch; the images do not depend on it, up to float rounding "
                             "(default: %(default)s).")
