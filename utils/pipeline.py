@@ -29,7 +29,7 @@ DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretra
 # image at which the demo models still recovered all three attributes. guidance_interval: timesteps [lo, hi]
 # (0 = clean, num_train_timesteps - 1 = pure noise) whose steps get classifier-free guidance; the others make only
 # the conditional prediction, half the UNet work (Kynkaanniemi et al. 2024).
-SAMPLING_DEFAULTS = dict(num_inference_steps=8, guidance_scale=2.0, guidance_interval=(450, 999))
+SAMPLING_DEFAULTS = dict(num_inference_steps=6, guidance_scale=2.0, guidance_interval=None)
 # Pipelines saved before sampling defaults existed (no "sampling_defaults"): DPM-Solver++ 25, guidance 2 every step.
 LEGACY_SAMPLING_DEFAULTS = dict(num_inference_steps=25, guidance_scale=2.0, guidance_interval=None)
 # Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
