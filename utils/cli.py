@@ -40,3 +40,20 @@ def probability(text):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
+
+
+class GuidanceInterval(argparse.Action):
+    """``--guidance_interval LO HI``: timesteps 0 <= LO <= HI (``0 inf``: every step); else one line, exit 2."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=2, metavar=("LO", "HI"), **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            low, high = (float(value) for value in values)
+        except ValueError:
+            low = high = float("nan")
+        if not 0 <= low <= high:
+            fail(f"{option_string} needs two timesteps 0 <= LO <= HI ('0 inf': every step), got {' '.join(values)}",
+                 prog=parser.prog)
+        setattr(namespace, self.dest, (low, high))
