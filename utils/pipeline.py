@@ -22,6 +22,8 @@ from torch import nn
 
 from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_label
 
+# A release committed but not yet moved into the root of --output_dir (utils/release.py); loaded instead.
+PENDING_RELEASE = ".release-new"
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
 # Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
 # prediction type as training). dpm++ is the default: it gave the best samples at ~25 steps (README).
@@ -191,6 +193,8 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
     folders that hold only pickled weights (never unpickled) or are not a pipeline.
     """
     if os.path.isdir(model):
+        if os.path.isfile(os.path.join(model, PENDING_RELEASE, "model_index.json")):
+            model = os.path.join(model, PENDING_RELEASE)  # an interrupted release: the new one, whole
         if has_pickled_weights_only(model):
             raise ValueError(f"{model} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
                              "Convert them to safetensors first.")
