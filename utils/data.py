@@ -172,18 +172,30 @@ def build_pixel_cache(dataset, cache_root, resolution, num_workers=0, progress=T
     (their lock died with them) and never those of a live build (another run sharing the cache).
     Returns the loaded cache (see ``load_pixel_cache``).
     """
-    from tqdm.auto import tqdm
-
-    from .training import fault_hook, fsync_tree
-
     folder = os.path.join(cache_root, f"pixels-{resolution}px-{cache_key(dataset, resolution)}")
     if os.path.isfile(os.path.join(folder, "meta.json")):
         return load_pixel_cache(folder)
     os.makedirs(cache_root, exist_ok=True)
     remove_abandoned_builds(cache_root)
     tmp = f"{folder}.tmp-{os.getpid()}"
-    building = open(f"{tmp}.lock", "w")  # locked before the folder exists: a folder without a live lock is dead
-    fcntl.flock(building, fcntl.LOCK_EX)
+    with open(f"{tmp}.lock", "w") as building:  # locked before the folder exists: no live lock, a dead build
+        fcntl.flock(building, fcntl.LOCK_EX)
+        _build(dataset, tmp, resolution, num_workers, progress)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same cache first: use that one
+            if not os.path.isfile(os.path.join(folder, "meta.json")):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        os.remove(f"{tmp}.lock")
+    return load_pixel_cache(folder)
+
+
+def _build(dataset, tmp, resolution, num_workers, progress):
+    from tqdm.auto import tqdm
+
+    from .training import fault_hook, fsync_tree
+
     os.makedirs(tmp, exist_ok=True)
     count = len(dataset)
     pixels = np.lib.format.open_memmap(os.path.join(tmp, "pixels.npy"), mode="w+", dtype=np.uint8,
@@ -205,15 +217,6 @@ def build_pixel_cache(dataset, cache_root, resolution, num_workers=0, progress=T
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"count": count, "resolution": resolution, "skipped": int((~valid).sum())}, f)
     fsync_tree(tmp)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished the same cache first: use that one
-        if not os.path.isfile(os.path.join(folder, "meta.json")):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    os.remove(f"{tmp}.lock")
-    building.close()
-    return load_pixel_cache(folder)
 
 
 def remove_abandoned_builds(cache_root):

@@ -98,7 +98,8 @@ def go_on(state, changes, steps_per_epoch, lr_scheduler, warn):
     step = rescaled_step(global_step, state.get("steps_per_epoch"), steps_per_epoch)
     shift_lr_schedule(lr_scheduler, step - global_step)
     warn(f"resuming with changed flags ({describe(changes)}): the data order follows the new flags; step "
-         f"{global_step} of {state.get('steps_per_epoch')} per epoch is step {step} of {steps_per_epoch} now")
+         f"{global_step} ({state.get('steps_per_epoch')} steps per epoch) goes on as step {step} ({steps_per_epoch} "
+         "per epoch)")
     return step
 
 

@@ -91,14 +91,16 @@ def claim(accelerator, output_dir):
             lock(output_dir)
         except (FolderInUse, OSError) as error:
             refusal = str(error)
-    if accelerator.num_processes > 1:
-        refusal = broadcast_object_list([refusal], from_process=0)[0]
     if refusal is None and accelerator.is_main_process:
         removed = remove_leftovers(output_dir)
-        if release.finish(output_dir):
-            removed.append(f"{release.PENDING} (finished the interrupted release)")
+        try:
+            if release.finish(output_dir):
+                removed.append(f"{release.PENDING} (finished the interrupted release)")
+        except OSError as error:
+            refusal = f"could not finish the interrupted release in {output_dir}: {error.strerror or error}"
         if removed:
             print(f"cleaned up after an interrupted run in {output_dir}: {', '.join(removed)}")
+    if accelerator.num_processes > 1:  # the other ranks learn the outcome
+        refusal = broadcast_object_list([refusal], from_process=0)[0]
     if refusal:
         fail(refusal)
-    accelerator.wait_for_everyone()
