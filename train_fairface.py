@@ -167,7 +167,6 @@ def main(args):
     flag_checks.warn_about_precision(accelerator, logger)
     run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
     resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes)
-    set_seed(args.seed)  # model initialisation; training draws use utils.training.step_generator
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     stop = training.StopRequest()
@@ -197,6 +196,7 @@ def main(args):
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
     # ---------------------------------------------------------------------------------------- model
+    set_seed(args.seed)  # here, not earlier: building a pixel cache draws from the global RNG (DataLoader seeds)
     unet = build_unet(args.resolution, args.block_out_channels, args.layers_per_block, args.attention_levels,
                       args.cross_attention_dim, condition_in_time_embedding=args.condition_in_time_embedding)
     encoder = ConditionEncoder(embed_dim=args.cross_attention_dim)
