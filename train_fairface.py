@@ -182,9 +182,12 @@ def main(args):
         except ValueError as error:
             fail(str(error))
         cache = None
-        if args.preprocess_cache:
-            cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
-                                           args.dataloader_num_workers, accelerator.is_local_main_process)
+        try:
+            if args.preprocess_cache:
+                cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
+                                               args.dataloader_num_workers, accelerator.is_local_main_process)
+        except OSError as error:  # not a folder, disk full, ...
+            fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
     images = data.FairFaceImages(dataset, args.resolution, cache)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_batches_per_epoch = len(images) // world // args.train_batch_size

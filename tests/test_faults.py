@@ -331,9 +331,14 @@ def test_bad_flag_is_a_one_line_error(flags, fragment, capsys):
     assert "error: " in last and fragment in last, last
 
 
-def test_bad_flags_as_a_user_runs_them(tmp_path):
+def test_bad_flags_as_a_user_runs_them(data160, tmp_path):
     """The issue's cases from the command line: one line, exit 2, no traceback; wandb missing says how to
-    install it; fp16 on a CPU says what it does there."""
+    install it. A pixel-cache path that is a file: one line too."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = run_script("train_fairface.py", "--dataset_name", data160, "--output_dir", tmp_path / "run",
+                        *TINY_MODEL_ARGS, "--preprocess_cache", blocker, check=False)
+    assert_one_line_error(result, f"cannot build the pixel cache in '{blocker}'")
     out = tmp_path / "out"
     assert_one_line_error(run_script("train_fairface.py", "--learning_rate", "-1", "--output_dir", out, check=False),
                           "argument --learning_rate: must be a positive number, got -1")
