@@ -1,8 +1,9 @@
 """The release folder, its model card, and uploads to the Hugging Face Hub.
 
 ``save_release(pipeline, args, num_images, global_step)``
-    The final pipeline at the root of ``--output_dir`` (written atomically), ``samples.png`` (a labelled grid:
-    one row per condition, one column per seed) and the model card ``README.md`` (``model_card_template.md``).
+    The final pipeline at the root of ``--output_dir``, ``samples.png`` (a labelled grid: one row per condition,
+    one column per seed) and the model card ``README.md`` (``model_card_template.md``), replacing the previous
+    release as a whole, never a mix of both (``utils/release.py``).
 ``push_snapshot(args, folder)``
     Uploads ``epoch_{E}/`` to ``epoch_{E}/`` of the repo in the background (``run_as_future``): training goes on,
     and a failed upload is a warning, never the end of the run.
