@@ -130,8 +130,6 @@ def parse_args(input_args=None):
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         args.snr_gamma = None
     flag_checks.check(parser, args)
-    if args.ema_decay is not None and not args.use_ema:
-        parser.error("--ema_decay needs --use_ema")
     args.ema_decay = 0.9999 if args.ema_decay is None else args.ema_decay
     return args
 
@@ -260,7 +258,7 @@ def main(args):
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
             global_step = resume_check.go_on(state, resume_changes, steps_per_epoch, lr_scheduler, logger.warning)
             saved.update({} if resume_changes else {global_step: checkpoint})  # not written again at the end
-    resume_changes = resume_check.history(state, resume_changes, global_step)
+    change_history = resume_check.history(state, resume_changes, global_step)  # recorded in each checkpoint
 
     def pipeline_for_release():
         """The pipeline of the current weights (EMA ones when --use_ema), on CPU-independent copies."""
@@ -276,10 +274,10 @@ def main(args):
 
     def save_checkpoint():  # with what a resume needs beyond the weights (utils/resume_check.py)
         if global_step not in saved:
-            state = {"nonfinite_in_a_row": nonfinite_in_a_row, "run": run_record, "steps_per_epoch": steps_per_epoch,
-                     "resume_changes": resume_changes, "skipped_images": [epoch, training.sum_over_ranks(accelerator,
-                                                                                                          skipped)]}
-            saved[global_step] = training.save_checkpoint(accelerator, args.output_dir, global_step, state,
+            skipped_so_far = training.sum_over_ranks(accelerator, skipped)  # this epoch's, carried over a resume
+            extra = dict(nonfinite_in_a_row=nonfinite_in_a_row, run=run_record, steps_per_epoch=steps_per_epoch,
+                         resume_changes=change_history, skipped_images=[epoch, skipped_so_far])
+            saved[global_step] = training.save_checkpoint(accelerator, args.output_dir, global_step, extra,
                                                           args.checkpoints_total_limit)
         return saved[global_step]
 
@@ -372,10 +370,10 @@ def main(args):
                 stop_run()
 
         # ---------------------------------------------------------------------------------------- epoch end
-        epoch_skipped = training.sum_over_ranks(accelerator, skipped)  # the whole epoch, across resumes too
-        if epoch_skipped:
-            logger.warning(f"epoch {epoch + 1}: skipped {epoch_skipped} unusable images (broken, too small or too big)")
-        accelerator.log({"skipped_images": epoch_skipped}, step=global_step)
+        unusable = training.sum_over_ranks(accelerator, skipped)  # the whole epoch, across a resume too
+        if unusable:
+            logger.warning(f"epoch {epoch + 1}: skipped {unusable} unusable images (broken, too small or too large)")
+        accelerator.log({"skipped_images": unusable}, step=global_step)
         last_epoch = global_step >= max_train_steps
         if accelerator.is_main_process:
             epoch_number = epoch + 1

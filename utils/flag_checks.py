@@ -17,15 +17,17 @@ def check(parser, args):
     if any(level < 0 or level >= levels for level in args.attention_levels):
         parser.error(f"--attention_levels must be between 0 and {levels - 1} (indexes of --block_out_channels)")
     groups = min(32, args.block_out_channels[0])  # utils.pipeline.build_unet's GroupNorm groups
-    if groups <= 0 or any(c % groups for c in args.block_out_channels):
-        parser.error(f"--block_out_channels must be positive multiples of {max(groups, 1)} (GroupNorm groups: "
-                     "the first value, at most 32)")
+    if any(c % groups for c in args.block_out_channels):
+        parser.error(f"--block_out_channels must be multiples of {groups} (GroupNorm groups: the first value, at "
+                     "most 32)")
     heads = 8  # build_unet's attention heads
     if any(args.block_out_channels[i] % heads for i in {*args.attention_levels, levels - 1}):
         parser.error(f"--block_out_channels at the --attention_levels and the last level must be multiples of {heads}"
                      " (attention heads)")
     if args.resolution % 2 ** (levels - 1):
         parser.error(f"--resolution must be divisible by {2 ** (levels - 1)} for this UNet")
+    if args.ema_decay is not None and not args.use_ema:  # (its default, 0.9999, is set after this check)
+        parser.error("--ema_decay needs --use_ema")
     if args.hub_push_snapshots and not args.push_to_hub:
         parser.error("--hub_push_snapshots needs --push_to_hub")
     if args.report_to not in ("all", "none"):
