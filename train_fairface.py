@@ -27,7 +27,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from utils import data, flag_checks, hub, resume_check, run_folder, training
+from utils import data, distributed, flag_checks, hub, resume_check, run_folder, step_metrics, training
 from utils.labels import decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, beta, fail, finite_float, nonnegative_float, nonnegative_int, positive_float,
                        positive_int, probability)
@@ -113,6 +113,8 @@ def parse_args(input_args=None):
     add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
     add("--allow_resume_changes", action="store_true", help="Resume even though data flags (batch size, processes, "
         "accumulation, data, resolution, seed, objective) differ from the checkpoint's (utils/resume_check.py).")
+    add("--logging_steps", type=positive_int, default=10, help="Log loss, grad norm and lr (window means) this "
+        "often: values stay on the device in between (no per-step GPU sync).")
     add("--report_to", default="tensorboard", choices=["all", "none", *flag_checks.TRACKER_PACKAGES],
         help="accelerate tracker; refused at once when its package is not installed.")
     add("--logging_dir", default="logs", help="Under --output_dir.")
@@ -138,7 +140,7 @@ def main(args):
     # ---------------------------------------------------------------------------------------- setup
     try:
         os.makedirs(args.output_dir, exist_ok=True)
-        probe = os.path.join(args.output_dir, f".write-test-{os.getpid()}")  # one per process: ranks race
+        probe = os.path.join(args.output_dir, f".write-test-{os.uname().nodename}-{os.getpid()}")  # per process
         open(probe, "w").close()
         os.remove(probe)
     except OSError as error:
@@ -165,12 +167,13 @@ def main(args):
     flag_checks.warn_about_precision(accelerator, logger)
     run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
     resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes)
+    distributed.use_available_cores(accelerator.device, logger)  # not accelerate launch's default of 1 thread
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     stop = training.StopRequest()
 
     # ---------------------------------------------------------------------------------------- data
-    with accelerator.main_process_first():
+    def build_or_load_data():  # one writer per disk: the global main first (utils/distributed.py)
         try:
             if args.demo and not os.path.isdir(args.dataset_name):
                 from utils.demo_data import make_demo_dataset
@@ -186,6 +189,8 @@ def main(args):
                                                args.dataloader_num_workers, accelerator.is_local_main_process)
         except OSError as error:  # not a folder, disk full, ...
             fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
+        return dataset, cache
+    dataset, cache = distributed.in_writer_order(accelerator, build_or_load_data)
     images = data.FairFaceImages(dataset, args.resolution, cache)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_batches_per_epoch = len(images) // world // args.train_batch_size
@@ -211,7 +216,7 @@ def main(args):
                                model_config=model.config) for name, model in (("unet", unet), ("condition_encoder", encoder))}
     optimizer = torch.optim.AdamW(list(unet.parameters()) + list(encoder.parameters()), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
-                                  eps=args.adam_epsilon)
+                                  eps=args.adam_epsilon, fused=accelerator.device.type == "cuda")
     # Stepped by us once per optimizer step (an accelerate-prepared scheduler steps once per process).
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=max_train_steps)
@@ -294,11 +299,12 @@ def main(args):
         accelerator.init_trackers("fairface-diffusion", config=tracked)
     logger.info(f"{len(images)} images, {world} process(es), {steps_per_epoch} steps/epoch, "
                 f"{max_train_steps} steps ({num_epochs} epochs), {sum(p.numel() for p in unet.parameters()):,} "
-                "UNet parameters")
+                f"UNet parameters, {torch.get_num_threads()} torch threads per process")
 
     # ---------------------------------------------------------------------------------------- train
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="training")
+    metrics = step_metrics.StepMetrics(accelerator.device)  # read every --logging_steps: no per-step host sync
     # Resumed at an epoch's last step: that epoch's end again (a kill may have come before its snapshot).
     first_epoch = global_step // steps_per_epoch - (global_step > 0 and global_step % steps_per_epoch == 0)
     epoch, skipped = first_epoch, 0
@@ -318,10 +324,10 @@ def main(args):
             generator = training.step_generator(args.seed, global_step, micro_step, rank, accelerator.device)
             micro_step = (micro_step + 1) % args.gradient_accumulation_steps
             with accelerator.accumulate(unet, encoder):
-                pixels, weights = batch["pixels"].to(accelerator.device), batch["weights"].to(accelerator.device)
-                clean, attributes = training.prepare_batch(
-                    pixels, batch["attributes"].to(accelerator.device), generator,
-                    args.random_flip, args.cond_drop_prob, args.attr_drop_prob)
+                pixels, weights, attributes = (batch[key].to(accelerator.device, non_blocking=True)  # uint8; pinned
+                                               for key in ("pixels", "weights", "attributes"))
+                clean, attributes = training.prepare_batch(pixels, attributes, generator, args.random_flip,
+                                                           args.cond_drop_prob, args.attr_drop_prob)
                 noise = torch.randn(clean.shape, generator=generator, device=clean.device)
                 timesteps = torch.randint(0, args.num_train_timesteps, (clean.shape[0],), generator=generator,
                                           device=clean.device)
@@ -351,9 +357,10 @@ def main(args):
             nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
             global_step += 1
             progress.update(1)
-            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
-            accelerator.log(logs, step=global_step)
+            metrics.add(loss, grad_norm, counted=finite)
+            logging_step = global_step % args.logging_steps == 0 or global_step == max_train_steps
+            if logging_step:
+                metrics.report(accelerator, progress, lr_scheduler.get_last_lr()[0], global_step)
             if not finite:
                 logger.warning(f"step {global_step}: non-finite loss/gradient, update skipped "
                                f"({nonfinite_in_a_row} in a row)")
@@ -362,11 +369,12 @@ def main(args):
                 progress.close()  # the error is the last line
                 fail(f"{nonfinite_in_a_row} non-finite steps in a row; stopped. Checkpoint {path}; try a lower "
                      "--learning_rate or --mixed_precision bf16")
-            if global_step % args.checkpointing_steps == 0:
+            checkpointed = global_step % args.checkpointing_steps == 0
+            if checkpointed:
                 save_checkpoint()
             if global_step >= min((epoch + 1) * steps_per_epoch, max_train_steps):
                 break  # the epoch's end (report, snapshot, samples) comes before a stop at its last step
-            if stop.agreed(accelerator):
+            if stop.agreed(accelerator, all_ranks_here=logging_step or checkpointed):
                 stop_run()
 
         # ---------------------------------------------------------------------------------------- epoch end

@@ -1,7 +1,8 @@
 """Training throughput, peak memory and MFU: fp32 eager baseline vs the fast recipe of ``train_fairface.py``.
 
 What it measures: images/s of the training step of ``train_fairface.py`` (the same utils.training functions,
-loss, AdamW settings, gradient clipping, LR schedule and per-step host syncs) on random uint8 batches (the
+loss, AdamW settings (fused on CUDA), gradient clipping, LR schedule, and its one per-step host sync, the
+finiteness check; loss and grad norm stay on the device, utils.step_metrics) on random uint8 batches (the
 input pipeline is benchmarks/data_loading.py's business), for the seed's architecture at 128x128 built by
 ``utils.pipeline.build_unet`` (block_out_channels 64 128 256 512, layers_per_block 3, cross-attention at
 level 1, cross-attention dim 512), in these variants, alternated round by round in one process:
@@ -17,10 +18,10 @@ level 1, cross-attention dim 512), in these variants, alternated round by round 
 Reported per variant: images/s (median over rounds) and the ratio to the baseline; peak memory (CUDA:
 ``max_memory_allocated`` during the variant's steps, less the other variants' resident weights and
 optimizer state; CPU: only the process's max RSS, once); MFU = achieved FLOP/s / peak FLOP/s, with the
-step's FLOPs counted by ``torch.utils.flop_counter.FlopCounterMode`` on one UNet forward (math attention, so
-that attention is counted) x 3 for forward + backward. The peak is ``--peak_tflops``, by default the dense
-bf16 tensor-core peak of a known GPU (H100 SXM / H200: 989, H100 PCIe: 756, A100: 312); none on a CPU (MFU
-skipped unless given).
+FLOPs of forward + backward counted by ``torch.utils.flop_counter.FlopCounterMode``
+(benchmarks/model_cost.py). The peak is ``--peak_tflops``, by default the dense peak of a known GPU
+(``PEAK_TFLOPS``) in the variant's math: bf16 tensor cores for the bf16 variants, TF32 for the fp32 baseline
+(PyTorch runs its convolutions, most of the FLOPs, in TF32 by default); none on a CPU (MFU skipped).
 
 ``--tiny`` (automatic on a CPU) uses a tiny UNet at 32 px so the run takes a couple of minutes on a laptop CPU;
 the GPU targets (>= 3x, MFU >= 35 % on an H100) are for the full model on CUDA.
@@ -39,13 +40,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_lines, markdown_table  # noqa: E402
+from model_cost import flops_per_image  # noqa: E402
 
 SEED_MODEL = dict(resolution=128, block_out_channels=[64, 128, 256, 512], layers_per_block=3, attention_levels=[1],
                   cross_attention_dim=512, batch_size=64)
 TINY_MODEL = dict(resolution=32, block_out_channels=[32, 64], layers_per_block=1, attention_levels=[1],
                   cross_attention_dim=32, batch_size=16)
-# Dense bf16 tensor-core peaks (TFLOP/s), by a substring of torch.cuda.get_device_name; first match wins.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0)]
+# Dense (no sparsity) peaks in TFLOP/s from NVIDIA's data sheets: (bf16 tensor core, TF32 tensor core), by a
+# substring of torch.cuda.get_device_name; first match wins.
+PEAK_TFLOPS = [("H100 PCIe", (756.0, 378.0)), ("H100 NVL", (835.0, 418.0)), ("H100", (989.4, 494.7)),
+               ("H200", (989.4, 494.7)), ("A100", (312.0, 156.0)), ("L40S", (362.0, 183.0))]
 
 
 def parse_args(argv=None):
@@ -60,22 +64,24 @@ def parse_args(argv=None):
     add("--warmup_steps", type=int, default=3, help="Untimed steps per variant before the rounds.")
     add("--steps", type=int, default=None, help="Timed steps per variant per round (default: 20 CUDA, 5 CPU).")
     add("--rounds", type=int, default=3, help="Alternating rounds.")
-    add("--peak_tflops", type=float, default=None, help="Peak FLOP/s for MFU, in TFLOP/s (default: the device's "
-        "dense bf16 peak if known; none on CPU).")
+    add("--peak_tflops", type=float, default=None, help="Peak FLOP/s for MFU, in TFLOP/s, for every variant "
+        "(default: the device's dense bf16 / TF32 peak from PEAK_TFLOPS; none on CPU).")
+    add("--json", default=None, help="Also write the results to this file (benchmarks/gpu_suite.sh).")
     add("--threads", type=int, default=None, help="CPU: torch threads (default 1: no OpenMP stalls on a shared "
         "CPU; 0 = torch's default).")
     return parser.parse_args(argv)
 
 
 def default_peak_tflops(device):
+    """((bf16 peak, TF32 peak) in TFLOP/s or None, a note saying where it came from)."""
     import torch
 
     if device.type != "cuda":
         return None, "no default for a CPU (give --peak_tflops)"
     name = torch.cuda.get_device_name(device)
-    for key, value in PEAK_BF16_TFLOPS:
+    for key, value in PEAK_TFLOPS:
         if key in name:
-            return value, f"{name}: dense bf16 peak {value:g} TFLOP/s"
+            return value, f"{name}: dense peaks bf16 {value[0]:g}, TF32 {value[1]:g} TFLOP/s"
     return None, f"{name}: unknown peak (give --peak_tflops)"
 
 
@@ -94,11 +100,15 @@ class Variant:
             self.unet.to(memory_format=torch.channels_last)
         self.params = list(self.unet.parameters()) + list(self.encoder.parameters())
         # train_fairface.py defaults: lr 2e-4, betas (0.9, 0.999), weight decay 1e-2, eps 1e-8; cosine schedule.
-        self.optimizer = torch.optim.AdamW(self.params, lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+        self.optimizer = torch.optim.AdamW(self.params, lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8,
+                                           fused=device.type == "cuda")
         self.lr_scheduler = get_scheduler("cosine", self.optimizer, num_warmup_steps=500, num_training_steps=100_000)
         self.model = torch.compile(self.unet) if compile else self.unet
         self.compiled = compile
         self.rates, self.cpu_rates, self.peak_bytes = [], [], 0
+        from utils.step_metrics import StepMetrics
+
+        self.metrics = StepMetrics(device)
         self.unet.train()
 
     def set_precision_flags(self):
@@ -137,28 +147,11 @@ def train_step(variant, noise_scheduler, batch, step, snr_gamma=5.0):
     loss = training.weighted_mse(prediction, target, weights)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(variant.params, 1.0)
-    if bool(torch.isfinite(grad_norm)):  # a host sync, as in train_fairface.py
+    if bool(torch.isfinite(grad_norm)):  # the step's one host sync, as in train_fairface.py
+        variant.metrics.add(loss, grad_norm)  # on the device; train_fairface.py reads it every --logging_steps
         variant.optimizer.step()
         variant.lr_scheduler.step()
     variant.optimizer.zero_grad(set_to_none=True)
-    return loss.detach().item(), float(grad_norm)  # logged every step by train_fairface.py (syncs too)
-
-
-def forward_flops(unet, encoder, batch, device):
-    """FLOPs of one UNet (+ condition encoder) forward on ``batch``, attention through the math kernel so that
-    FlopCounterMode sees its matmuls (the fused SDPA kernels are not counted on every device)."""
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from utils.pipeline import denoise
-
-    pixels, attributes, _ = batch
-    x = pixels[:1].float() / 127.5 - 1  # one image (the math kernel's attention matrix of a whole batch at 128 px
-    t = torch.full((1,), 500, device=device)  # would take tens of GB); FLOPs are linear in the batch
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        denoise(unet, x, t, encoder(attributes[:1]))
-    return counter.get_total_flops() * pixels.shape[0]
 
 
 def attention_processors(unet):
@@ -192,7 +185,8 @@ def main(args):
     unet = build_unet(config["resolution"], config["block_out_channels"], config["layers_per_block"],
                       config["attention_levels"], config["cross_attention_dim"])
     encoder = ConditionEncoder(embed_dim=config["cross_attention_dim"])
-    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                                    prediction_type="v_prediction")  # train_fairface.py's objective
     processors, num_attention = attention_processors(unet)
     sdpa = processors == ["AttnProcessor2_0"]
     params = sum(p.numel() for p in unet.parameters())
@@ -203,9 +197,9 @@ def main(args):
     batch = (torch.randint(0, 256, (batch_size, 3, res, res), dtype=torch.uint8, generator=generator).to(device),
              torch.stack([torch.randint(0, n, (batch_size,), generator=generator) for n in (9, 2, 7)], 1).to(device),
              torch.ones(batch_size, device=device))
-    flops_forward = forward_flops(unet.to(device), encoder.to(device), batch, device)
-    flops_step = 3 * flops_forward
-    peak_tflops, peak_note = (args.peak_tflops, "--peak_tflops") if args.peak_tflops else default_peak_tflops(device)
+    forward, backward = flops_per_image(unet.to(device), encoder.to(device), noise_scheduler, res, device)
+    flops_forward, flops_step = forward * batch_size, (forward + backward) * batch_size
+    peaks, peak_note = ((args.peak_tflops,) * 2, "--peak_tflops") if args.peak_tflops else default_peak_tflops(device)
 
     variants = [Variant("baseline: fp32 eager", unet, encoder, device)]
     fast_name = "fast: tf32 + channels_last + bf16 autocast" if cuda else "fast: bf16 autocast (+ tf32 flags)"
@@ -257,25 +251,28 @@ def main(args):
 
     base = statistics.median(variants[0].rates)
     base_cpu = statistics.median(variants[0].cpu_rates)
-    rows = []
+    rows, results = [], []
     for variant in variants:
         rate = statistics.median(variant.rates)
         achieved = flops_step * rate / batch_size
-        mfu = f"{achieved / (peak_tflops * 1e12):.1%}" if peak_tflops else "n/a"
+        peak = peaks[0 if variant.bf16 else 1] if peaks else None  # bf16 tensor cores, or TF32 (the baseline)
+        mfu = achieved / (peak * 1e12) if peak else None
         memory = f"{variant.peak_bytes / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
         row = [variant.name, f"{rate:.1f}", f"**{rate / base:.2f}x**"]
         if not cuda:
             row.append(f"{statistics.median(variant.cpu_rates) / base_cpu:.2f}x")
-        rows.append(row + [memory, f"{achieved / 1e12:.3g}", mfu])
+        rows.append(row + [memory, f"{achieved / 1e12:.3g}", f"{mfu:.1%} of {peak:g}" if mfu else "n/a"])
+        results.append(dict(variant=variant.name, images_per_s=rate, speedup=rate / base, peak_bytes=variant.peak_bytes
+                            if cuda else None, achieved_tflops=achieved / 1e12, peak_tflops=peak, mfu=mfu))
     header = ["variant", "images/s", "speed-up"] + ([] if cuda else ["speed-up (CPU time)"]) + [
-        "peak memory", "achieved TFLOP/s", "MFU"]
+        "peak memory", "achieved TFLOP/s", "MFU (of peak TFLOP/s)"]
     print()
     print(f"## Training speed ({device.type}, {'tiny' if tiny else 'seed'} model, {res} px, batch {batch_size})")
     print()
     print(markdown_table(header, rows))
     print()
     print(f"Median of {args.rounds} alternating rounds of {steps} steps each after {args.warmup_steps} warm-up steps "
-          f"per variant. FLOPs: {flops_step / 1e9:.2f} GFLOP per step (3 x forward, FlopCounterMode). MFU peak: "
+          f"per variant. FLOPs: {flops_step / 1e9:.2f} GFLOP per step (forward + backward, FlopCounterMode). Peaks: "
           f"{peak_note}.")
     if not cuda:
         print(f"Process max RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (all variants "
@@ -290,9 +287,16 @@ def main(args):
     print(f"- channels_last: {'fast variants (UNet weights, as train_fairface.py does on CUDA)' if cuda else 'not applied: train_fairface.py uses it on CUDA only'}")
     print(f"- bf16 autocast: fast variants ({device.type} autocast)")
     print(f"- torch.compile: {'yes (compile + first steps: ' + format(warmup_seconds[variants[-1].name], '.0f') + ' s warm-up)' if compile_variant else 'not run (--torch_compile to add it)'}")
-    print(f"- MFU: {'computed against ' + str(peak_tflops) + ' TFLOP/s' if peak_tflops else 'skipped (no peak for this device; --peak_tflops)'}")
+    print(f"- MFU: {'bf16 variants against the bf16 peak, the fp32 baseline against TF32' if peaks else 'skipped (no peak for this device; --peak_tflops)'}")
     print()
     print("\n".join(machine_lines(device)))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(dict(device=str(device), device_name=torch.cuda.get_device_name(device) if cuda else "CPU",
+                           model="tiny" if tiny else "seed", resolution=res, batch=batch_size, params=params,
+                           flops_per_image=flops_step / batch_size, peak_note=peak_note, variants=results), f, indent=2)
 
 
 if __name__ == "__main__":

@@ -271,8 +271,16 @@ class StopRequest:
     def name(self):
         return signal.Signals(self.signal).name if self.signal else "a signal to another process"
 
-    def agreed(self, accelerator):
-        """True on every rank if any rank was signalled (all ranks must stop at the same step)."""
+    def agreed(self, accelerator, all_ranks_here=True):
+        """True on every rank if any rank was signalled (all ranks must stop at the same step).
+
+        With several processes the agreement is an all-reduce and a host sync, so the loop asks only at steps
+        where every rank asks too (``all_ranks_here``: logging steps, checkpoints, epoch ends) and gets False
+        elsewhere; a lone process just reads its flag."""
+        if accelerator.num_processes == 1:
+            return self.signal is not None
+        if not all_ranks_here:
+            return False
         flag = torch.tensor([0.0 if self.signal is None else 1.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 

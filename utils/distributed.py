@@ -1,0 +1,82 @@
+"""Processes on machines: CPU threads per process, and one writer per shared file across nodes.
+
+Threads. Launched without a config, ``accelerate launch`` exports ``OMP_NUM_THREADS=1`` to a CPU process
+(accelerate/commands/launch.py: ``num_cpu_threads_per_process = get_int_from_env(["OMP_NUM_THREADS"], 1)``,
+raised to the core count only with ``--cpu``), and ``torchrun`` does the same for several processes per node,
+so the README's quick start used one core of two. A user's own choice (``OMP_NUM_THREADS`` exported in the
+shell, ``--num_cpu_threads_per_process``) is in the *launcher's* environment or command line; the launcher's
+default is only in ours. Linux shows both in /proc; elsewhere nothing is changed.
+
+Writers. With several nodes on one shared ``--output_dir`` / ``--preprocess_cache``, "local main" is not
+unique: one process per node. ``in_writer_order`` runs an idempotent build-or-load step on the global main
+first, then on each other node's local main (a node-local disk that does not see the first build builds its
+own copy), then on every other process, which only loads.
+"""
+
+import os
+
+LAUNCHER_THREAD_FLAGS = ("--num_cpu_threads_per_process",)  # accelerate launch's explicit thread count
+
+
+def _launcher_process():
+    """(environment dict, command-line args) of the parent process, or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{os.getppid()}/environ", "rb") as f:
+            environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            cmdline = [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
+    except OSError:
+        return None
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in environ.items()}, cmdline
+
+
+def launcher_default_threads():
+    """True if OMP_NUM_THREADS was set by accelerate launch / torchrun as a default, not chosen by the user."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        return False
+    launched = "LOCAL_WORLD_SIZE" in os.environ or "ACCELERATE_DYNAMO_BACKEND" in os.environ
+    launcher = _launcher_process() if launched else None
+    if launcher is None:
+        return False
+    environ, cmdline = launcher
+    chose = "OMP_NUM_THREADS" in environ or any(arg.split("=")[0] in LAUNCHER_THREAD_FLAGS for arg in cmdline)
+    return not chose
+
+
+def cores_per_local_process():
+    """CPU cores this process may run on (affinity, cgroup-restricted sets), shared among this node's processes."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, available // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def use_available_cores(device, logger=None):
+    """On CPU, replace a launcher's default of one thread by this process's share of the cores.
+
+    Returns the thread count now in use, or None when nothing was changed (a GPU run, a user's choice)."""
+    import torch
+
+    if torch.device(device).type != "cpu" or not launcher_default_threads():
+        return None
+    threads = cores_per_local_process()
+    torch.set_num_threads(threads)
+    if logger is not None:
+        logger.info(f"CPU: {threads} threads per process, not the launcher's default OMP_NUM_THREADS=1 (export "
+                    "OMP_NUM_THREADS to choose)")
+    return threads
+
+
+def in_writer_order(accelerator, build_or_load):
+    """``build_or_load()`` on the global main, then on other nodes' local mains, then everywhere else.
+
+    ``build_or_load`` must write only what is missing (atomically) and otherwise load: the first call on a disk
+    builds, the later ones read. Every process gets its own return value."""
+    result = None
+    if accelerator.is_main_process:
+        result = build_or_load()
+    accelerator.wait_for_everyone()
+    if accelerator.is_local_main_process and not accelerator.is_main_process:
+        result = build_or_load()
+    accelerator.wait_for_everyone()
+    if not accelerator.is_local_main_process:
+        result = build_or_load()
+    return result
