@@ -34,7 +34,7 @@ from PIL import Image
 from utils import evaluation as ev
 from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int
 from utils.conditions import (add_sampling_args, condition_from_id, load_pipeline_or_exit, parse_condition_ids,
-                              resolve_device_dtype, sample_filename)
+                              resolve_device_dtype, sample_filename, sampling_settings)
 from utils.data import decode_image, load_fairface
 from utils.labels import ATTRIBUTES, NUM_CONDITIONS, decode_condition
 from utils.pipeline import generate
@@ -178,8 +178,10 @@ def main(args):
         generated_ids = np.repeat(args.condition_ids, args.num_images_per_condition)
         seeds = [args.seed + k for _ in args.condition_ids for k in range(args.num_images_per_condition)]
         print(f"sampling {len(seeds)} images ({len(args.condition_ids)} conditions x {args.num_images_per_condition})")
+        settings = sampling_settings(pipe, args)  # flags given, else the model's saved defaults
+        vars(args).update(settings)  # metrics.json records what was used
         generated = generate(pipe, [decode_condition(c) for c in generated_ids], seeds, args.batch_size, progress=True,
-                             num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+                             **settings)
         del pipe
         os.makedirs(os.path.join(args.output_dir, "samples"), exist_ok=True)
         names = [sample_filename(condition_from_id(int(c)), seed) for c, seed in zip(generated_ids, seeds)]

@@ -16,7 +16,8 @@ import re
 from tqdm.auto import tqdm
 
 from utils.cli import DEFAULT_MODEL_DIR, fail
-from utils.conditions import add_sampling_args, load_pipeline_or_exit, parse_condition_ids, resolve_device_dtype
+from utils.conditions import (add_sampling_args, load_pipeline_or_exit, parse_condition_ids, resolve_device_dtype,
+                              sampling_settings)
 from utils.grid import labelled_grid
 from utils.labels import AGES, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe_condition
 from utils.pipeline import generate
@@ -67,8 +68,7 @@ def sample_row(model, args):
     """One image per condition, all from --seed's noise."""
     pipe = load_pipeline_or_exit(model, device=args.device, dtype=args.torch_dtype, scheduler=args.scheduler)
     return generate(pipe, [decode_condition(c) for c in args.condition_ids], [args.seed] * len(args.condition_ids),
-                    batch_size=args.batch_size, num_inference_steps=args.num_inference_steps,
-                    guidance_scale=args.guidance_scale)
+                    batch_size=args.batch_size, **sampling_settings(pipe, args))
 
 
 def main(args):

@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from utils import data, distributed, flag_checks, hub, resume_check, run_folder, step_metrics, training
 from utils.labels import decode_condition
-from utils.cli import (DEFAULT_MODEL_DIR, beta, fail, finite_float, nonnegative_float, nonnegative_int, positive_float,
-                       positive_int, probability)
-from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER
+from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
+                       nonnegative_int, positive_float, positive_int, probability)
+from utils.pipeline import (ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER,
+                            SAMPLING_DEFAULTS)
 
 logger = get_logger(__name__)
 
@@ -106,8 +107,14 @@ def parse_args(input_args=None):
     add("--output_dir", default=DEFAULT_MODEL_DIR)
     add("--save_model_epochs", type=positive_int, default=10, help="Write epoch_{E}/ pipeline snapshots this often.")
     add("--save_images_epochs", type=positive_int, default=10, help="Write sample_epoch_{E}_{i}.png this often.")
-    add("--num_inference_steps", type=positive_int, default=25, help="DPM-Solver++ steps for the samples.")
-    add("--guidance_scale", type=nonnegative_float, default=2.0, help="Classifier-free guidance for the samples.")
+    # Sampler of the samples, saved with every snapshot and the release as its defaults (FairFacePipeline
+    # sampling_defaults); the defaults are the sweep's best (utils/pipeline.py SAMPLING_DEFAULTS, README).
+    add("--num_inference_steps", type=positive_int, default=SAMPLING_DEFAULTS["num_inference_steps"],
+        help="DPM-Solver++ steps for the samples (default: %(default)s).")
+    add("--guidance_scale", type=nonnegative_float, default=SAMPLING_DEFAULTS["guidance_scale"],
+        help="Classifier-free guidance for the samples (default: %(default)s).")
+    add("--guidance_interval", action=GuidanceInterval, default=SAMPLING_DEFAULTS["guidance_interval"],
+        help="Guide only steps with LO <= timestep <= HI ('0 inf': every step; default: %(default)s).")
     add("--checkpointing_steps", type=positive_int, default=2000, help="Write checkpoint-{step}/ this often.")
     add("--checkpoints_total_limit", type=positive_int, default=None, help="Keep only this many checkpoints.")
     add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
@@ -273,8 +280,9 @@ def main(args):
         for name, ema in emas.items():
             models[name] = type(models[name]).from_config(models[name].config)
             ema.copy_to(models[name].parameters())
+        sampling = {name: getattr(args, name) for name in SAMPLING_DEFAULTS}  # saved: from_pretrained samples so
         pipeline = FairFacePipeline(unet=models["unet"], condition_encoder=models["condition_encoder"],
-                                    scheduler=noise_scheduler)
+                                    scheduler=noise_scheduler, sampling_defaults=sampling)
         return pipeline.set_scheduler(DEFAULT_SCHEDULER).to(accelerator.device)
 
     def save_checkpoint():  # with what a resume needs beyond the weights (utils/resume_check.py)
@@ -394,8 +402,7 @@ def main(args):
                     hub.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
             if epoch_number % args.save_images_epochs == 0 or last_epoch:
                 pipeline = pipeline or pipeline_for_release()
-                samples = generate(pipeline, [decode_condition(c) for c in SAMPLE_CONDITIONS], [0, 1, 2],
-                                   num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+                samples = generate(pipeline, [decode_condition(c) for c in SAMPLE_CONDITIONS], [0, 1, 2])
                 for i, image in enumerate(samples):
                     image.save(os.path.join(args.output_dir, f"sample_epoch_{epoch_number}_{i}.png"))
                 training.log_images(accelerator, samples, global_step)

@@ -47,3 +47,20 @@ nonnegative_float = _number("nonnegative_float", float, lambda v: v >= 0, "0 or 
 finite_float = _number("finite_float", float, lambda v: True, "a finite number")
 probability = _number("probability", float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 beta = _number("beta", float, lambda v: 0.0 <= v < 1.0, "at least 0 and below 1")  # an Adam beta
+
+
+class GuidanceInterval(argparse.Action):
+    """``--guidance_interval LO HI``: timesteps 0 <= LO <= HI (``0 inf``: every step); else one line, exit 2."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=2, metavar=("LO", "HI"), **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            low, high = (float(value) for value in values)
+        except ValueError:
+            low = high = float("nan")
+        if not 0 <= low <= high:
+            fail(f"{option_string} needs two timesteps 0 <= LO <= HI ('0 inf': every step), got {' '.join(values)}",
+                 prog=parser.prog)
+        setattr(namespace, self.dest, (low, high))

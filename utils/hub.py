@@ -86,17 +86,16 @@ def save_release(pipeline, args, num_images, global_step):
 
     def write(folder):
         pipeline.save_pretrained(folder)
-        sample_grid(pipeline, args).save(os.path.join(folder, "samples.png"))
+        sample_grid(pipeline).save(os.path.join(folder, "samples.png"))
         build_model_card(pipeline, args, num_images, global_step).save(os.path.join(folder, "README.md"))
 
     release.publish(args.output_dir, write)
 
 
-def sample_grid(pipeline, args, conditions=SAMPLE_GRID_CONDITIONS, seeds=SAMPLE_GRID_SEEDS):
-    """Rows = conditions, columns = seeds, with the training samples' sampler settings."""
+def sample_grid(pipeline, conditions=SAMPLE_GRID_CONDITIONS, seeds=SAMPLE_GRID_SEEDS):
+    """Rows = conditions, columns = seeds, with the pipeline's saved sampler settings (the training samples')."""
     pairs = [(condition, seed) for condition in conditions for seed in seeds]
-    images = generate(pipeline, [decode_condition(c) for c, _ in pairs], [s for _, s in pairs], batch_size=8,
-                      num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    images = generate(pipeline, [decode_condition(c) for c, _ in pairs], [s for _, s in pairs], batch_size=8)
     return labelled_grid(images, len(conditions), len(seeds),
                          row_labels=[f"{c}: {describe_condition(c)}" for c in conditions],
                          col_labels=[f"seed {s}" for s in seeds])
@@ -175,6 +174,7 @@ def build_model_card(pipeline, args, num_images, global_step, repo_id=None):
         cross_attention_dim=unet.config.cross_attention_dim, num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule, prediction_type=args.prediction_type,
         num_inference_steps=args.num_inference_steps, guidance_scale=f"{args.guidance_scale:g}",
+        guidance_interval=list(pipeline.sampling_settings()["guidance_interval"] or (0, args.num_train_timesteps - 1)),
         sample_rows=len(SAMPLE_GRID_CONDITIONS), sample_cols=len(SAMPLE_GRID_SEEDS),
         ages=", ".join(f"{i} = {n}" for i, n in enumerate(AGES)),
         genders=", ".join(f"{i} = {n}" for i, n in enumerate(GENDERS)),

@@ -14,8 +14,9 @@ import inspect
 import os
 
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
-                       ImagePipelineOutput, ModelMixin, UNet2DConditionModel, UniPCMultistepScheduler)
+from diffusers import (DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DiffusionPipeline,
+                       DPMSolverMultistepScheduler, ImagePipelineOutput, ModelMixin, UNet2DConditionModel,
+                       UniPCMultistepScheduler)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
@@ -25,11 +26,21 @@ from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_label
 # A release committed but not yet moved into the root of --output_dir (utils/release.py); loaded instead.
 PENDING_RELEASE = ".release-new"
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
+# Sampling defaults saved with every pipeline trained now (model_index.json "sampling_defaults"); __call__ falls
+# back to them. Chosen by benchmarks/sampler_sweep.py (README "Sampler sweep"): DPM-Solver++ 6 steps with guidance
+# on every step (12 UNet evaluations per image) recovered the attributes as often as 25 steps (50) on two demo
+# models; guiding only t >= 450 lost age fidelity. guidance_interval: timesteps [lo, hi]
+# (0 = clean, num_train_timesteps - 1 = pure noise) whose steps get classifier-free guidance; the others make only
+# the conditional prediction, half the UNet work (Kynkaanniemi et al. 2024).
+SAMPLING_DEFAULTS = dict(num_inference_steps=6, guidance_scale=2.0, guidance_interval=None)
+# Pipelines saved before sampling defaults existed (no "sampling_defaults"): DPM-Solver++ 25, guidance 2 every step.
+LEGACY_SAMPLING_DEFAULTS = dict(num_inference_steps=25, guidance_scale=2.0, guidance_interval=None)
 # Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
 # prediction type as training). dpm++ is the default: it gave the best samples at ~25 steps (README).
 SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
+    "deis": DEISMultistepScheduler,
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
 }
@@ -110,34 +121,64 @@ class FairFacePipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "condition_encoder->unet"
 
-    def __init__(self, unet: UNet2DConditionModel, scheduler, condition_encoder: ConditionEncoder):
+    def __init__(self, unet: UNet2DConditionModel, scheduler, condition_encoder: ConditionEncoder,
+                 sampling_defaults: dict = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder)
+        # Saved in model_index.json, so from_pretrained gets them; None (older releases): LEGACY_SAMPLING_DEFAULTS.
+        self.register_to_config(sampling_defaults=sampling_defaults)
 
     @property
     def labels(self):
         return self.condition_encoder.labels
 
-    def set_scheduler(self, name):
-        """Swap in a sampler by name (``dpm++``, ``unipc``, ``ddim``, ``ddpm``), keeping the trained noise schedule."""
+    def set_scheduler(self, name, **options):
+        """Swap in a sampler by name (a key of ``SCHEDULERS``), keeping the trained noise schedule;
+        ``options`` override scheduler config entries (e.g. ``solver_order=3``)."""
         if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
-        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config, **options)
         return self
+
+    def sampling_settings(self, **given):
+        """The settings a call uses: ``given`` values that are not None, else this pipeline's saved defaults."""
+        settings = {**LEGACY_SAMPLING_DEFAULTS, **(self.config.get("sampling_defaults") or {})}
+        settings.update({k: v for k, v in given.items() if v is not None})
+        interval = settings["guidance_interval"]
+        if interval is not None:
+            if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
+                raise ValueError(f"guidance_interval must be (lo, hi) timesteps with lo <= hi, got {interval!r}")
+            last = self.scheduler.config.num_train_timesteps - 1  # no step's timestep is above it: "inf" -> last
+            low, high = float(interval[0]), float(interval[1])
+            settings["guidance_interval"] = (low, max(low, min(high, float(last))))
+        return settings
+
+    def _guided_prediction(self, latents, t, tokens, null_tokens, guidance_scale):
+        """Classifier-free guidance: the null and conditional predictions from one batched UNet call."""
+        model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        uncond, cond = denoise(self.unet, model_input, t, torch.cat([null_tokens, tokens])).chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
 
     @torch.no_grad()
     def __call__(self, condition_ids=None, *, age=None, gender=None, race=None, conditions=None,
-                 num_images_per_condition=1, generator=None, num_inference_steps=25, guidance_scale=2.0,
-                 output_type="pil", return_dict=True, show_progress=True):
+                 num_images_per_condition=1, generator=None, num_inference_steps=None, guidance_scale=None,
+                 guidance_interval=None, output_type="pil", return_dict=True, show_progress=True):
         """Sample faces.
 
         Conditions come from ``condition_ids`` (int or list), from attribute names/indices ``age``, ``gender``,
         ``race`` (any may be None = unknown), or directly as ``conditions`` [(age, gender, race), ...].
         ``generator``: one torch.Generator, or a list with one per image (then each image depends only on its
         own generator and condition, not on the rest of the batch). ``guidance_scale`` 1 disables
-        classifier-free guidance; above 1 the conditional and unconditional predictions come from one
-        batched UNet call. ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
+        classifier-free guidance; otherwise the conditional and unconditional predictions come from one
+        batched UNet call, on the steps whose timestep t lies in ``guidance_interval`` (lo, hi), inclusive
+        (0 = clean, 999 = pure noise for 1000 training timesteps; ``(0, inf)``: every step); the other steps
+        compute only the conditional prediction. ``num_inference_steps``, ``guidance_scale`` and
+        ``guidance_interval`` left None take the pipeline's saved defaults (``sampling_settings()``).
+        ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
         """
+        settings = self.sampling_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                          guidance_interval=guidance_interval)
+        guidance_scale, (low, high) = settings["guidance_scale"], settings["guidance_interval"] or (0, float("inf"))
         if conditions is None:
             conditions = resolve_conditions(condition_ids, age, gender, race)
         conditions = [c for c in conditions for _ in range(num_images_per_condition)]
@@ -148,25 +189,20 @@ class FairFacePipeline(DiffusionPipeline):
         device, dtype = self.unet.device, self.unet.dtype
         attributes = conditions_to_tensor(conditions).to(device)
         tokens = self.condition_encoder(attributes).to(dtype)
-        guided = guidance_scale != 1.0
-        if guided:
-            null_tokens = self.condition_encoder(torch.full_like(attributes, UNKNOWN)).to(dtype)
-            tokens = torch.cat([null_tokens, tokens])
+        null_tokens = self.condition_encoder(torch.full_like(attributes, UNKNOWN)).to(dtype)
 
         size = self.unet.config.sample_size
         latents = randn_tensor((batch, self.unet.config.in_channels, size, size), generator=generator,
                                device=device, dtype=dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(settings["num_inference_steps"], device=device)
         # Stochastic samplers (ddpm, ddim with eta) draw their step noise from the per-image generators too.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         latents = latents * self.scheduler.init_noise_sigma
         for t in self.progress_bar(self.scheduler.timesteps) if show_progress else self.scheduler.timesteps:
-            model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            prediction = denoise(self.unet, model_input, t, tokens)
-            if guided:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (cond - uncond)
+            if guidance_scale != 1.0 and low <= t <= high:
+                prediction = self._guided_prediction(latents, t, tokens, null_tokens, guidance_scale)
+            else:
+                prediction = denoise(self.unet, self.scheduler.scale_model_input(latents, t), t, tokens)
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
 
         images = latents.clamp(-1, 1).float()
