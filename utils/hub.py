@@ -1,8 +1,9 @@
 """The release folder, its model card, and uploads to the Hugging Face Hub.
 
 ``save_release(pipeline, args, num_images, global_step)``
-    The final pipeline at the root of ``--output_dir`` (written atomically), ``samples.png`` (a labelled grid:
-    one row per condition, one column per seed) and the model card ``README.md`` (``model_card_template.md``).
+    The final pipeline at the root of ``--output_dir``, ``samples.png`` (a labelled grid: one row per condition,
+    one column per seed) and the model card ``README.md`` (``model_card_template.md``), replacing the previous
+    release as a whole, never a mix of both (``utils/release.py``).
 ``push_snapshot(args, folder)``
     Uploads ``epoch_{E}/`` to ``epoch_{E}/`` of the repo in the background (``run_as_future``): training goes on,
     and a failed upload is a warning, never the end of the run.
@@ -30,11 +31,10 @@ import logging
 import os
 import re
 import shlex
-import shutil
 
 import huggingface_hub
 
-from . import remote_code, space, training
+from . import release, remote_code, run_folder, space, training
 from .cli import fail
 from .grid import labelled_grid
 from .labels import AGES, GENDERS, RACES, decode_condition, describe_condition, encode_condition, label_table_markdown
@@ -86,21 +86,15 @@ def card_repo_id(args):
 
 # ------------------------------------------------------------------------------------------------ release
 def save_release(pipeline, args, num_images, global_step):
-    """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, all moved in at the end."""
+    """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, replacing the previous
+    release as a whole (utils/release.py)."""
 
     def write(folder):
         remote_code.save_pipeline(pipeline, folder)  # + the code plain diffusers loads it with
         sample_grid(pipeline).save(os.path.join(folder, "samples.png"))
         build_model_card(pipeline, args, num_images, global_step).save(os.path.join(folder, "README.md"))
 
-    tmp = os.path.join(args.output_dir, ".tmp-release")
-    training.save_folder_atomic(tmp, write)
-    for name in os.listdir(tmp):
-        target = os.path.join(args.output_dir, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(tmp, name), target)
-    os.rmdir(tmp)
+    release.publish(args.output_dir, write)
 
 
 def sample_grid(pipeline, conditions=SAMPLE_GRID_CONDITIONS, seeds=SAMPLE_GRID_SEEDS):
@@ -360,6 +354,12 @@ def main(argv=None):
         fail(f"{args.output_dir} holds no released pipeline (no model_index.json); train with train_fairface.py "
              "first", prog=parser.prog)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    try:  # never upload a folder that a run is writing, nor a release that a kill interrupted
+        if os.access(args.output_dir, os.W_OK):  # (no run writes into a read-only folder)
+            run_folder.lock(args.output_dir)
+            release.finish(args.output_dir)
+    except (run_folder.FolderInUse, OSError) as error:
+        fail(str(error), prog=parser.prog)
     if args.hub_push_snapshots:
         snapshots = [name for name in os.listdir(args.output_dir) if re.fullmatch(r"epoch_\d+", name)
                      and os.path.isfile(os.path.join(args.output_dir, name, "model_index.json"))]

@@ -26,6 +26,8 @@ from torch import nn
 
 from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_label
 
+# A release committed but not yet moved into the root of --output_dir (utils/release.py); loaded instead.
+PENDING_RELEASE = ".release-new"
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
 # The files of a saved pipeline that load_pipeline reads: configs and safetensors, never code or pickles.
 PIPELINE_FILES = ["model_index.json", "unet/*.json", "unet/*.safetensors", "condition_encoder/*.json",
@@ -255,6 +257,8 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
     not a pipeline.
     """
     if os.path.isdir(model):
+        if os.path.isfile(os.path.join(model, PENDING_RELEASE, "model_index.json")):
+            model = os.path.join(model, PENDING_RELEASE)  # an interrupted release: the new one, whole
         if has_pickled_weights_only(model):
             raise ValueError(f"{model} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
                              "Convert them to safetensors first.")
