@@ -36,7 +36,7 @@ from PIL import Image
 from utils import evaluation as ev
 from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int
 from utils.conditions import (add_sampling_args, condition_from_id, framing_or_exit, load_pipeline_or_exit,
-                              parse_condition_ids, resolve_device_dtype, sample_filename)
+                              parse_condition_ids, resolve_device_dtype, sample_filename, sampling_settings)
 from utils.data import decode_image, load_fairface
 from utils.labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition, parse_framing
 from utils.pipeline import generate
@@ -187,11 +187,12 @@ def main(args):
         seeds = [args.seed + k for _ in args.condition_ids for k in range(args.num_images_per_condition)]
         print(f"sampling {len(seeds) * len(framings)} images ({len(args.condition_ids)} conditions x "
               f"{args.num_images_per_condition}" + (f" x framings {', '.join(framings)})" if args.framing else ")"))
+        settings = sampling_settings(pipe, args)  # flags given, else the model's saved defaults
+        vars(args).update(settings)  # metrics.json records what was used
         generated, names = [], []
         for framing in framings:  # seed k of a condition starts from the same noise in every framing
             generated += generate(pipe, [decode_condition(c) for c in ids], seeds, args.batch_size, progress=True,
-                                  num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
-                                  framing=framing)
+                                  framing=framing, **settings)
             names += [sample_filename(condition_from_id(int(c)), seed, framing) for c, seed in zip(ids, seeds)]
         generated_ids = np.tile(ids, len(framings))
         generated_framings = np.repeat([-1 if f is None else parse_framing(f) for f in framings], len(ids))

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from utils.cli import DEFAULT_MODEL_DIR, fail
 from utils.conditions import (add_framing_arg, add_sampling_args, framing_or_exit, load_pipeline_or_exit,
-                              parse_condition_ids, resolve_device_dtype)
-from utils.grid import labelled_grid
-from utils.labels import AGES, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe_condition
+                              parse_condition_ids, resolve_device_dtype, sampling_settings)
+from utils.grid import atlas_grid, labelled_grid
+from utils.labels import NUM_CONDITIONS, decode_condition, describe_condition
 from utils.pipeline import generate
 
 
@@ -71,16 +71,14 @@ def sample_row(model, args):
     pipe = load_pipeline_or_exit(model, device=args.device, dtype=args.torch_dtype, scheduler=args.scheduler)
     framing = framing_or_exit(pipe, args.framing or ("tight" if pipe.condition_encoder.config.framings else None), model)
     return generate(pipe, [decode_condition(c) for c in args.condition_ids], [args.seed] * len(args.condition_ids),
-                    batch_size=args.batch_size, num_inference_steps=args.num_inference_steps,
-                    guidance_scale=args.guidance_scale, framing=framing)
+                    batch_size=args.batch_size, framing=framing, **sampling_settings(pipe, args))
 
 
 def main(args):
     note = f", {args.framing}" if args.framing in ("tight", "wide") else ""  # labels name a framing asked for
     if args.atlas:  # ids run age-major, so the 126 images fill 9 rows of 14 in order
         images = sample_row(args.model, args)
-        grid = labelled_grid(images, len(AGES), len(GENDERS) * len(RACES), row_labels=[a + note for a in AGES],
-                             col_labels=[f"{gender}\n{race}" for gender in GENDERS for race in RACES])
+        grid = atlas_grid(images, note)
         output = args.output or os.path.join("assets", "atlas.png")
     else:
         snapshots = find_snapshots(args.run_dir, args.epochs)

@@ -21,7 +21,8 @@ import os
 
 from utils.cli import DEFAULT_MODEL_DIR, fail, parse_seeds, positive_int
 from utils.conditions import (add_condition_args, add_framing_arg, add_sampling_args, conditions_from_args,
-                              framing_or_exit, load_pipeline_or_exit, resolve_device_dtype, sample_filename)
+                              framing_or_exit, load_pipeline_or_exit, resolve_device_dtype, sample_filename,
+                              sampling_settings)
 from utils.grid import labelled_grid
 from utils.pipeline import generate
 
@@ -56,18 +57,21 @@ def parse_args(input_args=None):
 
 
 def main(args):
-    # Model: local folder or Hub id, safetensors only; the sampler is swapped in by name.
+    # Model: local folder or Hub id, safetensors only; the sampler is swapped in by name, else the saved one.
     pipe = load_pipeline_or_exit(args.model, device=args.device, dtype=args.torch_dtype, scheduler=args.scheduler)
     framing = framing_or_exit(pipe, args.framing, args.model)
+    settings = sampling_settings(pipe, args)  # flags given, else the model's saved defaults
+    interval = settings["guidance_interval"]
 
     # Sample: every (condition, seed) pair, condition-major, one CPU generator per image.
     pairs = [(condition, seed) for condition in args.conditions for seed in args.seeds]
     print(f"sampling {len(pairs)} images ({len(args.conditions)} conditions x {len(args.seeds)} seeds) with "
-          f"{args.scheduler}, {args.num_inference_steps} steps, guidance {args.guidance_scale:g} on {args.device}"
+          f"{type(pipe.scheduler).__name__}, {settings['num_inference_steps']} steps, guidance "
+          f"{settings['guidance_scale']:g} " + (f"on timesteps {interval[0]:g}-{interval[1]:g}" if interval else
+                                                  "on every step") + f", on {args.device}"
           + (f", {framing} framing" if framing else ""))
     images = generate(pipe, [c.attributes for c, _ in pairs], [s for _, s in pairs], batch_size=args.batch_size,
-                      progress=True, num_inference_steps=args.num_inference_steps,
-                      guidance_scale=args.guidance_scale, framing=framing)
+                      progress=True, framing=framing, **settings)
 
     # Save: names carry the condition and the seed, so any image can be redrawn on its own.
     os.makedirs(args.output_dir, exist_ok=True)

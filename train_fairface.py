@@ -27,10 +27,12 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from utils import data, distributed, hub, step_metrics, training
+from utils import data, distributed, flag_checks, hub, remote_code, resume_check, run_folder, step_metrics, training
 from utils.labels import FRAMINGS, decode_condition
-from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int, probability
-from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER
+from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
+                       nonnegative_int, positive_float, positive_int, probability)
+from utils.pipeline import (ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER,
+                            SAMPLING_DEFAULTS)
 
 logger = get_logger(__name__)
 
@@ -55,15 +57,15 @@ def parse_args(input_args=None):
     add("--cache_dir", default=None, help="datasets cache directory.")
     add("--resolution", type=positive_int, default=128, help="Training image size (square, centre-cropped).")
     add("--random_flip", action="store_true", help="Randomly mirror faces horizontally.")
-    add("--dataloader_num_workers", type=int, default=0, help="Data-loading worker processes.")
+    add("--dataloader_num_workers", type=nonnegative_int, default=0, help="Data-loading worker processes.")
     add("--preprocess_cache", default=None, help="Folder for a uint8 pixel cache: decode/resize every image once "
         "(>=10x faster epochs, benchmarks/data_loading.py); keyed by dataset, configs, splits and resolution.")
     add("--demo", action="store_true", help="Offline demo: generate synthetic FairFace-layout data, tiny model.")
     # Model and conditioning (defaults: the seed's architecture)
-    add("--block_out_channels", type=int, nargs="+", default=[64, 128, 256, 512])
-    add("--layers_per_block", type=int, default=3)
+    add("--block_out_channels", type=positive_int, nargs="+", default=[64, 128, 256, 512])
+    add("--layers_per_block", type=positive_int, default=3)
     add("--attention_levels", type=int, nargs="+", default=[1], help="UNet levels with cross-attention (0 = top).")
-    add("--cross_attention_dim", type=int, default=512, help="Width of the condition tokens.")
+    add("--cross_attention_dim", type=positive_int, default=512, help="Width of the condition tokens.")
     add("--condition_in_time_embedding", action=argparse.BooleanOptionalAction, default=False,
         help="Also add the condition to the timestep embedding (every ResNet block sees it). Off: on the demo data "
         "cross-attention alone reached the fidelity target sooner (README: measured).")
@@ -73,34 +75,38 @@ def parse_args(input_args=None):
         "framing (config 0.25 = tight, 1.25 = wide; SDXL-style micro-conditioning), so samples can ask for one.")
     add("--framing_drop_prob", type=probability, default=0.1, help="Drop the framing on its own (model's choice).")
     # Diffusion objective
-    add("--num_train_timesteps", type=int, default=1000)
-    add("--beta_schedule", default="squaredcos_cap_v2", help="Cosine schedule: better than linear at small sizes.")
+    add("--num_train_timesteps", type=positive_int, default=1000)
+    add("--beta_schedule", default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2",
+        "sigmoid"], help="Cosine schedule: better than linear at small sizes.")
     add("--prediction_type", choices=["epsilon", "v_prediction"], default="v_prediction",
         help="v: fast samplers stay stable at high noise (epsilon + cosine gave noise at 25 steps; README).")
-    add("--snr_gamma", type=float, default=5.0, help="Min-SNR loss weighting gamma; <=0 turns it off.")
+    add("--snr_gamma", type=finite_float, default=5.0, help="Min-SNR loss weighting gamma; <=0 turns it off.")
     # Optimisation
     add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
     add("--num_epochs", type=positive_int, default=100)
     add("--max_train_steps", type=positive_int, default=None, help="Overrides --num_epochs when set.")
     add("--gradient_accumulation_steps", type=positive_int, default=1)
-    add("--learning_rate", type=float, default=2e-4)
-    add("--lr_scheduler", default="cosine", help='diffusers get_scheduler name: "constant", "cosine", "linear", ...')
-    add("--lr_warmup_steps", type=int, default=500)
-    add("--adam_beta1", type=float, default=0.9)
-    add("--adam_beta2", type=float, default=0.999)
-    add("--adam_weight_decay", type=float, default=1e-2)
-    add("--adam_epsilon", type=float, default=1e-8)
-    add("--max_grad_norm", type=float, default=1.0)
+    add("--learning_rate", type=positive_float, default=2e-4)
+    add("--lr_scheduler", default="cosine", help="diffusers get_scheduler name.", choices=[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])
+    add("--lr_warmup_steps", type=nonnegative_int, default=500, help="Longer than the run: the LR never peaks.")
+    add("--adam_beta1", type=beta, default=0.9)
+    add("--adam_beta2", type=beta, default=0.999)
+    add("--adam_weight_decay", type=nonnegative_float, default=1e-2)
+    add("--adam_epsilon", type=positive_float, default=1e-8)
+    add("--max_grad_norm", type=positive_float, default=1.0)
     add("--use_ema", action="store_true", help="Keep an EMA of the weights; used for samples and the release.")
-    add("--ema_decay", type=float, default=0.9999, help="Maximum EMA decay (warm-up ramps towards it).")
-    add("--ema_power", type=float, default=2 / 3, help="EMA warm-up: decay 1 - (1 + step) ** -power, up to --ema_decay.")
+    add("--ema_decay", type=probability, default=None, help="Maximum EMA decay (warm-up ramps towards it); 0.9999.")
+    add("--ema_power", type=positive_float, default=2 / 3, help="EMA warm-up: decay 1 - (1 + step) ** -power, up to "
+        "--ema_decay.")
     # Benchmark hook (benchmarks/conditioning_fidelity.py): more EMAs of the same run, DECAY:POWER each, written as
     # epoch_{E}_ema{DECAY}_p{POWER}/ pipeline snapshots only (not checkpointed: lost on resume).
     add("--ema_variants", type=training.ema_variant, nargs="*", default=[], help=argparse.SUPPRESS)
-    add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config.")
-    add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs.")
+    add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config. fp16 "
+        "on a CPU trains in float32 (accelerate has no fp16 autocast there; it says so); bf16 works on CPUs.")
+    add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (no effect on a CPU).")
     add("--torch_compile", action="store_true", help="torch.compile the UNet.")
-    add("--seed", type=int, default=0, help="Seeds weights, data order and every random draw of training.")
+    add("--seed", type=nonnegative_int, default=0, help="Seeds weights, data order and every random draw of training.")
     add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop (after a checkpoint) after this many "
         "non-finite losses in a row; isolated ones are skipped.")
     # Test hook: the loss is made NaN at these steps (numbered from 1, as logged).
@@ -109,14 +115,23 @@ def parse_args(input_args=None):
     add("--output_dir", default=DEFAULT_MODEL_DIR)
     add("--save_model_epochs", type=positive_int, default=10, help="Write epoch_{E}/ pipeline snapshots this often.")
     add("--save_images_epochs", type=positive_int, default=10, help="Write sample_epoch_{E}_{i}.png this often.")
-    add("--num_inference_steps", type=positive_int, default=25, help="DPM-Solver++ steps for the samples.")
-    add("--guidance_scale", type=float, default=2.0, help="Classifier-free guidance for the samples.")
+    # Sampler of the samples, saved with every snapshot and the release as its defaults (FairFacePipeline
+    # sampling_defaults); the defaults are the sweep's best (utils/pipeline.py SAMPLING_DEFAULTS, README).
+    add("--num_inference_steps", type=positive_int, default=SAMPLING_DEFAULTS["num_inference_steps"],
+        help="DPM-Solver++ steps for the samples (default: %(default)s).")
+    add("--guidance_scale", type=nonnegative_float, default=SAMPLING_DEFAULTS["guidance_scale"],
+        help="Classifier-free guidance for the samples (default: %(default)s).")
+    add("--guidance_interval", action=GuidanceInterval, default=SAMPLING_DEFAULTS["guidance_interval"],
+        help="Guide only steps with LO <= timestep <= HI ('0 inf': every step; default: %(default)s).")
     add("--checkpointing_steps", type=positive_int, default=2000, help="Write checkpoint-{step}/ this often.")
     add("--checkpoints_total_limit", type=positive_int, default=None, help="Keep only this many checkpoints.")
     add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    add("--allow_resume_changes", action="store_true", help="Resume even though data flags (batch size, processes, "
+        "accumulation, data, resolution, seed, objective) differ from the checkpoint's (utils/resume_check.py).")
     add("--logging_steps", type=positive_int, default=10, help="Log loss, grad norm and lr (window means) this "
         "often: values stay on the device in between (no per-step GPU sync).")
-    add("--report_to", default="tensorboard", help='"tensorboard", "wandb", "all" or "none".')
+    add("--report_to", default="tensorboard", choices=["all", "none", *flag_checks.TRACKER_PACKAGES],
+        help="accelerate tracker; refused at once when its package is not installed.")
     add("--logging_dir", default="logs", help="Under --output_dir.")
     # Hub
     add("--push_to_hub", action="store_true", help="Upload the final pipeline, model card and samples.")
@@ -131,12 +146,8 @@ def parse_args(input_args=None):
         args = parser.parse_args(input_args)
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         args.snr_gamma = None
-    if any(level >= len(args.block_out_channels) for level in args.attention_levels):
-        parser.error("--attention_levels must index --block_out_channels")
-    if args.hub_push_snapshots and not args.push_to_hub:
-        parser.error("--hub_push_snapshots needs --push_to_hub")
-    if args.resolution % 2 ** (len(args.block_out_channels) - 1):
-        parser.error(f"--resolution must be divisible by {2 ** (len(args.block_out_channels) - 1)} for this UNet")
+    flag_checks.check(parser, args)
+    args.ema_decay = 0.9999 if args.ema_decay is None else args.ema_decay
     return args
 
 
@@ -167,8 +178,11 @@ def main(args):
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per file saved is noise
+    run_folder.claim(accelerator, args.output_dir)  # one run per folder (else exit 2); tidies up after killed runs
+    flag_checks.warn_about_precision(accelerator, logger)
+    run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
+    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes)
     distributed.use_available_cores(accelerator.device, logger)  # not accelerate launch's default of 1 thread
-    set_seed(args.seed)  # model initialisation; training draws use utils.training.step_generator
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     stop = training.StopRequest()
@@ -184,9 +198,12 @@ def main(args):
         except ValueError as error:
             fail(str(error))
         cache = None
-        if args.preprocess_cache:
-            cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
-                                           args.dataloader_num_workers, accelerator.is_local_main_process)
+        try:
+            if args.preprocess_cache:
+                cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
+                                               args.dataloader_num_workers, accelerator.is_local_main_process)
+        except OSError as error:  # not a folder, disk full, ...
+            fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
         return dataset, cache
     dataset, cache = distributed.in_writer_order(accelerator, build_or_load_data)
     images = data.FairFaceImages(dataset, args.resolution, cache)
@@ -200,6 +217,7 @@ def main(args):
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
 
     # ---------------------------------------------------------------------------------------- model
+    set_seed(args.seed)  # here, not earlier: building a pixel cache draws from the global RNG (DataLoader seeds)
     encoder = ConditionEncoder(embed_dim=args.cross_attention_dim, framings=FRAMINGS if args.framing_condition else None)
     unet = build_unet(args.resolution, args.block_out_channels, args.layers_per_block, args.attention_levels,
                       args.cross_attention_dim, condition_in_time_embedding=args.condition_in_time_embedding,
@@ -246,7 +264,7 @@ def main(args):
         ema.to(accelerator.device)
 
     # ---------------------------------------------------------------------------------------- resume
-    global_step, nonfinite_in_a_row = 0, 0
+    global_step, nonfinite_in_a_row, state, saved = 0, 0, {}, {}  # saved: step -> checkpoint of that step
     if args.resume_from_checkpoint:
         if checkpoint is None:
             accelerator.print("no complete checkpoint yet: starting a new run")
@@ -258,6 +276,9 @@ def main(args):
             state = training.read_training_state(checkpoint)
             global_step, nonfinite_in_a_row = state["global_step"], state.get("nonfinite_in_a_row", 0)
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
+            global_step = resume_check.go_on(state, resume_changes, steps_per_epoch, lr_scheduler, logger.warning)
+            saved.update({} if resume_changes else {global_step: checkpoint})  # not written again at the end
+    change_history = resume_check.history(state, resume_changes, global_step)  # recorded in each checkpoint
 
     def pipeline_for_release(emas=emas):
         """The pipeline of the current weights (EMA ones when --use_ema), on CPU-independent copies."""
@@ -267,16 +288,17 @@ def main(args):
         for name, ema in emas.items():
             models[name] = type(models[name]).from_config(models[name].config)
             ema.copy_to(models[name].parameters())
+        sampling = {name: getattr(args, name) for name in SAMPLING_DEFAULTS}  # saved: from_pretrained samples so
         pipeline = FairFacePipeline(unet=models["unet"], condition_encoder=models["condition_encoder"],
-                                    scheduler=noise_scheduler)
+                                    scheduler=noise_scheduler, sampling_defaults=sampling)
         return pipeline.set_scheduler(DEFAULT_SCHEDULER).to(accelerator.device)
 
-    saved = {}  # step -> checkpoint written by this run at that step
-
-    def save_checkpoint():
+    def save_checkpoint():  # with what a resume needs beyond the weights (utils/resume_check.py)
         if global_step not in saved:
-            saved[global_step] = training.save_checkpoint(accelerator, args.output_dir, global_step,
-                                                          {"nonfinite_in_a_row": nonfinite_in_a_row},
+            skipped_so_far = training.sum_over_ranks(accelerator, skipped)  # this epoch's, carried over a resume
+            extra = dict(nonfinite_in_a_row=nonfinite_in_a_row, run=run_record, steps_per_epoch=steps_per_epoch,
+                         resume_changes=change_history, skipped_images=[epoch, skipped_so_far])
+            saved[global_step] = training.save_checkpoint(accelerator, args.output_dir, global_step, extra,
                                                           args.checkpoints_total_limit)
         return saved[global_step]
 
@@ -299,7 +321,9 @@ def main(args):
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="training")
     metrics = step_metrics.StepMetrics(accelerator.device)  # read every --logging_steps: no per-step host sync
-    first_epoch = global_step // steps_per_epoch
+    # Resumed at an epoch's last step: that epoch's end again (a kill may have come before its snapshot).
+    first_epoch = global_step // steps_per_epoch - (global_step > 0 and global_step % steps_per_epoch == 0)
+    epoch, skipped = first_epoch, 0
     for epoch in range(first_epoch, num_epochs):
         unet.train()
         start = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps * args.train_batch_size
@@ -308,7 +332,7 @@ def main(args):
             images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
             num_workers=args.dataloader_num_workers, collate_fn=lambda items: data.collate(items, args.resolution),
             worker_init_fn=data.ignore_stop_signals, pin_memory=accelerator.device.type == "cuda")
-        skipped, micro_step = 0, 0
+        skipped, micro_step = resume_check.skipped_before(state, epoch, accelerator.is_main_process), 0
         for batch in loader:
             if global_step >= (epoch + 1) * steps_per_epoch or global_step >= max_train_steps:
                 break
@@ -337,15 +361,16 @@ def main(args):
                     continue
                 grad_norm = accelerator.clip_grad_norm_(list(unet.parameters()) + list(encoder.parameters()),
                                                         args.max_grad_norm)
-                # fp16: the grad scaler skips overflowing steps itself; otherwise a non-finite gradient
-                # (the same on every rank after all-reduce) skips the update and leaves EMA untouched.
-                finite = bool(torch.isfinite(grad_norm if accelerator.mixed_precision != "fp16" else loss))
+                # A non-finite gradient (the same on every rank after all-reduce) skips the update; fp16's grad
+                # scaler skips overflowing steps itself. A skipped update steps neither the LR schedule nor EMA.
+                finite = bool(torch.isfinite(grad_norm if accelerator.scaler is None else loss))
                 if finite:
                     optimizer.step()
-                    lr_scheduler.step()
-                    for group in (emas, *ema_variants.values()):
-                        for name, ema in group.items():
-                            ema.step((unet if name == "unet" else encoder).parameters())
+                    if not optimizer.step_was_skipped:
+                        lr_scheduler.step()
+                        for group in (emas, *ema_variants.values()):
+                            for name, ema in group.items():
+                                ema.step((unet if name == "unet" else encoder).parameters())
                 optimizer.zero_grad(set_to_none=True)
             nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
             global_step += 1
@@ -371,10 +396,10 @@ def main(args):
                 stop_run()
 
         # ---------------------------------------------------------------------------------------- epoch end
-        skipped = int(accelerator.reduce(torch.tensor([skipped], device=accelerator.device), "sum").item())
-        if skipped:
-            logger.warning(f"epoch {epoch + 1}: skipped {skipped} unusable images (broken, too small or too large)")
-        accelerator.log({"skipped_images": skipped}, step=global_step)
+        unusable = training.sum_over_ranks(accelerator, skipped)  # the whole epoch, across a resume too
+        if unusable:
+            logger.warning(f"epoch {epoch + 1}: skipped {unusable} unusable images (broken, too small or too large)")
+        accelerator.log({"skipped_images": unusable}, step=global_step)
         last_epoch = global_step >= max_train_steps
         if accelerator.is_main_process:
             epoch_number = epoch + 1
@@ -382,16 +407,16 @@ def main(args):
             if epoch_number % args.save_model_epochs == 0 or last_epoch:
                 pipeline = pipeline_for_release()
                 training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}"),
-                                            pipeline.save_pretrained)
+                                            lambda folder: remote_code.save_pipeline(pipeline, folder))
                 for label, variant in ema_variants.items():
+                    variant_pipeline = pipeline_for_release(variant)
                     training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}_{label}"),
-                                                pipeline_for_release(variant).save_pretrained)
+                                                lambda folder: remote_code.save_pipeline(variant_pipeline, folder))
                 if args.push_to_hub and args.hub_push_snapshots:
                     hub.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
             if epoch_number % args.save_images_epochs == 0 or last_epoch:
                 pipeline = pipeline or pipeline_for_release()
-                samples = generate(pipeline, [decode_condition(c) for c in SAMPLE_CONDITIONS], [0, 1, 2],
-                                   num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+                samples = generate(pipeline, [decode_condition(c) for c in SAMPLE_CONDITIONS], [0, 1, 2])
                 for i, image in enumerate(samples):
                     image.save(os.path.join(args.output_dir, f"sample_epoch_{epoch_number}_{i}.png"))
                 training.log_images(accelerator, samples, global_step)

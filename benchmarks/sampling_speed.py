@@ -1,10 +1,11 @@
-"""Sampling speed and fidelity: the pipeline (DPM-Solver++, batched classifier-free guidance) vs the seed's loop.
+"""Sampling speed and fidelity: the pipeline (its default sampler settings) vs the seed's loop.
 
 What it measures, on the same trained model, the same (condition, seed) pairs and the same starting noise:
 
-* **pipeline**: ``utils.pipeline.generate`` with ``FairFacePipeline`` as shipped: DPM-Solver++ 25 steps,
-  classifier-free guidance 2.0 with the conditional and null predictions in one batched UNet call, 16 images
-  per call;
+* **pipeline**: ``utils.pipeline.generate`` with ``FairFacePipeline`` and the defaults that models trained now
+  save (``utils.pipeline.SAMPLING_DEFAULTS``: DPM-Solver++, few steps, classifier-free guidance with the
+  conditional and null predictions in one batched UNet call on the steps of its guidance interval, the
+  conditional prediction alone on the others), 16 images per call;
 * **seed loop**: the original project's sampler, one image at a time, no guidance, every one of the 1000
   DDPM steps: ``for t in reversed(range(1000)): pred = unet(x, t, cond).sample; x = scheduler.step(pred, t,
   x).prev_sample`` (a ``DDPMScheduler`` built from the model's own scheduler config).
@@ -15,7 +16,7 @@ slow, so it draws fewer images (``--seed_loop_images``); the throughput is per i
 
 Fidelity: the share of requested age / gender / race that ``utils.demo_data.measure_attributes`` (the demo
 data's pixel "classifier") reads back from the images, for both samplers; the pipeline's is given on all its
-images and on exactly the seed loop's (condition, seed) pairs.
+images (every condition twice by default: 252) and on exactly the seed loop's (condition, seed) pairs.
 
 The model: unless ``--model DIR`` names a trained pipeline, a tiny UNet is first trained for a fixed budget
 (``--train_steps``) by running ``train_fairface.py`` on generated demo data (``utils.demo_data``, config "0.25"
@@ -44,11 +45,13 @@ def parse_args(argv=None):
     add("--train_steps", type=int, default=300, help="Training budget of the tiny model (optimizer steps).")
     add("--train_batch_size", type=int, default=32)
     add("--resolution", type=int, default=32)
-    add("--num_images", type=int, default=64, help="Pipeline images (conditions spread over all 126).")
+    add("--num_images", type=int, default=252, help="Pipeline images: all 126 conditions in turn (default: twice).")
     add("--seed_loop_images", type=int, default=16, help="Seed-loop images: the first pairs of the pipeline's.")
     add("--batch_size", type=int, default=16, help="Pipeline images per call.")
-    add("--num_inference_steps", type=int, default=25)
-    add("--guidance_scale", type=float, default=2.0)
+    add("--num_inference_steps", type=int, default=None, help="Default: utils.pipeline.SAMPLING_DEFAULTS.")
+    add("--guidance_scale", type=float, default=None, help="Default: utils.pipeline.SAMPLING_DEFAULTS.")
+    add("--guidance_interval", type=float, nargs=2, default=None, help="Guided timesteps LO HI ('0 inf': every "
+        "step). Default: utils.pipeline.SAMPLING_DEFAULTS.")
     add("--scheduler", default="dpm++", help="Pipeline sampler (utils.pipeline.SCHEDULERS).")
     add("--seed_loop_steps", type=int, default=None, help="Seed-loop steps (default: all training timesteps, 1000).")
     add("--threads", type=int, default=1, help="torch threads for training and sampling; 1 avoids OpenMP stalls on a "
@@ -115,8 +118,9 @@ def seed_loop(pipe, condition, seed, steps=None):
     return (image * 255).round().astype(np.uint8)
 
 
-def unet_batching(pipe, batch, device, repeats=5):
-    """UNet forward time per image at batch 1 and at ``batch`` (alternating, median): what batching buys here."""
+def unet_batching(pipe, batches, device, repeats=5):
+    """UNet forward time per image at batch 1 and at each of ``batches`` (alternating, median): what batching
+    buys here. Returns {batch size: seconds per image}."""
     import statistics
 
     import torch
@@ -124,12 +128,14 @@ def unet_batching(pipe, batch, device, repeats=5):
     from utils.pipeline import denoise
 
     unet, size = pipe.unet, pipe.unet.config.sample_size
+    batch = max(batches)
     with torch.no_grad():
         tokens = pipe.condition_encoder(torch.zeros(batch, 3, dtype=torch.long, device=device))
-    inputs = {n: (torch.randn(n, unet.config.in_channels, size, size, device=device), tokens[:n]) for n in (1, batch)}
+    inputs = {n: (torch.randn(n, unet.config.in_channels, size, size, device=device), tokens[:n])
+              for n in sorted({1, *batches})}
     cpu = device == "cpu"
     clock = time.process_time if cpu else time.perf_counter
-    times = {1: [], batch: []}
+    times = {n: [] for n in inputs}
     with torch.no_grad():
         for _ in range(repeats):
             for n, (x, cond) in inputs.items():
@@ -139,9 +145,7 @@ def unet_batching(pipe, batch, device, repeats=5):
                 if not cpu:
                     torch.cuda.synchronize()
                 times[n].append((clock() - start) / max(1, batch // n // 4) / n)
-    one, batched = statistics.median(times[1]), statistics.median(times[batch])
-    return {"one": one, "batched": batched, "batch": batch, "gain": one / batched,
-            "clock": "process CPU time" if cpu else "wall clock"}
+    return {n: statistics.median(t) for n, t in times.items()}
 
 
 def wilson(hits, total, z=1.96):
@@ -178,7 +182,7 @@ def main(args):
     import torch
 
     from utils.labels import NUM_CONDITIONS, decode_condition
-    from utils.pipeline import generate, load_pipeline
+    from utils.pipeline import SAMPLING_DEFAULTS, generate, load_pipeline
 
     from diffusers.utils import logging as diffusers_logging
 
@@ -197,17 +201,22 @@ def main(args):
               + (f", trained in {train_seconds:.0f} s" if train_seconds else ", reused") + ")", flush=True)
 
         rng = np.random.default_rng(0)
-        condition_ids = rng.permutation(NUM_CONDITIONS)[: args.num_images] if args.num_images <= NUM_CONDITIONS \
-            else rng.integers(0, NUM_CONDITIONS, args.num_images)
+        condition_ids = np.resize(rng.permutation(NUM_CONDITIONS), args.num_images)  # each condition in turn
         conditions = [decode_condition(int(c)) for c in condition_ids]
         seeds = list(range(args.num_images))
         n_seed = min(args.seed_loop_images, args.num_images)
-        call = dict(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+        given = dict(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                     guidance_interval=args.guidance_interval)
+        call = pipe.sampling_settings(**{**SAMPLING_DEFAULTS, **{k: v for k, v in given.items() if v is not None}})
+        evaluated = {"pipeline": 0}  # images through the UNet, counted by a forward hook
+        pipe.unet.register_forward_pre_hook(lambda module, inputs: evaluated.__setitem__(
+            "pipeline", evaluated["pipeline"] + len(inputs[0])))
 
         # Untimed warm-up of both code paths (allocator, first-call overheads).
         generate(pipe, conditions[: args.batch_size], seeds[: args.batch_size], batch_size=args.batch_size,
                  **dict(call, num_inference_steps=2))
         seed_loop(pipe, conditions[0], seeds[0], steps=5)
+        evaluated["pipeline"] = 0
 
         # Interleave: pipeline batches spread evenly between the seed-loop images.
         batches = [slice(s, s + args.batch_size) for s in range(0, args.num_images, args.batch_size)]
@@ -222,7 +231,9 @@ def main(args):
                 pipeline_images[what] = generate(pipe, conditions[what], seeds[what], batch_size=args.batch_size,
                                                  **call)
             else:
+                before = evaluated["pipeline"]  # the seed loop's UNet calls are not the pipeline's
                 seed_images[what] = seed_loop(pipe, conditions[what], seeds[what], args.seed_loop_steps)
+                evaluated["pipeline"] = before
             if device != "cpu":
                 torch.cuda.synchronize()
             seconds[kind] += time.perf_counter() - start
@@ -232,7 +243,8 @@ def main(args):
 
         rate = {"pipeline": args.num_images / seconds["pipeline"], "seed": n_seed / seconds["seed"]}
         cpu_ratio = (cpu_seconds["seed"] / n_seed) / (cpu_seconds["pipeline"] / args.num_images)
-        batching = unet_batching(pipe, 2 * args.batch_size if args.guidance_scale != 1 else args.batch_size, device)
+        evals = evaluated["pipeline"] / args.num_images  # UNet image-evaluations per image
+        batching = unet_batching(pipe, [args.batch_size, 2 * args.batch_size], device)
         fid = {"pipeline": fidelity(pipeline_images, conditions),
                "pipeline_same": fidelity(pipeline_images[:n_seed], conditions[:n_seed]),
                "seed": fidelity(seed_images, conditions[:n_seed])}
@@ -242,11 +254,13 @@ def main(args):
             return f"{hits / total:.0%} ({hits}/{total})"
 
         seed_steps = args.seed_loop_steps or pipe.scheduler.config.num_train_timesteps
+        interval = call["guidance_interval"]
         rows = [
             [f"seed loop: DDPM {seed_steps} steps, batch 1, guidance 1", n_seed, f"{1 / rate['seed']:.2f} s",
              f"{rate['seed']:.3g}", "1x"] + [share(fid["seed"], k) for k in ("age", "gender", "race", "all three")],
-            [f"pipeline: {args.scheduler} {args.num_inference_steps} steps, batch {args.batch_size}, batched CFG "
-             f"{args.guidance_scale:g}", args.num_images, f"{1 / rate['pipeline']:.3f} s", f"{rate['pipeline']:.3g}",
+            [f"pipeline: {args.scheduler} {call['num_inference_steps']} steps, batch {args.batch_size}, batched CFG "
+             f"{call['guidance_scale']:g} " + (f"on timesteps {interval[0]:g}-{interval[1]:g}" if interval else
+                                               "on every step") + f" ({evals:g} UNet evals/image)", args.num_images, f"{1 / rate['pipeline']:.3f} s", f"{rate['pipeline']:.3g}",
              f"**{rate['pipeline'] / rate['seed']:.3g}x**"] + [share(fid["pipeline"], k)
                                                              for k in ("age", "gender", "race", "all three")],
             [f"pipeline, the seed loop's {n_seed} (condition, seed) pairs", n_seed, "", "", ""]
@@ -268,14 +282,13 @@ def main(args):
               f"{pooled(fid['pipeline'])}. Chance: age 11 %, gender 50 %, race 14 %.")
         if device == "cpu":
             print(f"Speed-up in process CPU time (insensitive to other jobs on a shared CPU): **{cpu_ratio:.3g}x**.")
-        steps_ratio = seed_steps / args.num_inference_steps
-        cfg = 2 if args.guidance_scale != 1 else 1
-        print(f"Where it comes from: {steps_ratio:.0f}x fewer UNet calls per image, / {cfg} for the guidance "
-              f"batch, x {batching['gain']:.2f} from batching (UNet time per image: {batching['one'] * 1000:.1f} ms at "
-              f"batch 1, {batching['batched'] * 1000:.1f} ms at batch {batching['batch']}, {batching['clock']}) = "
-              f"{steps_ratio / cfg * batching['gain']:.3g}x expected. On a GPU a batch of {batching['batch']} small "
-              "images costs about as much as one, so the batching factor (and the speed-up) is much larger there; "
-              "on a CPU the UNet is compute-bound even at batch 1.")
+        clock = "process CPU time" if device == "cpu" else "wall clock"
+        gain = batching[1] / batching[2 * args.batch_size]
+        print(f"Where it comes from: {seed_steps / evals:.3g}x fewer UNet image-evaluations per image ({evals:g} vs "
+              f"{seed_steps}), x up to {gain:.2f} from batching (UNet time per image: "
+              + ", ".join(f"{t * 1000:.1f} ms at batch {n}" for n, t in batching.items()) + f", {clock}). "
+              "Guided steps run a batch twice as large as the unguided ones, which batches a little better on a "
+              "CPU; on a GPU a batch of small images costs about as much as one, so batching gains far more there.")
         print()
         print("\n".join(machine_lines(device)))
     finally:

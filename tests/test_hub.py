@@ -27,7 +27,8 @@ TOKEN = "hf_FAKEtoken1234567890"
 REPO_ID = "someone/tiny-fairface"
 PIPELINE_FILES = {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
                   "condition_encoder/config.json", "condition_encoder/diffusion_pytorch_model.safetensors",
-                  "scheduler/scheduler_config.json"}
+                  "scheduler/scheduler_config.json",
+                  "fairface_pipeline.py", "condition_encoder/condition_encoder.py"}  # the trust_remote_code code
 STEPS = 5  # --num_inference_steps of the run: samples, samples.png and the card's snippet
 
 
@@ -94,7 +95,8 @@ def test_push_sends_the_release_and_asked_for_snapshots_only(pushed_run):
                    "sample_epoch_2_0.png"):
         assert unsent in local
     assert any(name.startswith("logs/") for name in local)
-    assert not [n for n in os.listdir(pushed_run.output_dir) if n.startswith(".")], "temporary release folders left"
+    assert not [n for n in os.listdir(pushed_run.output_dir) if n.startswith(".")  # besides the run lock and release list
+                and n not in (".run-lock", ".release-files.json")], "temporary release folders left"
     assert not [n for n in files_under(pushed_run.uploaded) if n.endswith((".bin", ".pkl", ".pt", ".ckpt"))]
 
     # Snapshots went in the background, and the release waited for them before its own commit.
@@ -154,8 +156,12 @@ def test_model_card_metadata_and_sections(pushed_run):
     for needed in ("## Intended use, limitations and bias", "perceived", "binary", "surveillance",
                    "evaluate_fairface.py", "Kärkkäinen", "WACV 2021", "CC BY 4.0",
                    f"hf download {REPO_ID}", f"huggingface-cli download {REPO_ID}",
-                   f"python sample_fairface.py --model {REPO_ID} --condition 42", "![", "samples.png"):
+                   f"python sample_fairface.py --model {REPO_ID} --condition 42", "![", "samples.png",
+                   "## Use with diffusers", "repository's own pipeline", "If you won't run remote code",
+                   f"python app.py --model {REPO_ID}"):
         assert needed in text, needed
+    first = re.findall(r"```python\n(.*?)```", text, re.S)[0]  # the first "how to use" is plain diffusers
+    assert f'DiffusionPipeline.from_pretrained("{REPO_ID}", trust_remote_code=True)' in first
     for row in ("| optimizer steps | 8 |", "| epochs | 2 |", "| training images | 64 |",
                 "| batch size | 16 (16 per device x 1 process(es) x 1 accumulation step(s)) |"):
         assert row in text, row
@@ -209,7 +215,7 @@ def test_card_snippet_samples_without_this_repository(pushed_run, hub_cache, tmp
     from utils.pipeline import generate, load_pipeline
 
     with open(os.path.join(pushed_run.output_dir, "README.md"), encoding="utf-8") as f:
-        [snippet] = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+        [snippet] = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "trust_remote_code" not in b]
     assert f'repo = "{REPO_ID}"' in snippet
     (tmp_path / "snippet.py").write_text(snippet)
     runner = ("import runpy, sys\n"
@@ -228,6 +234,127 @@ def test_card_snippet_samples_without_this_repository(pushed_run, hub_cache, tmp
     expected = generate(load_pipeline(pushed_run.output_dir), [decode_condition(42)], [0],
                         num_inference_steps=STEPS, guidance_scale=2.0)[0]
     assert np.abs(face - np.asarray(expected, dtype=np.int16)).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------- plain diffusers
+@pytest.fixture(scope="session")
+def clean_python(tmp_path_factory):
+    """python of a venv with only torch, diffusers and safetensors: $FAIRFACE_CLEAN_VENV (.ci/run makes it once),
+    else one made here. Skipped, with pip's reason, only where pip cannot install them."""
+    from clean_venv import make_clean_venv
+
+    folder = os.environ.get("FAIRFACE_CLEAN_VENV") or str(tmp_path_factory.mktemp("venv") / "clean")
+    try:
+        return make_clean_venv(folder)
+    except RuntimeError as error:
+        pytest.skip(str(error))
+
+
+# The issue's snippets, and the card's first block when given, as a user without this repository runs them.
+PLAIN_DIFFUSERS = f"""
+import runpy, sys
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+
+model, card_block, out, repo = sys.argv[1:5]
+pipe = DiffusionPipeline.from_pretrained(model, trust_remote_code=True)
+def draw(output_type):
+    generators = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    return pipe(condition_ids=[42, 58], generator=generators, num_inference_steps={STEPS}, guidance_scale=2.0,
+                output_type=output_type).images
+result = dict(pil=np.stack([np.asarray(i) for i in draw("pil")]), np=draw("np"), pt=draw("pt").numpy(),
+              named=np.asarray(pipe(age="20-29", gender="female", race="black", num_inference_steps={STEPS},
+                                    generator=torch.Generator().manual_seed(3)).images[0]))
+if card_block != "-":
+    result["card"] = np.stack([np.asarray(i) for i in runpy.run_path(card_block)["images"]])
+mine = [n for n, m in sys.modules.items() if (getattr(m, "__file__", None) or "").startswith(repo)]
+assert not mine, mine
+np.savez(out, **result)
+"""
+
+
+@pytest.mark.parametrize("where", ["local release folder", "repo id from the offline Hub cache"])
+def test_plain_diffusers_in_a_clean_venv_draws_what_load_pipeline_draws(pushed_run, hub_cache, clean_python,
+                                                                        tmp_path, where):
+    """trust_remote_code from the uploaded files alone: no fairface-diffusion code importable, cwd elsewhere."""
+    import torch
+    from utils.pipeline import load_pipeline
+
+    card_block = "-"
+    if where.startswith("repo id"):
+        with open(os.path.join(pushed_run.output_dir, "README.md"), encoding="utf-8") as f:
+            first = re.findall(r"```python\n(.*?)```", f.read(), re.S)[0]  # the card's first "how to use"
+        assert f'DiffusionPipeline.from_pretrained("{REPO_ID}", trust_remote_code=True)' in first
+        (tmp_path / "card.py").write_text(first)
+        card_block = str(tmp_path / "card.py")
+    model = REPO_ID if where.startswith("repo id") else pushed_run.output_dir
+    (tmp_path / "plain.py").write_text(PLAIN_DIFFUSERS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([clean_python, "-I", "plain.py", model, card_block, "out.npz", REPO], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600, env={**env, **hub_cache})
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+
+    ours = load_pipeline(pushed_run.output_dir)
+    ours.set_progress_bar_config(disable=True)
+
+    def draw(output_type, **kwargs):
+        return ours(generator=[torch.Generator().manual_seed(s) for s in (0, 1)], num_inference_steps=STEPS,
+                    guidance_scale=2.0, output_type=output_type, **kwargs).images
+
+    assert np.allclose(got["np"], draw("np", condition_ids=[42, 58]), atol=1e-5)
+    assert np.allclose(got["pt"], draw("pt", condition_ids=[42, 58]).numpy(), atol=1e-5)
+    expected_pil = np.stack([np.asarray(i) for i in draw("pil", condition_ids=[42, 58])]).astype(np.int16)
+    assert got["pil"].shape == (2, 32, 32, 3) and np.abs(got["pil"] - expected_pil).max() <= 1
+    named = ours(conditions=[(3, 1, 2)], generator=torch.Generator().manual_seed(3), num_inference_steps=STEPS)
+    assert np.abs(got["named"] - np.asarray(named.images[0], dtype=np.int16)).max() <= 1
+    if "card" in got:  # the card's block: condition ids 42 and 58, seeds 0 and 1, the card's steps and guidance
+        assert np.abs(got["card"] - expected_pil).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------- the Space
+def test_space_next_to_the_model_runs_the_app_on_the_repo_id(pushed_run, hub_cache, tmp_path):
+    run = copy_run(pushed_run.output_dir, tmp_path / "run")
+    record = tmp_path / "record"
+    result = subprocess.run([sys.executable, "-m", "utils.hub", str(run), "--hub_model_id", REPO_ID, "--space"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **fake_hub_env(record)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(record / "calls.jsonl") as f:
+        calls = [json.loads(line) for line in f]
+    space_id = f"{REPO_ID}-demo"
+    assert [(c["call"], c["repo_id"], c["repo_type"]) for c in calls] == [
+        ("create_repo", REPO_ID, None), ("create_repo", space_id, "space"), ("upload_folder", REPO_ID, None),
+        ("upload_folder", space_id, "space")]
+    assert calls[1]["space_sdk"] == "gradio" and calls[1]["exist_ok"]
+    assert f"https://huggingface.co/spaces/{space_id}" in result.stdout
+
+    space = record / "spaces" / space_id
+    assert files_under(space) == {"README.md", "requirements.txt", "app.py", "utils/__init__.py", "utils/cli.py",
+                                  "utils/conditions.py", "utils/grid.py", "utils/labels.py", "utils/pipeline.py"}
+    for name in files_under(space) - {"README.md", "requirements.txt"}:
+        assert (space / name).read_bytes() == open(os.path.join(REPO, name), "rb").read(), name
+    from huggingface_hub import SpaceCard
+
+    meta = SpaceCard.load(space / "README.md").data
+    assert (meta.sdk, meta.app_file, meta.models) == ("gradio", "app.py", [REPO_ID]) and meta.sdk_version
+    requirements = (space / "requirements.txt").read_text().split()
+    assert {r.split(">=")[0] for r in requirements} >= {"torch", "diffusers", "safetensors", "huggingface_hub"}
+    card = (record / REPO_ID / "README.md").read_text(encoding="utf-8")
+    assert f"[https://huggingface.co/spaces/{space_id}](https://huggingface.co/spaces/{space_id})" in card
+
+    # The Space's files alone run the app on the model by repo id (from the cache here; from the Hub there).
+    check = ("import sys; sys.path.insert(0, '.'); import app\n"
+             "args = app.parse_args([]); pipe = app.load_pipeline_or_exit(args.model)\n"
+             "faces = app.make_generate(pipe, 4)('20-29', 'Female', 'any', 2, 0, 2.0, 3)\n"
+             f"mine = [m.__file__ for m in list(sys.modules.values()) if (getattr(m, '__file__', None) or '').startswith({REPO!r})]\n"
+             "assert not mine, mine\n"
+             "print(args.model, args.host, len(faces), faces[0][1])\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    ran = subprocess.run([sys.executable, "-I", "-c", check], cwd=space, capture_output=True, text=True, timeout=300,
+                         env={**env, **hub_cache, "SPACE_ID": space_id, "GRADIO_SERVER_NAME": "0.0.0.0"})
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert ran.stdout.split()[:3] == [REPO_ID, "0.0.0.0", "2"] and "20-29 Female any race, seed 0" in ran.stdout
 
 
 # ---------------------------------------------------------------------------------------------- failures, later pushes

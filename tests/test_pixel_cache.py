@@ -110,14 +110,16 @@ def test_interrupted_build_is_never_used(demo_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "decode_image", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data.build_pixel_cache(dataset, root, 16, progress=False)
-    leftovers = os.listdir(root)
-    assert len(leftovers) == 1 and ".tmp" in leftovers[0]  # only the temporary folder, never the final name
+    leftovers = os.listdir(root)  # only the temporary folder and its lock file, never the final name
+    assert len(leftovers) == 2 and all(".tmp-" in name for name in leftovers), leftovers
+    (leftover,) = [name for name in leftovers if os.path.isdir(os.path.join(root, name))]
     # Even a temporary folder that looks complete (meta.json written, rename not done) must not be picked up.
-    with open(os.path.join(root, leftovers[0], "meta.json"), "w") as f:
+    with open(os.path.join(root, leftover, "meta.json"), "w") as f:
         f.write('{"count": 504, "resolution": 16, "skipped": 0}')
     monkeypatch.setattr(data, "decode_image", decode)
     cache = data.build_pixel_cache(dataset, root, 16, progress=False)
     assert ".tmp" not in os.path.basename(cache["folder"]) and os.path.isfile(os.path.join(cache["folder"], "meta.json"))
     assert cache["valid"].all() and cache["meta"]["count"] == len(dataset)
+    assert os.listdir(root) == [os.path.basename(cache["folder"])], "the dead build's leftovers were not removed"
     for index in (0, 150, len(dataset) - 1):  # past the interruption point: really decoded, not zeros
         np.testing.assert_array_equal(cache["pixels"][index], decode(dataset[index]["image"], 16))

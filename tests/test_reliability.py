@@ -146,6 +146,35 @@ def test_isolated_nonfinite_step_is_skipped(nan_once):
     assert states == [0, 0, 1, 0, 0]
 
 
+def test_isolated_nonfinite_step_leaves_the_lr_schedule_alone(nan_once):
+    """The LR schedule follows the optimizer steps taken: the skipped step 3 did not advance it (README)."""
+    import torch
+
+    def schedule(step):  # our own checkpoint's LR-scheduler state: plain numbers, loaded without unpickling code
+        return torch.load(f"{out}/checkpoint-{step}/custom_checkpoint_0.pkl", weights_only=True)["last_epoch"]
+
+    def lr(step):
+        return torch.load(f"{out}/checkpoint-{step}/optimizer.bin", weights_only=True)["param_groups"][0]["lr"]
+
+    out = nan_once[0]
+    assert [schedule(s) for s in range(1, 6)] == [1, 2, 2, 3, 4]
+    assert lr(3) == lr(2) and lr(4) != lr(3)
+
+
+def test_skipped_images_after_a_mid_epoch_resume_cover_the_whole_epoch(broken_data, tmp_path):
+    """A run stopped after 5 of the epoch's 10 steps, resumed: the epoch's report counts all its skipped images,
+    the ones before the resume too (carried in the checkpoint)."""
+    args = ["--dataset_name", broken_data, "--output_dir", tmp_path / "out", "--checkpointing_steps", "1000",
+            "--resume_from_checkpoint", "latest"]
+    first = train(*args, "--max_train_steps", "5")
+    before = int(re.search(r"epoch 1: skipped (\d+) unusable images", first.stderr + first.stdout).group(1))
+    assert 0 < before < BROKEN_RECORDS_SKIPPED  # the 5 steps saw some of the broken records, not all
+    log = (lambda r: r.stdout + r.stderr)(train(*args, "--max_train_steps", "10"))
+    assert "resumed from" in log and "at step 5" in log
+    assert re.findall(r"epoch \d+: skipped \d+ unusable images", log) == [
+        f"epoch 1: skipped {BROKEN_RECORDS_SKIPPED} unusable images"], log[-3000:]
+
+
 def test_nonfinite_streak_stops_after_a_checkpoint(broken_data, tmp_path):
     out = tmp_path / "run"
     result = train("--dataset_name", broken_data, "--output_dir", out, "--max_train_steps", "8",
@@ -223,7 +252,7 @@ def assert_earlier_outputs_intact(out):
     assert training.resolve_checkpoint(out, "latest") == os.path.join(out, "checkpoint-6")
     assert training.read_training_state(os.path.join(out, "checkpoint-6"))["global_step"] == 6
     assert load_pipeline(os.path.join(out, "epoch_1")).unet.config.sample_size == 32
-    assert not [n for n in os.listdir(out) if n.startswith(".")], "temporary folders left behind"
+    assert not [n for n in os.listdir(out) if n.startswith(".") and n != ".run-lock"], "temporary folders left behind"
     return {**weights(os.path.join(out, "checkpoint-6")), **weights(os.path.join(out, "epoch_1"), ("unet",))}
 
 

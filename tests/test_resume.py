@@ -267,9 +267,13 @@ def test_two_processes_sigterm_at_epoch_end_then_resume_is_exact(data160, tmp_pa
     process = launch(args, tmp_path / "1.log", env={"FAIRFACE_TEST_SAVE_FAULT": "10:pause"}, nproc=2)
     wait_for(saving(out, 10), process, "checkpoint-10")
     process.send_signal(signal.SIGTERM)
-    _, output = finish(process)  # torchrun itself reports the signal it got
+    code, output = finish(process)
     assert "2 process(es)" in output
     assert output.count("stopped at step 10") == 1, output[-6000:]  # printed by the main process only
+    # What the user sees from torchrun itself (README, Reliability): it forwards the signal, waits for the workers,
+    # then exits 1 with its SignalException although both workers saved and exited 0.
+    assert "Received 15 death signal, shutting down workers" in output and "SignalException" in output
+    assert code == 1, output[-3000:]
     assert complete(out, 10) and os.path.isfile(os.path.join(out, "checkpoint-10", "random_states_1.pkl"))
     assert os.path.isfile(os.path.join(out, "epoch_1", "model_index.json")), "epoch end skipped by the stop"
     assert os.path.isfile(os.path.join(out, "sample_epoch_1_0.png"))

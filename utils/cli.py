@@ -28,15 +28,39 @@ def parse_seeds(text):
     return seeds
 
 
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number(name, convert, ok, requirement):
+    """An argparse type: ``convert(text)``, refused unless finite and ``ok`` ("must be <requirement>, got ...")."""
+    def parse(text):
+        value = convert(text)
+        if value != value or value in (float("inf"), float("-inf")) or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse's "invalid <name> value" for text that is no number at all
+    return parse
 
 
-def probability(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
+positive_int = _number("positive_int", int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _number("nonnegative_int", int, lambda v: v >= 0, "0 or more")
+positive_float = _number("positive_float", float, lambda v: v > 0, "a positive number")
+nonnegative_float = _number("nonnegative_float", float, lambda v: v >= 0, "0 or more")
+finite_float = _number("finite_float", float, lambda v: True, "a finite number")
+probability = _number("probability", float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+beta = _number("beta", float, lambda v: 0.0 <= v < 1.0, "at least 0 and below 1")  # an Adam beta
+
+
+class GuidanceInterval(argparse.Action):
+    """``--guidance_interval LO HI``: timesteps 0 <= LO <= HI (``0 inf``: every step); else one line, exit 2."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=2, metavar=("LO", "HI"), **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            low, high = (float(value) for value in values)
+        except ValueError:
+            low = high = float("nan")
+        if not 0 <= low <= high:
+            fail(f"{option_string} needs two timesteps 0 <= LO <= HI ('0 inf': every step), got {' '.join(values)}",
+                 prog=parser.prog)
+        setattr(namespace, self.dest, (low, high))

@@ -12,11 +12,11 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .cli import DEFAULT_MODEL_DIR, fail, positive_int
+from .cli import DEFAULT_MODEL_DIR, GuidanceInterval, fail, positive_int
 from .labels import FRAMINGS, NUM_CONDITIONS, decode_condition, describe, parse_label, slug
-from .pipeline import DEFAULT_SCHEDULER, SCHEDULERS, load_pipeline
+from .pipeline import LEGACY_SAMPLING_DEFAULTS, SAMPLING_DEFAULTS, SCHEDULERS, load_pipeline
 
-DEFAULT_GUIDANCE_SCALE = 2.0  # train_fairface.py's --guidance_scale: samples match the training-time ones
+DEFAULT_GUIDANCE_SCALE = SAMPLING_DEFAULTS["guidance_scale"]  # train_fairface.py's --guidance_scale
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -108,18 +108,35 @@ def conditions_from_args(args):
 
 
 def add_sampling_args(parser, batch_size=16):
-    group = parser.add_argument_group("sampler")
-    group.add_argument("--scheduler", choices=list(SCHEDULERS), default=DEFAULT_SCHEDULER,
-                       help="Sampler, built from the model's saved noise schedule (default: %(default)s).")
-    group.add_argument("--num_inference_steps", type=positive_int, default=25, help="Denoising steps (default: 25).")
-    group.add_argument("--guidance_scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
-                       help="Classifier-free guidance; 1 turns it off (default: %(default)s, as in training samples).")
+    """Sampler flags. Left out, --scheduler/--num_inference_steps/--guidance_scale/--guidance_interval take the
+    model's saved ones (``FairFacePipeline.sampling_settings``): models trained now save the measured best."""
+    new, old = SAMPLING_DEFAULTS, LEGACY_SAMPLING_DEFAULTS
+    group = parser.add_argument_group("sampler (default: the model's own settings)")
+    group.add_argument("--scheduler", choices=list(SCHEDULERS), default=None,
+                       help="Sampler, built from the model's saved noise schedule (default: the saved one, dpm++).")
+    group.add_argument("--num_inference_steps", type=positive_int, default=None,
+                       help=f"Denoising steps (default: the model's; {new['num_inference_steps']} for models trained "
+                            f"now, {old['num_inference_steps']} for older ones).")
+    group.add_argument("--guidance_scale", type=float, default=None,
+                       help=f"Classifier-free guidance; 1 turns it off (default: the model's, "
+                            f"{new['guidance_scale']:g}).")
+    group.add_argument("--guidance_interval", action=GuidanceInterval, default=None,
+                       help="Guide only the steps whose timestep t has LO <= t <= HI (0 = clean, 999 = noise); the "
+                            "others cost half (default: the model's; {} for models trained now, every step for older "
+                            "ones; '0 inf' = every step).".format("%g-%g" % new["guidance_interval"]
+                                                                   if new["guidance_interval"] else "every step"))
     group.add_argument("--batch_size", type=positive_int, default=batch_size,
                        help="Images per UNet batch; the images do not depend on it, up to float rounding "
                             "(default: %(default)s).")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                        help="cuda if available, else cpu.")
     group.add_argument("--dtype", choices=list(DTYPES), default=None, help="Default: float16 on CUDA, float32 on CPU.")
+
+
+def sampling_settings(pipe, args):
+    """The pipeline call's sampler settings: the add_sampling_args flags given, else the pipeline's defaults."""
+    return pipe.sampling_settings(num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale,
+                                  guidance_interval=args.guidance_interval)
 
 
 def resolve_device_dtype(device, dtype=None):

@@ -5,6 +5,7 @@ file): the image column is read as raw bytes, and ``decode_image`` turns every o
 RGB square or ``None`` (skipped and counted). A real FairFace run lasts days; one bad JPEG must not end it.
 """
 
+import fcntl
 import hashlib
 import io
 import json
@@ -173,15 +174,35 @@ def build_pixel_cache(dataset, cache_root, resolution, num_workers=0, progress=T
     """Decode, convert and resize every image once into a memory-mapped uint8 array under ``cache_root``.
 
     The folder name is ``cache_key``: a different dataset, config/split selection or resolution gets its own
-    cache. Written to a temporary name and renamed when complete, so an interrupted build is never used.
+    cache. Written to a temporary name and renamed when complete, so an interrupted build is never used; the
+    builder holds an flock on ``TMP.lock`` meanwhile, so the next build deletes the temporaries of killed ones
+    (their lock died with them) and never those of a live build (another run sharing the cache).
     Returns the loaded cache (see ``load_pixel_cache``).
     """
-    from tqdm.auto import tqdm
-
     folder = os.path.join(cache_root, f"pixels-{resolution}px-{cache_key(dataset, resolution)}")
     if os.path.isfile(os.path.join(folder, "meta.json")):
         return load_pixel_cache(folder)
+    os.makedirs(cache_root, exist_ok=True)
+    remove_abandoned_builds(cache_root)
     tmp = f"{folder}.tmp-{os.getpid()}"
+    with open(f"{tmp}.lock", "w") as building:  # locked before the folder exists: no live lock, a dead build
+        fcntl.flock(building, fcntl.LOCK_EX)
+        _build(dataset, tmp, resolution, num_workers, progress)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same cache first: use that one
+            if not os.path.isfile(os.path.join(folder, "meta.json")):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+        os.remove(f"{tmp}.lock")
+    return load_pixel_cache(folder)
+
+
+def _build(dataset, tmp, resolution, num_workers, progress):
+    from tqdm.auto import tqdm
+
+    from .training import fault_hook, fsync_tree
+
     os.makedirs(tmp, exist_ok=True)
     count = len(dataset)
     pixels = np.lib.format.open_memmap(os.path.join(tmp, "pixels.npy"), mode="w+", dtype=np.uint8,
@@ -197,17 +218,27 @@ def build_pixel_cache(dataset, cache_root, resolution, num_workers=0, progress=T
                 pixels[index] = item["pixels"].permute(1, 2, 0).numpy()
                 valid[index] = True
             index += 1
+        fault_hook("pixel-cache")
     pixels.flush()
     np.save(os.path.join(tmp, "valid.npy"), valid)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"count": count, "resolution": resolution, "skipped": int((~valid).sum())}, f)
-    try:
-        os.replace(tmp, folder)
-    except OSError:  # another process finished the same cache first: use that one
-        if not os.path.isfile(os.path.join(folder, "meta.json")):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    return load_pixel_cache(folder)
+    fsync_tree(tmp)
+
+
+def remove_abandoned_builds(cache_root):
+    """Delete the temporary folders of pixel-cache builds whose process died (their ``.lock`` is not held)."""
+    for name in os.listdir(cache_root):
+        path = os.path.join(cache_root, name)
+        if ".tmp-" not in name or name.endswith(".lock") or not os.path.isdir(path):
+            continue
+        try:
+            with open(f"{path}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: its builder is dead
+        except BlockingIOError:
+            continue  # a live build (another run sharing this cache)
+        shutil.rmtree(path, ignore_errors=True)
+        os.remove(f"{path}.lock")
 
 
 def load_pixel_cache(folder):

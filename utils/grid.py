@@ -1,7 +1,7 @@
 """Labelled image grids: a block of equal-size tiles with row labels on the left and column headers on top.
 
-Used by sample_fairface.py --grid (rows = conditions, columns = seeds) and make_grid.py (rows = epochs or
-ages, columns = conditions). The tiles touch, as in diffusers' ``make_image_grid``, and sit in the bottom-right
+Used by sample_fairface.py --grid (rows = conditions, columns = seeds), make_grid.py (rows = epochs or
+ages, columns = conditions) and app.py's atlas (``atlas_grid``). The tiles touch, as in diffusers' ``make_image_grid``, and sit in the bottom-right
 corner: the label margins are ``width - cols * tile`` on the left and ``height - rows * tile`` on top.
 """
 
@@ -10,6 +10,8 @@ import re
 
 from diffusers.utils import make_image_grid
 from PIL import Image, ImageDraw, ImageFont
+
+from .labels import AGES, GENDERS, NUM_CONDITIONS, RACES
 
 MIN_TILE = 96  # smaller images (the 32 px demo model) are enlarged so that labels as wide as a tile stay legible
 BACKGROUND, INK = "white", (40, 40, 40)
@@ -79,3 +81,12 @@ def labelled_grid(images, rows, cols, row_labels=None, col_labels=None, min_tile
         draw.multiline_text((left + c * tile + (tile - w) // 2, top - pad - h), text, fill=INK, font=font,
                             spacing=2, align="center")
     return canvas
+
+
+def atlas_grid(images, note=""):
+    """The 126-condition atlas: ``images`` in condition-id order fill 9 rows (ages) x 14 columns (gender x race);
+    ``note`` (e.g. ", tight") follows each row label."""
+    if len(images) != NUM_CONDITIONS:
+        raise ValueError(f"an atlas takes one image per condition ({NUM_CONDITIONS}), got {len(images)}")
+    return labelled_grid(images, len(AGES), len(GENDERS) * len(RACES), row_labels=[age + note for age in AGES],
+                         col_labels=[f"{gender}\n{race}" for gender in GENDERS for race in RACES])

@@ -1,15 +1,17 @@
 """The release folder, its model card, and uploads to the Hugging Face Hub.
 
 ``save_release(pipeline, args, num_images, global_step)``
-    The final pipeline at the root of ``--output_dir`` (written atomically), ``samples.png`` (a labelled grid:
-    one row per condition, one column per seed) and the model card ``README.md`` (``model_card_template.md``).
+    The final pipeline at the root of ``--output_dir``, ``samples.png`` (a labelled grid: one row per condition,
+    one column per seed) and the model card ``README.md`` (``model_card_template.md``), replacing the previous
+    release as a whole, never a mix of both (``utils/release.py``).
 ``push_snapshot(args, folder)``
     Uploads ``epoch_{E}/`` to ``epoch_{E}/`` of the repo in the background (``run_as_future``): training goes on,
     and a failed upload is a warning, never the end of the run.
 ``push_release(args)``
     Waits for the snapshot uploads, creates the repo if needed and uploads the release in one commit.
 
-Only the files of ``RELEASE_PATTERNS`` (an allowlist: model card, samples, pipeline configs and safetensors)
+Only the files of ``RELEASE_PATTERNS`` (an allowlist: model card, samples, pipeline configs, safetensors and the
+generated pipeline code of utils/remote_code.py)
 leave the machine: never ``checkpoint-*`` (optimizer state, pickled RNG states), logs, ``*.bin``/``*.pkl`` or
 the training samples. The access token is huggingface_hub's own business (``hf auth login`` or ``HF_TOKEN``,
 resolved by huggingface_hub): this module never reads, passes, prints or writes one, and the card holds no local
@@ -18,6 +20,9 @@ paths.
 A failed or skipped push can be done later without training again (from the repository root):
 
     python -m utils.hub OUTPUT_DIR [--hub_model_id user/repo] [--hub_private_repo] [--hub_push_snapshots]
+
+``--space`` also creates a Space next to the model repo that serves app.py's demo page for it (utils/space.py),
+and links it from the model card.
 """
 
 import argparse
@@ -26,23 +31,22 @@ import logging
 import os
 import re
 import shlex
-import shutil
 
 import huggingface_hub
 
-from . import training
+from . import release, remote_code, run_folder, space, training
 from .cli import fail
 from .grid import labelled_grid
 from .labels import AGES, GENDERS, RACES, decode_condition, describe_condition, encode_condition, label_table_markdown
-from .pipeline import generate
+from .pipeline import PIPELINE_FILES, generate
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
 FAIRFACE = "HuggingFaceM4/FairFace"
-# What a pipeline folder (the release root or an epoch_{E}/ snapshot) may upload: configs and safetensors only.
-PIPELINE_PATTERNS = ["model_index.json", "unet/*.json", "unet/*.safetensors", "condition_encoder/*.json",
-                     "condition_encoder/*.safetensors", "scheduler/*.json"]
+# What a pipeline folder (the release root or an epoch_{E}/ snapshot) may upload: configs, safetensors and
+# exactly the generated pipeline code (for trust_remote_code users; our own loader never reads it).
+PIPELINE_PATTERNS = [*PIPELINE_FILES, *remote_code.CODE_FILES]
 RELEASE_PATTERNS = ["README.md", "samples.png", *PIPELINE_PATTERNS]
 # A new release replaces these folders in the repo as a whole: no stale shard or index file of an older push
 # survives next to the new weights (snapshots in epoch_{E}/ are left alone).
@@ -53,6 +57,7 @@ SAMPLE_GRID_CONDITIONS = [encode_condition(*c) for c in
 SAMPLE_GRID_SEEDS = [0, 1, 2, 3]
 USERNAME_PLACEHOLDER = "your-username"  # in the card until the push knows the account (no --hub_model_id)
 _CARD_REPO_ID = re.compile(r"<!-- fairface-diffusion repo_id: (\S+) -->")
+_CARD_SPACE = re.compile(r"<!-- fairface-diffusion space -->.*")  # the card's Space line (empty until --space)
 
 
 class PushError(training.SaveError):
@@ -81,28 +86,21 @@ def card_repo_id(args):
 
 # ------------------------------------------------------------------------------------------------ release
 def save_release(pipeline, args, num_images, global_step):
-    """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, all moved in at the end."""
+    """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, replacing the previous
+    release as a whole (utils/release.py)."""
 
     def write(folder):
-        pipeline.save_pretrained(folder)
-        sample_grid(pipeline, args).save(os.path.join(folder, "samples.png"))
+        remote_code.save_pipeline(pipeline, folder)  # + the code plain diffusers loads it with
+        sample_grid(pipeline).save(os.path.join(folder, "samples.png"))
         build_model_card(pipeline, args, num_images, global_step).save(os.path.join(folder, "README.md"))
 
-    tmp = os.path.join(args.output_dir, ".tmp-release")
-    training.save_folder_atomic(tmp, write)
-    for name in os.listdir(tmp):
-        target = os.path.join(args.output_dir, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(tmp, name), target)
-    os.rmdir(tmp)
+    release.publish(args.output_dir, write)
 
 
-def sample_grid(pipeline, args, conditions=SAMPLE_GRID_CONDITIONS, seeds=SAMPLE_GRID_SEEDS):
-    """Rows = conditions, columns = seeds, with the training samples' sampler settings."""
+def sample_grid(pipeline, conditions=SAMPLE_GRID_CONDITIONS, seeds=SAMPLE_GRID_SEEDS):
+    """Rows = conditions, columns = seeds, with the pipeline's saved sampler settings (the training samples')."""
     pairs = [(condition, seed) for condition in conditions for seed in seeds]
-    images = generate(pipeline, [decode_condition(c) for c, _ in pairs], [s for _, s in pairs], batch_size=8,
-                      num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    images = generate(pipeline, [decode_condition(c) for c, _ in pairs], [s for _, s in pairs], batch_size=8)
     return labelled_grid(images, len(conditions), len(seeds),
                          row_labels=[f"{c}: {describe_condition(c)}" for c in conditions],
                          col_labels=[f"seed {s}" for s in seeds])
@@ -181,6 +179,7 @@ def build_model_card(pipeline, args, num_images, global_step, repo_id=None):
         cross_attention_dim=unet.config.cross_attention_dim, num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule, prediction_type=args.prediction_type,
         num_inference_steps=args.num_inference_steps, guidance_scale=f"{args.guidance_scale:g}",
+        guidance_interval=list(pipeline.sampling_settings()["guidance_interval"] or (0, args.num_train_timesteps - 1)),
         sample_rows=len(SAMPLE_GRID_CONDITIONS), sample_cols=len(SAMPLE_GRID_SEEDS),
         ages=", ".join(f"{i} = {n}" for i, n in enumerate(AGES)),
         genders=", ".join(f"{i} = {n}" for i, n in enumerate(GENDERS)),
@@ -310,6 +309,18 @@ def set_card_repo_id(output_dir, repo_id):
         os.replace(f"{path}.tmp", path)
 
 
+def set_card_space(output_dir, space_url):
+    """Link the Space from the model card (its "Try it in a browser" section)."""
+    path = os.path.join(output_dir, "README.md")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+            f.write(_CARD_SPACE.sub(lambda _: f"<!-- fairface-diffusion space --> **On the Hub:** [{space_url}]"
+                                    f"({space_url}) serves this page for this model.", text))
+        os.replace(f"{path}.tmp", path)
+
+
 def check_push_access(args):
     """Before a --push_to_hub run trains: PushError now, instead of after training, when the push cannot work
     (not logged in, or an output folder name that is no valid repo name). Reads no token, only whether one exists."""
@@ -335,20 +346,50 @@ def main(argv=None):
                         help="user/repo (default: the folder's name under your account)")
     parser.add_argument("--hub_private_repo", action="store_true")
     parser.add_argument("--hub_push_snapshots", action="store_true", help="Also upload the epoch_N/ snapshots.")
+    parser.add_argument("--space", action="store_true",
+                        help="Also create a gradio Space next to the model repo that serves app.py for it.")
+    parser.add_argument("--hub_space_id", type=repo_id_arg, default=None,
+                        help="The Space's user/name (default: the model's repo id + -demo).")
     args = parser.parse_args(argv)
     if not os.path.isfile(os.path.join(args.output_dir, "model_index.json")):
         fail(f"{args.output_dir} holds no released pipeline (no model_index.json); train with train_fairface.py "
              "first", prog=parser.prog)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    try:  # never upload a folder that a run is writing, nor a release that a kill interrupted
+        if os.access(args.output_dir, os.W_OK):  # (no run writes into a read-only folder)
+            run_folder.lock(args.output_dir)
+            release.finish(args.output_dir)
+    except (run_folder.FolderInUse, OSError) as error:
+        fail(str(error), prog=parser.prog)
     if args.hub_push_snapshots:
         snapshots = [name for name in os.listdir(args.output_dir) if re.fullmatch(r"epoch_\d+", name)
                      and os.path.isfile(os.path.join(args.output_dir, name, "model_index.json"))]
         for name in sorted(snapshots, key=lambda n: int(n.split("_")[1])):
             push_snapshot(args, os.path.join(args.output_dir, name))
     try:
+        if args.space:  # the Space first: the card that push_release uploads links to it
+            model_id, space_id = _space_step(args, lambda: create_space(args))
         push_release(args)
+        if args.space:
+            print(f"pushed the demo app to {_space_step(args, lambda: space.upload_space(space_id, model_id))}")
     except PushError as error:
         fail(str(error), prog=parser.prog)
+
+
+def create_space(args):
+    """(model repo id, Space repo id), both resolved by the Hub; the card links the Space."""
+    model_id = _create_repo(args).repo_id
+    space_id = space.create_space(args, model_id).repo_id
+    set_card_space(args.output_dir, f"https://huggingface.co/spaces/{space_id}")
+    return model_id, space_id
+
+
+def _space_step(args, step):
+    try:
+        return step()
+    except Exception as error:  # whatever huggingface_hub raises; the local release is untouched
+        raise PushError(f"could not create the Space ({_error_text(error)}); retry with: "
+                        f"{retry_command(args)} --space") from error
 
 
 if __name__ == "__main__":

@@ -15,23 +15,42 @@ so the three attribute look-ups stay where they were. Encoders saved without ``f
 """
 
 import inspect
+import json
 import os
 
+import diffusers
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler,
-                       ImagePipelineOutput, ModelMixin, UNet2DConditionModel, UniPCMultistepScheduler)
+from diffusers import (DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DiffusionPipeline,
+                       DPMSolverMultistepScheduler, ImagePipelineOutput, ModelMixin, SchedulerMixin,
+                       UNet2DConditionModel, UniPCMultistepScheduler)
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_framing, parse_label
 
+# A release committed but not yet moved into the root of --output_dir (utils/release.py); loaded instead.
+PENDING_RELEASE = ".release-new"
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
+# The files of a saved pipeline that load_pipeline reads: configs and safetensors, never code or pickles.
+PIPELINE_FILES = ["model_index.json", "unet/*.json", "unet/*.safetensors", "condition_encoder/*.json",
+                  "condition_encoder/*.safetensors", "scheduler/*.json"]
+# Sampling defaults saved with every pipeline trained now (model_index.json "sampling_defaults"); __call__ falls
+# back to them. Chosen by benchmarks/sampler_sweep.py (README "Sampler sweep"): DPM-Solver++ 6 steps with guidance
+# on every step (12 UNet evaluations per image) recovered the attributes as often as 25 steps (50) on two demo
+# models; guiding only t >= 450 lost age fidelity. guidance_interval: timesteps [lo, hi]
+# (0 = clean, num_train_timesteps - 1 = pure noise) whose steps get classifier-free guidance; the others make only
+# the conditional prediction, half the UNet work (Kynkaanniemi et al. 2024).
+SAMPLING_DEFAULTS = dict(num_inference_steps=6, guidance_scale=2.0, guidance_interval=None)
+# Pipelines saved before sampling defaults existed (no "sampling_defaults"): DPM-Solver++ 25, guidance 2 every step.
+LEGACY_SAMPLING_DEFAULTS = dict(num_inference_steps=25, guidance_scale=2.0, guidance_interval=None)
 # Fast samplers by name; each is built from the scheduler config saved with the model (same betas and
 # prediction type as training). dpm++ is the default: it gave the best samples at ~25 steps (README).
 SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
+    "deis": DEISMultistepScheduler,
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
 }
@@ -123,26 +142,53 @@ class FairFacePipeline(DiffusionPipeline):
     """Attribute-conditioned face generation: ``pipe(condition_ids=[42], num_inference_steps=25).images``."""
 
     model_cpu_offload_seq = "condition_encoder->unet"
+    _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: UNet2DConditionModel, scheduler, condition_encoder: ConditionEncoder):
+    # condition_encoder: ModelMixin, not ConditionEncoder: loaded with trust_remote_code, the encoder comes from its
+    # own module file (condition_encoder/), another class object than the one in this file; diffusers warns then.
+    def __init__(self, unet: UNet2DConditionModel, scheduler, condition_encoder: ModelMixin,
+                 sampling_defaults: dict = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder)
+        # Saved in model_index.json, so from_pretrained gets them; None (older releases): LEGACY_SAMPLING_DEFAULTS.
+        self.register_to_config(sampling_defaults=sampling_defaults)
 
     @property
     def labels(self):
         return self.condition_encoder.labels
 
-    def set_scheduler(self, name):
-        """Swap in a sampler by name (``dpm++``, ``unipc``, ``ddim``, ``ddpm``), keeping the trained noise schedule."""
+    def set_scheduler(self, name, **options):
+        """Swap in a sampler by name (a key of ``SCHEDULERS``), keeping the trained noise schedule;
+        ``options`` override scheduler config entries (e.g. ``solver_order=3``)."""
         if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r}; valid: {', '.join(SCHEDULERS)}")
-        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config, **options)
         return self
+
+    def sampling_settings(self, **given):
+        """The settings a call uses: ``given`` values that are not None, else this pipeline's saved defaults."""
+        settings = {**LEGACY_SAMPLING_DEFAULTS, **(self.config.get("sampling_defaults") or {})}
+        settings.update({k: v for k, v in given.items() if v is not None})
+        interval = settings["guidance_interval"]
+        if interval is not None:
+            if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
+                raise ValueError(f"guidance_interval must be (lo, hi) timesteps with lo <= hi, got {interval!r}")
+            last = self.scheduler.config.num_train_timesteps - 1  # no step's timestep is above it: "inf" -> last
+            low, high = float(interval[0]), float(interval[1])
+            settings["guidance_interval"] = (low, max(low, min(high, float(last))))
+        return settings
+
+    def _guided_prediction(self, latents, t, tokens, null_tokens, guidance_scale):
+        """Classifier-free guidance: the null and conditional predictions from one batched UNet call."""
+        model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        uncond, cond = denoise(self.unet, model_input, t, torch.cat([null_tokens, tokens])).chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
 
     @torch.no_grad()
     def __call__(self, condition_ids=None, *, age=None, gender=None, race=None, conditions=None, framing=None,
-                 num_images_per_condition=1, generator=None, num_inference_steps=25, guidance_scale=2.0,
-                 output_type="pil", return_dict=True, show_progress=True):
+                 num_images_per_condition=1, generator=None, num_inference_steps=None, guidance_scale=None,
+                 guidance_interval=None, output_type="pil", return_dict=True, callback_on_step_end=None,
+                 callback_on_step_end_tensor_inputs=("latents",), show_progress=True):
         """Sample faces.
 
         Conditions come from ``condition_ids`` (int or list), from attribute names/indices ``age``, ``gender``,
@@ -150,9 +196,24 @@ class FairFacePipeline(DiffusionPipeline):
         ``framing``: "tight" or "wide" for every image (None: the model's choice; needs a model with framing).
         ``generator``: one torch.Generator, or a list with one per image (then each image depends only on its
         own generator and condition, not on the rest of the batch). ``guidance_scale`` 1 disables
-        classifier-free guidance; above 1 the conditional and unconditional predictions come from one
-        batched UNet call. ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
+        classifier-free guidance; otherwise the conditional and unconditional predictions come from one
+        batched UNet call, on the steps whose timestep t lies in ``guidance_interval`` (lo, hi), inclusive
+        (0 = clean, 999 = pure noise for 1000 training timesteps; ``(0, inf)``: every step); the other steps
+        compute only the conditional prediction. ``num_inference_steps``, ``guidance_scale`` and
+        ``guidance_interval`` left None take the pipeline's saved defaults (``sampling_settings()``).
+        ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
+        ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as in diffusers: ``callback_kwargs`` holds
+        the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``); returned ones replace them.
+        The progress bar follows ``set_progress_bar_config``; ``show_progress=False`` hides it for one call.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)}: valid: {self._callback_tensor_inputs}")
+        settings = self.sampling_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                          guidance_interval=guidance_interval)
+        guidance_scale, (low, high) = settings["guidance_scale"], settings["guidance_interval"] or (0, float("inf"))
         if conditions is None:
             conditions = resolve_conditions(condition_ids, age, gender, race)
         conditions = [c for c in conditions for _ in range(num_images_per_condition)]
@@ -160,35 +221,37 @@ class FairFacePipeline(DiffusionPipeline):
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"got {len(generator)} generators for {batch} images")
 
-        device, dtype = self.unet.device, self.unet.dtype
+        # _execution_device: where the UNet runs, also under enable_model_cpu_offload() (weights wait on the CPU).
+        device, dtype = self._execution_device, self.unet.dtype
         attributes = conditions_to_tensor(conditions).to(device)
         if parse_framing(framing) is not None:
             if not self.condition_encoder.config.framings:
                 raise ValueError("this model was trained without framing; leave framing out")
             attributes = nn.functional.pad(attributes, (0, 1), value=parse_framing(framing))
         tokens = self.condition_encoder(attributes).to(dtype)
-        guided = guidance_scale != 1.0
-        if guided:
-            null_tokens = self.condition_encoder(torch.full_like(attributes, UNKNOWN)).to(dtype)
-            tokens = torch.cat([null_tokens, tokens])
+        null_tokens = self.condition_encoder(torch.full_like(attributes, UNKNOWN)).to(dtype)
 
         size = self.unet.config.sample_size
         latents = randn_tensor((batch, self.unet.config.in_channels, size, size), generator=generator,
                                device=device, dtype=dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(settings["num_inference_steps"], device=device)
         # Stochastic samplers (ddpm, ddim with eta) draw their step noise from the per-image generators too.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         latents = latents * self.scheduler.init_noise_sigma
-        for t in self.progress_bar(self.scheduler.timesteps) if show_progress else self.scheduler.timesteps:
-            model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            prediction = denoise(self.unet, model_input, t, tokens)
-            if guided:
-                uncond, cond = prediction.chunk(2)
-                prediction = uncond + guidance_scale * (cond - uncond)
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
+            if guidance_scale != 1.0 and low <= t <= high:
+                prediction = self._guided_prediction(latents, t, tokens, null_tokens, guidance_scale)
+            else:
+                prediction = denoise(self.unet, self.scheduler.scale_model_input(latents, t), t, tokens)
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents}
+                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                latents = outputs.pop("latents", latents)
 
         images = latents.clamp(-1, 1).float()
+        self.maybe_free_model_hooks()
         if output_type == "pt":
             result = images
         else:
@@ -208,18 +271,44 @@ def has_pickled_weights_only(path):
 def load_pipeline(model, device=None, dtype=None, scheduler=None):
     """Load a FairFacePipeline from a local folder or a Hub repo id, safetensors only (no pickle, no remote code).
 
-    Works offline from the Hub cache with ``HF_HUB_OFFLINE=1``. Raises ValueError with a one-line message for
-    folders that hold only pickled weights (never unpickled) or are not a pipeline.
+    Code-free: the pipeline is rebuilt from this module's classes, the configs and the safetensors; a ``.py``
+    file shipped with the model (for ``trust_remote_code`` users) is never downloaded, imported or run, and
+    releases without one load the same. Works offline from the Hub cache with ``HF_HUB_OFFLINE=1``. Raises
+    ValueError with a one-line message for folders that hold only pickled weights (never unpickled) or are
+    not a pipeline.
     """
     if os.path.isdir(model):
+        if os.path.isfile(os.path.join(model, PENDING_RELEASE, "model_index.json")):
+            model = os.path.join(model, PENDING_RELEASE)  # an interrupted release: the new one, whole
         if has_pickled_weights_only(model):
             raise ValueError(f"{model} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
                              "Convert them to safetensors first.")
         if not os.path.isfile(os.path.join(model, "model_index.json")):
             raise ValueError(f"{model} is not a fairface-diffusion pipeline folder (no model_index.json)")
+        folder = model
+    else:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(model, allow_patterns=PIPELINE_FILES)
+        if not os.path.isfile(os.path.join(folder, "model_index.json")):
+            raise ValueError(f"{model} is not a fairface-diffusion pipeline (no model_index.json)")
+    with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
+        index = json.load(f)
+    library, name = index.get("scheduler") or (None, None)
+    scheduler_class = getattr(diffusers, name, None) if library == "diffusers" else None
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise ValueError(f"{model}: model_index.json names no diffusers scheduler (scheduler: {library}.{name})")
     # dtype at load time: a later .to(dtype) makes diffusers warn about "modules to keep in float32" on every load.
-    encoder = ConditionEncoder.from_pretrained(model, subfolder="condition_encoder", use_safetensors=True, dtype=dtype)
-    pipe = FairFacePipeline.from_pretrained(model, condition_encoder=encoder, use_safetensors=True, dtype=dtype)
+    components = dict(
+        unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, dtype=dtype),
+        condition_encoder=ConditionEncoder.from_pretrained(folder, subfolder="condition_encoder",
+                                                           use_safetensors=True, dtype=dtype),
+        scheduler=scheduler_class.from_pretrained(folder, subfolder="scheduler"))
+    # Pipeline settings saved in model_index.json (those FairFacePipeline takes), as from_pretrained passes them.
+    parameters = inspect.signature(FairFacePipeline.__init__).parameters
+    options = {k: v for k, v in index.items() if k in parameters and k not in components}
+    pipe = FairFacePipeline(**components, **options)
+    pipe.register_to_config(_name_or_path=model)
     if scheduler:
         pipe.set_scheduler(scheduler)
     return pipe.to(device=device)

@@ -141,9 +141,9 @@ def save_checkpoint(accelerator, output_dir, global_step, training_state, total_
         accelerator.save_state(tmp)  # every rank writes its own RNG state; the main process the rest
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _test_fault_in_save(global_step)
+            fault_hook(str(global_step))
             index = 1 + max((index for index, _, _ in _checkpoints(output_dir)), default=0)
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             write_json_atomic(os.path.join(tmp, TRAINING_STATE),
                               dict(training_state, global_step=global_step, save_index=index))
             _replace_folder(tmp, final)
@@ -168,7 +168,8 @@ def save_folder_atomic(path, write):
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         write(tmp)
-        _fsync_tree(tmp)
+        fault_hook(name)
+        fsync_tree(tmp)
         _replace_folder(tmp, path)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,12 +184,12 @@ def _replace_folder(tmp, final):
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(os.path.dirname(final))
+    fsync_dir(os.path.dirname(final))
     if old:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_tree(folder):
+def fsync_tree(folder):
     """Flush every file under ``folder`` to disk: after a crash, a renamed folder holds its data, not zeros."""
     for root, _, files in os.walk(folder):
         for name in files:
@@ -197,10 +198,10 @@ def _fsync_tree(folder):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
-def _fsync_dir(folder):
+def fsync_dir(folder):
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -221,17 +222,26 @@ def write_json_atomic(path, data):
     os.replace(f"{path}.tmp", path)
 
 
-def _test_fault_in_save(global_step):
-    """Test hook (tests/test_resume.py, tests/test_reliability.py), inside the temporary folder of
-    checkpoint-STEP: ``FAIRFACE_TEST_SAVE_FAULT=STEP:pause`` waits there until a stop signal (at most 60 s),
-    ``STEP:hold`` waits 60 s whatever comes (to kill the run mid-save), ``STEP:enospc`` fails like a full disk."""
+def fault_hook(where):
+    """Test hook (tests/test_resume.py, test_reliability.py, test_faults.py): ``FAIRFACE_TEST_SAVE_FAULT=WHERE:ACTION``.
+
+    WHERE: a step number (inside the temporary folder of checkpoint-STEP), a snapshot name (``epoch_2``, inside
+    its temporary folder), ``pixel-cache`` (after the first cached batch), ``release`` (the new release written,
+    not yet committed) or ``release-moves`` (committed, moving into the root; ``utils/release.py``).
+    ACTION: ``pause`` waits there until a stop signal (at most 60 s), ``hold`` waits 60 s whatever comes (to
+    kill the run there), ``wait:PATH`` until the file PATH exists (at most 300 s), ``kill`` SIGKILLs this
+    process at once, ``enospc`` fails like a full disk."""
     target, _, action = os.environ.get("FAIRFACE_TEST_SAVE_FAULT", "").partition(":")
-    if target != str(global_step):
+    if target != where:
         return
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    deadline = time.monotonic() + 60
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    deadline = time.monotonic() + (300 if action.startswith("wait:") else 60)
     while time.monotonic() < deadline and not (action == "pause" and StopRequest.received is not None):
+        if action.startswith("wait:") and os.path.exists(action[5:]):
+            break
         time.sleep(0.02)
 
 
@@ -297,6 +307,11 @@ class StopRequest:
             return False
         flag = torch.tensor([0.0 if self.signal is None else 1.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+
+def sum_over_ranks(accelerator, count):
+    """An integer summed over all processes (every rank must call it)."""
+    return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), "sum").item())
 
 
 def log_images(accelerator, images, step, tag="samples"):

@@ -5,7 +5,7 @@ FAKE_HUB_DIR set, huggingface_hub's ``create_repo`` and ``upload_folder`` (the m
 methods) record what they would send instead of sending it. Everything else is the real library, including the
 pattern filter that decides which files an upload takes (``filter_repo_objects``, as ``upload_folder`` uses).
 
-    FAKE_HUB_DIR/<repo_id>/<path in repo>   the files an upload would have sent
+    FAKE_HUB_DIR/<repo_id>/<path in repo>   the files an upload would have sent (spaces/<repo_id>/ for a Space)
     FAKE_HUB_DIR/calls.jsonl                one JSON line per call: arguments (a token argument only as
                                             true/false), thread, start and end times
     FAKE_HUB_FAIL=create_repo|upload_folder|snapshots   fail those calls as a broken network would
@@ -40,13 +40,14 @@ if os.environ.get("FAKE_HUB_DIR"):
     def _full_id(repo_id):
         return repo_id if "/" in repo_id else f"{os.environ.get('FAKE_HUB_USER', 'fake-user')}/{repo_id}"
 
-    def create_repo(repo_id, *, token=None, private=None, exist_ok=False, repo_type=None, **kwargs):
+    def create_repo(repo_id, *, token=None, private=None, exist_ok=False, repo_type=None, space_sdk=None, **kwargs):
         entry = dict(call="create_repo", repo_id=repo_id, private=private, exist_ok=exist_ok, repo_type=repo_type,
+                     space_sdk=space_sdk,
                      token_argument=token is not None, thread=threading.current_thread().name, start=time.time())
         _log(entry)
         if _FAIL == "create_repo":
             raise ConnectionError("fake hub: network unreachable")
-        return huggingface_hub.RepoUrl(f"https://huggingface.co/{_full_id(repo_id)}")
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{'spaces/' * (repo_type == 'space')}{_full_id(repo_id)}")
 
     def _upload(entry, folder_path, allow_patterns, ignore_patterns):
         entry.update(thread=threading.current_thread().name, start=time.time())
@@ -60,7 +61,10 @@ if os.environ.get("FAKE_HUB_DIR"):
                        for root, _, names in os.walk(folder_path) for name in names)
         ignore = list(ignore_patterns or []) + list(hf_api.DEFAULT_IGNORE_PATTERNS)
         files = list(filter_repo_objects(paths, allow_patterns=allow_patterns, ignore_patterns=ignore))
-        target = os.path.join(_RECORD, entry["repo_id"], entry["path_in_repo"] or "")
+        # A Space's files go to FAKE_HUB_DIR/spaces/<repo_id>/, as its URL reads.
+        space = "spaces" if entry["repo_type"] == "space" else ""
+        target = os.path.join(_RECORD, space, _full_id(entry["repo_id"]) if space else entry["repo_id"],
+                              entry["path_in_repo"] or "")
         for path in files:
             os.makedirs(os.path.dirname(os.path.join(target, path)), exist_ok=True)
             shutil.copyfile(os.path.join(folder_path, path), os.path.join(target, path))
@@ -69,8 +73,10 @@ if os.environ.get("FAKE_HUB_DIR"):
         return f"https://huggingface.co/{entry['repo_id']}/commit/fake"
 
     def upload_folder(*, repo_id, folder_path, path_in_repo=None, allow_patterns=None, ignore_patterns=None,
-                      delete_patterns=None, commit_message=None, token=None, run_as_future=False, **kwargs):
-        entry = dict(call="upload_folder", repo_id=repo_id, folder=os.path.basename(os.path.normpath(folder_path)),
+                      delete_patterns=None, commit_message=None, token=None, run_as_future=False, repo_type=None,
+                      **kwargs):
+        entry = dict(call="upload_folder", repo_id=repo_id, repo_type=repo_type,
+                     folder=os.path.basename(os.path.normpath(folder_path)),
                      path_in_repo=path_in_repo, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns,
                      delete_patterns=delete_patterns, commit_message=commit_message, run_as_future=run_as_future,
                      token_argument=token is not None, other_arguments=sorted(kwargs))

@@ -1,0 +1,116 @@
+"""Resume checks its command line: a checkpoint records the flags that define the run, and a resume that
+changes one is refused with one line naming it (exit 2), unless ``--allow_resume_changes``.
+
+Data flags decide what a step is: with another batch size, process count or accumulation, step N is another
+point of the run; with other data, configs, splits, resolution or seed, other images or draws. Accepted
+changes (``--allow_resume_changes``) go on sensibly: the run keeps its epoch and the fraction of that epoch it
+had done, the step count (and the LR schedule with it) is rescaled to the new steps per epoch, and the change
+is logged and recorded in every later checkpoint (``resume_changes`` in training_state.json). Model flags (the
+architecture) are refused even then: the checkpoint's weights do not fit another UNet.
+"""
+
+import os
+
+DATA_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name",
+              "dataset_config_names", "dataset_splits", "resolution", "seed", "prediction_type",
+              "num_train_timesteps", "beta_schedule", "use_ema"]
+MODEL_FLAGS = ["block_out_channels", "layers_per_block", "attention_levels", "cross_attention_dim",
+               "condition_in_time_embedding"]
+
+
+def record(args, num_processes):
+    """The flags that define this run, as stored in each checkpoint's training_state.json (``run``)."""
+    values = {flag: getattr(args, flag) for flag in DATA_FLAGS + MODEL_FLAGS if flag != "num_processes"}
+    if os.path.isdir(values["dataset_name"]):  # a local folder: the same one from any working directory
+        values["dataset_name"] = os.path.abspath(values["dataset_name"])
+    values["num_processes"] = num_processes
+    return values
+
+
+def _show(flag, value):
+    text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"the process count {text}" if flag == "num_processes" else f"--{flag} {text}"
+
+
+def check(state, current, allow_changes, checkpoint):
+    """The accepted changes ``[(flag, old, new)]`` between a checkpoint's record and ``current`` (``record()``).
+
+    Raises ValueError with the one-line refusal. A checkpoint without a record (written by an older version)
+    gives [] and is not checked."""
+    recorded = state.get("run")
+    if recorded is None:
+        return []
+    changed = [(flag, recorded[flag], current[flag]) for flag in DATA_FLAGS + MODEL_FLAGS
+               if flag in recorded and recorded[flag] != current[flag]]
+    for flag, old, new in changed:
+        if flag in MODEL_FLAGS:
+            raise ValueError(f"cannot resume from {checkpoint}: it was trained with {_show(flag, old)}, not "
+                             f"{_show(flag, new)}; its weights do not fit another architecture (start a new "
+                             "--output_dir)")
+        if not allow_changes:
+            raise ValueError(f"cannot resume from {checkpoint}: it was trained with {_show(flag, old)}, now "
+                             f"{_show(flag, new)} (pass --allow_resume_changes to go on with the new value)")
+    return changed
+
+
+def check_or_exit(checkpoint, current, allow_changes):
+    """``check`` for the checkpoint a run resumes from (None: a new run), exit 2 with its one line if refused."""
+    from .cli import fail
+    from .training import read_training_state
+
+    if checkpoint is None:
+        return []
+    try:
+        return check(read_training_state(checkpoint), current, allow_changes, checkpoint)
+    except ValueError as error:
+        fail(str(error))
+
+
+def describe(changes):
+    return "; ".join(f"{_show(flag, old)} -> {_show(flag, new).replace('the process count ', '')}"
+                     for flag, old, new in changes)
+
+
+def rescaled_step(global_step, old_steps_per_epoch, steps_per_epoch):
+    """The step of the new run geometry at the same epoch and fraction of it as ``global_step`` of the old."""
+    if not old_steps_per_epoch or old_steps_per_epoch == steps_per_epoch:
+        return global_step
+    epoch, done = divmod(global_step, old_steps_per_epoch)
+    return epoch * steps_per_epoch + done * steps_per_epoch // old_steps_per_epoch
+
+
+def shift_lr_schedule(lr_scheduler, steps):
+    """Move a diffusers (LambdaLR) schedule by ``steps`` and set the optimizer's learning rates to match."""
+    lr_scheduler.last_epoch += steps
+    for group, rate, base in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.lr_lambdas, lr_scheduler.base_lrs):
+        group["lr"] = base * rate(lr_scheduler.last_epoch)
+    lr_scheduler._last_lr = [group["lr"] for group in lr_scheduler.optimizer.param_groups]
+
+
+def go_on(state, changes, steps_per_epoch, lr_scheduler, warn):
+    """After loading a checkpoint: the step to go on from (rescaled when accepted changes alter the steps per
+    epoch, the LR schedule moved with it). Warns about an unchecked old checkpoint and about the changes."""
+    global_step = state["global_step"]
+    if "run" not in state:
+        warn("this checkpoint was written before command lines were recorded: the resume is not checked")
+    if not changes:
+        return global_step
+    step = rescaled_step(global_step, state.get("steps_per_epoch"), steps_per_epoch)
+    shift_lr_schedule(lr_scheduler, step - global_step)
+    warn(f"resuming with changed flags ({describe(changes)}): the data order follows the new flags; step "
+         f"{global_step} ({state.get('steps_per_epoch')} steps per epoch) goes on as step {step} ({steps_per_epoch} "
+         "per epoch)")
+    return step
+
+
+def history(state, changes, global_step):
+    """The accepted changes of this run so far, as recorded in each checkpoint (``resume_changes``)."""
+    return state.get("resume_changes", []) + [{"step": global_step, "flag": flag, "old": old, "new": new}
+                                              for flag, old, new in changes]
+
+
+def skipped_before(state, epoch, is_main_process):
+    """Unusable images this run's checkpoint had counted in ``epoch`` before it was saved (counted once, on the
+    main process), so that the epoch's report after a mid-epoch resume covers the whole epoch."""
+    saved_epoch, count = state.get("skipped_images", (None, 0))
+    return count if saved_epoch == epoch and is_main_process else 0
