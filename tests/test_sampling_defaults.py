@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
@@ -104,8 +105,10 @@ def test_training_saves_the_sampling_defaults_and_from_pretrained_uses_them(tiny
     expected = dict(SAMPLING_DEFAULTS, guidance_interval=SAMPLING_DEFAULTS["guidance_interval"] and
                     list(SAMPLING_DEFAULTS["guidance_interval"]))
     assert index["sampling_defaults"] == expected
-    pipe = FairFacePipeline.from_pretrained(tiny_run, condition_encoder=load_pipeline(tiny_run).condition_encoder)
+    # Plain diffusers (the release ships its pipeline code; our own loader never runs it) gets them too.
+    pipe = DiffusionPipeline.from_pretrained(tiny_run, trust_remote_code=True)
     assert pipe.config.sampling_defaults == expected
+    assert pipe.sampling_settings() == load_pipeline(tiny_run).sampling_settings()
     # A call without sampler arguments takes them: as many steps, guided where the interval says.
     pipe = load_pipeline(tiny_run)
     settings = pipe.sampling_settings()
