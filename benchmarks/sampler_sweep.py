@@ -43,14 +43,12 @@ VARIANTS = {
     "unipc order 3": ("unipc", {"solver_order": 3}),
     "unipc karras": ("unipc", {"use_karras_sigmas": True}),
     "unipc trailing": ("unipc", {"timestep_spacing": "trailing"}),
-    "deis": ("deis", {}),
-    "deis order 3": ("deis", {"solver_order": 3}),
 }
 DEFAULT_SETTINGS = [
     "dpm++@25",  # the old default: the reference for the speed ratios
     "dpm++@15", "dpm++@12", "dpm++@10", "dpm++@8",
     "dpm++ order 3@10", "dpm++ karras@10", "dpm++ trailing@10", "dpm++ lu@10",
-    "unipc@10", "unipc@8", "unipc order 3@8", "deis@10",
+    "unipc@10", "unipc@8", "unipc order 3@8",
     "dpm++@10,g=1",  # no guidance at all: what guidance buys
     "dpm++@10,i=500-999", "dpm++@10,i=0-500", "dpm++@10,i=250-750", "dpm++@10,i=700-999",
     "dpm++@12,i=500-999", "dpm++@10,g=3,i=500-999", "unipc@8,i=500-999",

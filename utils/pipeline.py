@@ -20,7 +20,7 @@ import os
 
 import diffusers
 import torch
-from diffusers import (DDIMScheduler, DDPMScheduler, DEISMultistepScheduler, DiffusionPipeline,
+from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline,
                        DPMSolverMultistepScheduler, ImagePipelineOutput, ModelMixin, SchedulerMixin,
                        UNet2DConditionModel, UniPCMultistepScheduler)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
@@ -50,7 +50,6 @@ LEGACY_SAMPLING_DEFAULTS = dict(num_inference_steps=25, guidance_scale=2.0, guid
 SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
-    "deis": DEISMultistepScheduler,
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
 }
