@@ -34,7 +34,7 @@ def unet_weights(folder):
 
 def test_default_architecture_at_128px_trains_stops_resumes_and_releases(data16, tmp_path):
     from train_fairface import parse_args
-    from utils.pipeline import FairFacePipeline, generate
+    from utils.pipeline import generate, load_pipeline
 
     defaults = parse_args([])
     assert defaults.resolution == 128 and defaults.block_out_channels == [64, 128, 256, 512]
@@ -62,7 +62,7 @@ def test_default_architecture_at_128px_trains_stops_resumes_and_releases(data16,
     assert any(not first[name].equal(second[name]) for name in first), "step 2 did not change the weights"
     assert all(second[name].equal(released[name]) for name in second), "the release is not the last step's"
 
-    pipeline = FairFacePipeline.from_pretrained(out, use_safetensors=True)
+    pipeline = load_pipeline(out)  # our code-free loader (the release also ships code for plain diffusers)
     config = pipeline.unet.config
     assert tuple(config.block_out_channels) == (64, 128, 256, 512) and config.sample_size == 128
     assert config.layers_per_block == 3 and config.cross_attention_dim == 512
