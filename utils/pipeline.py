@@ -223,10 +223,11 @@ class FairFacePipeline(DiffusionPipeline):
         # _execution_device: where the UNet runs, also under enable_model_cpu_offload() (weights wait on the CPU).
         device, dtype = self._execution_device, self.unet.dtype
         attributes = conditions_to_tensor(conditions).to(device)
-        if parse_framing(framing) is not None:
+        framing_index = parse_framing(framing)
+        if framing_index is not None:
             if not self.condition_encoder.config.framings:
                 raise ValueError("this model was trained without framing; leave framing out")
-            attributes = nn.functional.pad(attributes, (0, 1), value=parse_framing(framing))
+            attributes = nn.functional.pad(attributes, (0, 1), value=framing_index)
         tokens = self.condition_encoder(attributes).to(dtype)
         null_tokens = self.condition_encoder(torch.full_like(attributes, UNKNOWN)).to(dtype)
 
