@@ -4,12 +4,15 @@
     python app.py --model user/repo --host 0.0.0.0 --port 7860   # a Hub repo id; HF_HUB_OFFLINE=1 from the cache
 
 Generate tab: age, gender and race (each a label or "any": the model draws it), number of images, seed,
-guidance scale and steps -> a gallery; image k uses seed SEED + k, captioned with its condition and seed. Atlas
-tab: every condition from one seed (rows: ages; columns: gender x race). The model is loaded once, at start,
-with this repository's code-free loader. The generate tab is also the API endpoint ``generate``:
+guidance scale, steps and framing (tight close-ups or wide margins, for a model trained with framing) -> a
+gallery; image k uses seed SEED + k, captioned with its condition and seed. Atlas tab: every condition from one
+seed (rows: ages; columns: gender x race), in one framing. Guidance and steps start at the model's saved
+sampling defaults. The model is loaded once, at start, with this repository's code-free loader. The generate
+tab is also the API endpoint ``generate`` (the framing, last, may be left out: the page's default, tight):
 
     from gradio_client import Client
-    faces = Client("http://127.0.0.1:7860/").predict("20-29", "Female", "any", 4, 0, 2.0, 25, api_name="/generate")
+    faces = Client("http://127.0.0.1:7860/").predict("20-29", "Female", "any", 4, 0, 2.0, 6, "tight",
+                                                     api_name="/generate")
 
 Bad input (unknown label, 0 or more than --max_images images, steps out of range) is a message on the page.
 The same file is the app of a Hugging Face Space (``python -m utils.hub OUTPUT_DIR --space``): there --model
@@ -26,13 +29,14 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from utils.cli import DEFAULT_MODEL_DIR, positive_int  # noqa: E402
-from utils.conditions import DEFAULT_GUIDANCE_SCALE, load_pipeline_or_exit, resolve_device_dtype  # noqa: E402
+from utils.conditions import load_pipeline_or_exit, resolve_device_dtype  # noqa: E402
 from utils.grid import atlas_grid  # noqa: E402
-from utils.labels import AGES, ATTRIBUTES, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe, parse_label  # noqa: E402
+from utils.labels import (AGES, ATTRIBUTES, FRAMINGS, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe,  # noqa: E402
+                          parse_framing, parse_label)
 from utils.pipeline import generate  # noqa: E402
 
 ANY = "any"
-MAX_STEPS = 200  # more only costs time: the default sampler is converged at ~25 (README)
+MAX_STEPS = 200  # more only costs time: the saved default sampler (6 steps) already ties 25 steps (README)
 logger = logging.getLogger("app")
 
 
@@ -88,8 +92,21 @@ def check_request(num_images, seed, guidance_scale, num_inference_steps, max_ima
     return num_images, seed, guidance, steps
 
 
+def check_framing(pipe, framing):
+    """The framing to ask for ("tight"/"wide", None for "any"), or gr.Error for an unknown one or a model without."""
+    if framing in (None, "", ANY):
+        return None
+    try:
+        name = FRAMINGS[parse_framing(framing)]
+    except ValueError as error:
+        raise gr.Error(str(error)) from None
+    if not pipe.condition_encoder.config.framings:
+        raise gr.Error("this model was trained without the framing condition; leave framing on any")
+    return name
+
+
 def make_generate(pipe, max_images):
-    def generate_faces(age, gender, race, num_images, seed, guidance_scale, num_inference_steps):
+    def generate_faces(age, gender, race, num_images, seed, guidance_scale, num_inference_steps, framing=ANY):
         """Faces for one condition (each attribute a label or "any"): a list of (image, caption)."""
         try:
             attributes = tuple(parse_label(name, value) for name, value in zip(ATTRIBUTES, (age, gender, race)))
@@ -97,23 +114,41 @@ def make_generate(pipe, max_images):
             raise gr.Error(str(error)) from None
         num_images, seed, guidance, steps = check_request(num_images, seed, guidance_scale, num_inference_steps,
                                                           max_images)
+        framing = check_framing(pipe, framing)
         seeds = [seed + k for k in range(num_images)]
         images = generate(pipe, [attributes] * num_images, seeds, batch_size=max_images, guidance_scale=guidance,
-                          num_inference_steps=steps)
-        return [(image, f"{describe(*attributes)}, seed {s}") for image, s in zip(images, seeds)]
+                          num_inference_steps=steps, framing=framing)
+        label = describe(*attributes) + (f", {framing}" if framing else "")
+        return [(image, f"{label}, seed {s}") for image, s in zip(images, seeds)]
 
     return generate_faces
 
 
 def make_atlas(pipe, max_images):
-    def draw_atlas(seed, guidance_scale, num_inference_steps):
+    def draw_atlas(seed, guidance_scale, num_inference_steps, framing=ANY):
         """All 126 conditions from one seed, as one labelled image."""
         _, seed, guidance, steps = check_request(1, seed, guidance_scale, num_inference_steps, max_images)
+        framing = check_framing(pipe, framing)
         images = generate(pipe, [decode_condition(c) for c in range(NUM_CONDITIONS)], [seed] * NUM_CONDITIONS,
-                          batch_size=max(max_images, 32), guidance_scale=guidance, num_inference_steps=steps)
-        return atlas_grid(images)
+                          batch_size=max(max_images, 32), guidance_scale=guidance, num_inference_steps=steps,
+                          framing=framing)
+        return atlas_grid(images, note=f", {framing}" if framing else "")
 
     return draw_atlas
+
+
+def sampling_controls(pipe, prefix=""):
+    """Guidance and steps sliders starting at the model's saved sampling defaults, and the framing choice
+    (tight by default, as make_grid.py, for a model with framing; only "any" for one without)."""
+    defaults = pipe.sampling_settings()
+    guidance = gr.Slider(1, 6, value=defaults["guidance_scale"], step=0.5, label="guidance scale",
+                         elem_id=f"{prefix}guidance")
+    steps = gr.Slider(1, 100, value=defaults["num_inference_steps"], step=1, label="steps", elem_id=f"{prefix}steps")
+    has_framing = bool(pipe.condition_encoder.config.framings)
+    framing = gr.Dropdown([ANY, *FRAMINGS] if has_framing else [ANY], value=FRAMINGS[0] if has_framing else ANY,
+                          label="framing" if has_framing else "framing (this model was trained without it)",
+                          interactive=has_framing, allow_custom_value=True, elem_id=f"{prefix}framing")
+    return guidance, steps, framing
 
 
 # ------------------------------------------------------------------------------------------------ page
@@ -122,7 +157,7 @@ def build_demo(pipe, model, max_images):
     with gr.Blocks(title="fairface-diffusion") as demo:
         gr.Markdown(f"# fairface-diffusion\n`{model}`: {size}x{size} faces for a chosen age group, gender and "
                     "race (perceived-attribute labels of FairFace). Leave an attribute on *any* and the model "
-                    "draws it.")
+                    "draws it. Framing: *tight* close-ups (FairFace's 0.25 crops) or *wide* margins (1.25).")
         with gr.Tab("Generate"):
             with gr.Row():
                 age = gr.Dropdown([ANY, *AGES], value=ANY, label="age", allow_custom_value=True, elem_id="age")
@@ -133,22 +168,19 @@ def build_demo(pipe, model, max_images):
                 num_images = gr.Slider(1, max_images, value=min(8, max_images), step=1, label="number of images",
                                        elem_id="num_images")
                 seed = gr.Number(0, precision=0, label="seed (image k: seed + k)", elem_id="seed")
-                guidance = gr.Slider(1, 6, value=DEFAULT_GUIDANCE_SCALE, step=0.5, label="guidance scale",
-                                     elem_id="guidance")
-                steps = gr.Slider(5, 100, value=25, step=1, label="steps", elem_id="steps")
+                guidance, steps, framing = sampling_controls(pipe)
             button = gr.Button("Generate", variant="primary", elem_id="generate")
             gallery = gr.Gallery(label="faces", columns=8, format="png", object_fit="contain", elem_id="faces")
-            button.click(make_generate(pipe, max_images), [age, gender, race, num_images, seed, guidance, steps],
+            button.click(make_generate(pipe, max_images), [age, gender, race, num_images, seed, guidance, steps, framing],
                          gallery, api_name="generate")
         with gr.Tab("Atlas"):
             gr.Markdown("All 126 conditions from one seed: rows are age groups, columns gender x race.")
             with gr.Row():
                 atlas_seed = gr.Number(0, precision=0, label="seed", elem_id="atlas_seed")
-                atlas_guidance = gr.Slider(1, 6, value=DEFAULT_GUIDANCE_SCALE, step=0.5, label="guidance scale")
-                atlas_steps = gr.Slider(5, 100, value=25, step=1, label="steps")
+                atlas_guidance, atlas_steps, atlas_framing = sampling_controls(pipe, prefix="atlas_")
             atlas_button = gr.Button("Draw the atlas", variant="primary", elem_id="draw_atlas")
             atlas = gr.Image(label="atlas", type="pil", format="png", elem_id="atlas")
-            atlas_button.click(make_atlas(pipe, max_images), [atlas_seed, atlas_guidance, atlas_steps], atlas,
+            atlas_button.click(make_atlas(pipe, max_images), [atlas_seed, atlas_guidance, atlas_steps, atlas_framing], atlas,
                                api_name="atlas")
     return demo
 

@@ -25,13 +25,14 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_script
-from utils.demo_data import measure_attributes
+from utils.demo_data import measure_attributes, measure_framing
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1400,1100"]
 FEMALE, MALE = 1, 0
+TIGHT, WIDE = 0, 1
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,8 @@ class Page:
 
 
 def share(images, attribute, value):
-    return float(np.mean(measure_attributes(images)[attribute] == value))
+    read = measure_framing(images) if attribute == "framing" else measure_attributes(images)[attribute]
+    return float(np.mean(read == value))
 
 
 def test_browser_picks_attributes_and_gets_those_faces(app, browser, tmp_path):
@@ -158,17 +160,21 @@ def test_browser_picks_attributes_and_gets_those_faces(app, browser, tmp_path):
     page.type("seed", 100)
     images, captions = page.generate(6)
     assert len(images) == 6 and {image.size for image in images} == {(32, 32)}
-    assert captions.count("20-29 Female Black, seed") == 6 and "seed 105" in captions
+    assert captions.count("20-29 Female Black, tight, seed") == 6 and "seed 105" in captions
     assert share(images, "gender", FEMALE) >= 5 / 6, measure_attributes(images)
     browser.save_screenshot(str(tmp_path / "app.png"))
     if os.environ.get("FAIRFACE_APP_SCREENSHOT"):  # README's assets/app.png: a real demo model's page
         shutil.copyfile(tmp_path / "app.png", os.environ["FAIRFACE_APP_SCREENSHOT"])
 
+    assert share(images, "framing", TIGHT) >= 4 / 6  # the page's default framing (91 % drawn at 315 steps)
+
     page.choose("gender", "Male")
+    page.choose("framing", "wide")
     page.type("num_images", 4)
     images, captions = page.generate(4)
-    assert len(images) == 4 and captions.count("20-29 Male Black, seed") == 4
+    assert len(images) == 4 and captions.count("20-29 Male Black, wide, seed") == 4
     assert share(images, "gender", MALE) >= 3 / 4, measure_attributes(images)
+    assert share(images, "framing", WIDE) >= 3 / 4, measure_framing(images)
 
     # Bad input is a message on the page, not a stack trace.
     race = page.css("#race input")[0]
@@ -188,11 +194,13 @@ def test_gradio_client_calls_the_generate_endpoint(app):
 
     url, _ = app
     client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="fairface-client-"))
-    faces = client.predict("30-39", "Female", "White", 3, 7, 2.0, 25, api_name="/generate")
-    assert [face["caption"] for face in faces] == [f"30-39 Female White, seed {s}" for s in (7, 8, 9)]
+    faces = client.predict("30-39", "Female", "White", 3, 7, 2.0, 6, "wide", api_name="/generate")
+    assert [face["caption"] for face in faces] == [f"30-39 Female White, wide, seed {s}" for s in (7, 8, 9)]
     images = [Image.open(face["image"]).convert("RGB") for face in faces]
-    assert share(images, "gender", FEMALE) >= 2 / 3
-    again = client.predict("30-39", "Female", "White", 1, 8, 2.0, 25, api_name="/generate")
+    assert share(images, "gender", FEMALE) >= 2 / 3 and share(images, "framing", WIDE) >= 2 / 3
+    left_out = client.predict("30-39", "Female", "White", 1, 8, 2.0, 6, api_name="/generate")  # the page's tight
+    assert left_out[0]["caption"] == "30-39 Female White, tight, seed 8"
+    again = client.predict("30-39", "Female", "White", 1, 8, 2.0, 6, "wide", api_name="/generate")
     same = [np.asarray(Image.open(path), dtype=np.int16) for path in (again[0]["image"], faces[1]["image"])]
     assert np.abs(same[0] - same[1]).max() <= 1  # seed 8 alone = seed 8 in a batch of 3, up to float rounding
 
@@ -202,6 +210,7 @@ def test_gradio_client_calls_the_generate_endpoint(app):
     from gradio_client.exceptions import AppError
 
     for arguments, message in ((("teen", "f", "purple", 2, 0, 2.0, 25), "unknown race 'purple'"),
+                               (("any", "any", "any", 2, 0, 2.0, 6, "sideways"), "unknown framing 'sideways'"),
                                (("any", "any", "any", 0, 0, 2.0, 25), "less than minimum value 1"),
                                (("any", "any", "any", 10 ** 6, 0, 2.0, 25), "greater than maximum value 8"),
                                (("any", "any", "any", 2, 0, 2.0, 10 ** 4), "greater than maximum value")):

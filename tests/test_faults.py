@@ -355,3 +355,5 @@ def test_fp16_on_a_cpu_says_it_trains_in_float32(data160, tmp_path):
               tmp_path / "fp16.log")
     assert "--mixed_precision fp16 on a CPU: accelerate has no float16 autocast there, so this run trains in " \
            "float32" in log
+    card = (tmp_path / "run" / "README.md").read_text()  # the model card says what the run did, not the flag
+    assert "float32; weights stored as float32" in card and "float16" not in card

@@ -88,3 +88,29 @@ def test_two_nodes_match_one_node_with_two_processes_and_resume(data160, tmp_pat
     assert "caching pixels" not in outputs[0] and "caching pixels" in outputs[1], "node 1 had no cache of its own"
     assert len(cache_folders(local_cache)) == 1 and cache_folders(local_cache) == cache_folders(cache)
     assert_same_run(reference, resumed)
+
+
+LOGGED_LOSS_SCRIPT = """
+import torch
+from accelerate import Accelerator
+from utils.step_metrics import StepMetrics
+
+accelerator = Accelerator(cpu=True)
+metrics = StepMetrics(accelerator.device)
+for loss in (1.0, 3.0):  # rank r's window: losses 1 + r and 3 + r, one gradient norm for all
+    metrics.add(torch.tensor(loss + accelerator.process_index), torch.tensor(0.5))
+print("window", accelerator.process_index, metrics.read(accelerator), flush=True)
+"""
+
+
+def test_logged_loss_is_the_mean_over_every_process(tmp_path):
+    """utils/step_metrics: each rank's window mean differs (2 and 3); both log the global batch's 2.5."""
+    script = tmp_path / "window.py"
+    script.write_text(LOGGED_LOSS_SCRIPT)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-3000:]
+    windows = sorted(line for line in result.stdout.splitlines() if line.startswith("window"))
+    assert windows == [f"window {rank} {{'loss': 2.5, 'grad_norm': 0.5}}" for rank in (0, 1)], result.stdout

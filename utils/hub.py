@@ -140,7 +140,10 @@ def _run_setup(args):
 
     if is_initialized():
         state = AcceleratorState()
-        return state.num_processes, str(state.mixed_precision)
+        precision = str(state.mixed_precision)
+        if precision == "fp16" and state.device.type == "cpu":  # no float16 autocast on a CPU (utils/flag_checks.py)
+            precision = "no"
+        return state.num_processes, precision
     return 1, args.mixed_precision or "no"
 
 

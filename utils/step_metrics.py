@@ -2,7 +2,9 @@
 
 On a GPU, ``loss.item()`` or ``float(grad_norm)`` after every step makes the CPU wait for the step to finish
 before it may queue the next one. Summing the values on the device and reading the sums once per logging
-window costs one sync per window instead; the logged numbers are window means.
+window costs one sync per window instead; the logged numbers are window means. With several processes the
+window's sums are averaged over them first (one small all-reduce per window, on every rank at the same
+steps), so the logged loss is that of the whole global batch, not rank 0's share of it.
 
 The training step keeps one host sync: whether the gradient is finite. Skipping a non-finite step's
 optimizer, LR and EMA steps (and counting a streak of them) needs that answer on the host before the next
@@ -27,9 +29,13 @@ class StepMetrics:
         self.sums += torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())])
         self.updates += 1
 
-    def read(self):
-        """{"loss", "grad_norm"}: means over the window (NaN for a window without updates); starts a new window."""
-        loss_sum, grad_norm_sum = self.sums.tolist()  # the window's one host sync
+    def read(self, accelerator=None):
+        """{"loss", "grad_norm"}: means over the window (NaN for a window without updates) and, given the
+        ``accelerator`` of several processes, over them (every rank must call it then); starts a new window."""
+        sums = self.sums
+        if accelerator is not None and accelerator.num_processes > 1:  # ranks skip the same steps: same counts
+            sums = accelerator.reduce(sums.clone(), reduction="mean")
+        loss_sum, grad_norm_sum = sums.tolist()  # the window's one host sync
         updates, self.updates = self.updates, 0
         self.sums.zero_()
         if not updates:
@@ -38,7 +44,7 @@ class StepMetrics:
 
     def report(self, accelerator, progress, lr, step):
         """Log the window's means and the learning rate to the trackers and the progress bar."""
-        logs = {**self.read(), "lr": lr}
+        logs = {**self.read(accelerator), "lr": lr}
         progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
         accelerator.log(logs, step=step)
         return logs
