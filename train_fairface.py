@@ -229,6 +229,8 @@ def main(args):
     models = {"unet": unet, "condition_encoder": encoder}
     emas = training.build_emas(models, args.ema_decay, args.ema_power) if args.use_ema else {}
     ema_variants = {f"ema{d:g}_p{p:.3g}": training.build_emas(models, d, p) for d, p in args.ema_variants}
+    ema_folders = {**{f"{name}_ema": ema for name, ema in emas.items()},  # checkpoint subfolder -> EMA, all of them
+                   **{f"{name}_{label}": ema for label, group in ema_variants.items() for name, ema in group.items()}}
     optimizer = torch.optim.AdamW(list(unet.parameters()) + list(encoder.parameters()), lr=args.learning_rate,
                                   betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay,
                                   eps=args.adam_epsilon, fused=accelerator.device.type == "cuda")
@@ -245,13 +247,13 @@ def main(args):
             for model in models:
                 name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
                 model.save_pretrained(os.path.join(output_dir, name))
-            for name, ema in emas.items():
-                ema.save_pretrained(os.path.join(output_dir, f"{name}_ema"))
+            for folder, ema in ema_folders.items():
+                ema.save_pretrained(os.path.join(output_dir, folder))
         weights.clear()
 
     def load_model_hook(models, input_dir):
-        for name, ema in emas.items():
-            training.load_ema(ema, os.path.join(input_dir, f"{name}_ema"))
+        for folder, ema in ema_folders.items():
+            training.load_ema(ema, os.path.join(input_dir, folder))
         while models:
             model = models.pop()
             name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
@@ -260,7 +262,7 @@ def main(args):
 
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
-    for ema in [*emas.values(), *(e for variant in ema_variants.values() for e in variant.values())]:
+    for ema in ema_folders.values():
         ema.to(accelerator.device)
 
     # ---------------------------------------------------------------------------------------- resume

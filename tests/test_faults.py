@@ -242,7 +242,7 @@ def test_each_recorded_flag_change_is_refused_unless_allowed(tmp_path):
                "resolution": 64, "seed": 1, "prediction_type": "epsilon", "num_train_timesteps": 500,
                "beta_schedule": "linear", "use_ema": True, "block_out_channels": [32, 64, 128, 256],
                "layers_per_block": 2, "attention_levels": [2], "cross_attention_dim": 256,
-               "condition_in_time_embedding": True}
+               "condition_in_time_embedding": True, "ema_variants": [[0.999, 0.75]]}
     assert set(changes) == set(resume_check.DATA_FLAGS + resume_check.MODEL_FLAGS)
     for flag, value in changes.items():
         current = {**recorded, flag: value}
@@ -252,7 +252,7 @@ def test_each_recorded_flag_change_is_refused_unless_allowed(tmp_path):
         assert f"cannot resume from ckpt: it was trained with {old}" in str(refused.value)
         assert resume_check._show(flag, value) in str(refused.value)
         if flag in resume_check.MODEL_FLAGS:  # the weights would not fit: refused even when allowed
-            with pytest.raises(ValueError, match="do not fit another architecture"):
+            with pytest.raises(ValueError, match="do not fit another architecture|EMA states do not fit"):
                 resume_check.check({"run": recorded}, current, True, "ckpt")
         else:
             assert resume_check.check({"run": recorded}, current, True, "ckpt") == [(flag, recorded[flag], value)]

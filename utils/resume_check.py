@@ -15,12 +15,13 @@ DATA_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps"
               "dataset_config_names", "dataset_splits", "resolution", "seed", "prediction_type",
               "num_train_timesteps", "beta_schedule", "use_ema"]
 MODEL_FLAGS = ["block_out_channels", "layers_per_block", "attention_levels", "cross_attention_dim",
-               "condition_in_time_embedding"]
+               "condition_in_time_embedding", "ema_variants"]  # ema_variants: the benchmark's EMAs, checkpointed
 
 
 def record(args, num_processes):
     """The flags that define this run, as stored in each checkpoint's training_state.json (``run``)."""
     values = {flag: getattr(args, flag) for flag in DATA_FLAGS + MODEL_FLAGS if flag != "num_processes"}
+    values["ema_variants"] = [list(variant) for variant in values["ema_variants"]]  # as JSON gives them back
     if os.path.isdir(values["dataset_name"]):  # a local folder: the same one from any working directory
         values["dataset_name"] = os.path.abspath(values["dataset_name"])
     values["num_processes"] = num_processes
@@ -44,9 +45,10 @@ def check(state, current, allow_changes, checkpoint):
                if flag in recorded and recorded[flag] != current[flag]]
     for flag, old, new in changed:
         if flag in MODEL_FLAGS:
+            fit = "its EMA states do not fit others" if flag == "ema_variants" else \
+                "its weights do not fit another architecture"
             raise ValueError(f"cannot resume from {checkpoint}: it was trained with {_show(flag, old)}, not "
-                             f"{_show(flag, new)}; its weights do not fit another architecture (start a new "
-                             "--output_dir)")
+                             f"{_show(flag, new)}; {fit} (start a new --output_dir)")
         if not allow_changes:
             raise ValueError(f"cannot resume from {checkpoint}: it was trained with {_show(flag, old)}, now "
                              f"{_show(flag, new)} (pass --allow_resume_changes to go on with the new value)")
