@@ -100,7 +100,7 @@ def parse_args(input_args=None):
     add("--ema_power", type=positive_float, default=2 / 3, help="EMA warm-up: decay 1 - (1 + step) ** -power, up to "
         "--ema_decay.")
     # Benchmark hook (benchmarks/conditioning_fidelity.py): more EMAs of the same run, DECAY:POWER each, written as
-    # epoch_{E}_ema{DECAY}_p{POWER}/ pipeline snapshots only (not checkpointed: lost on resume).
+    # epoch_{E}_ema{DECAY}_p{POWER}/ pipeline snapshots only; checkpointed like --use_ema's, so a resume keeps them.
     add("--ema_variants", type=training.ema_variant, nargs="*", default=[], help=argparse.SUPPRESS)
     add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config. fp16 "
         "on a CPU trains in float32 (accelerate has no fp16 autocast there; it says so); bf16 works on CPUs.")
