@@ -8,7 +8,7 @@ guidance scale, steps and framing (tight close-ups or wide margins, for a model 
 gallery; image k uses seed SEED + k, captioned with its condition and seed. Atlas tab: every condition from one
 seed (rows: ages; columns: gender x race), in one framing. Guidance and steps start at the model's saved
 sampling defaults. The model is loaded once, at start, with this repository's code-free loader. The generate
-tab is also the API endpoint ``generate`` (the framing, last, may be left out: the page's default, tight):
+tab is also the API endpoint ``generate`` (the framing, last, may be left out: the page's default, wide):
 
     from gradio_client import Client
     faces = Client("http://127.0.0.1:7860/").predict("20-29", "Female", "any", 4, 0, 2.0, 6, "tight",
@@ -29,7 +29,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from utils.cli import DEFAULT_MODEL_DIR, positive_int  # noqa: E402
-from utils.conditions import load_pipeline_or_exit, resolve_device_dtype  # noqa: E402
+from utils.conditions import GRID_FRAMING, load_pipeline_or_exit, resolve_device_dtype  # noqa: E402
 from utils.grid import atlas_grid  # noqa: E402
 from utils.labels import (AGES, ATTRIBUTES, FRAMINGS, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe,  # noqa: E402
                           parse_framing, parse_label)
@@ -139,13 +139,13 @@ def make_atlas(pipe, max_images):
 
 def sampling_controls(pipe, prefix=""):
     """Guidance and steps sliders starting at the model's saved sampling defaults, and the framing choice
-    (tight by default, as make_grid.py, for a model with framing; only "any" for one without)."""
+    (GRID_FRAMING, wide, by default, as make_grid.py, for a model with framing; only "any" for one without)."""
     defaults = pipe.sampling_settings()
     guidance = gr.Slider(1, 6, value=defaults["guidance_scale"], step=0.5, label="guidance scale",
                          elem_id=f"{prefix}guidance")
     steps = gr.Slider(1, 100, value=defaults["num_inference_steps"], step=1, label="steps", elem_id=f"{prefix}steps")
     has_framing = bool(pipe.condition_encoder.config.framings)
-    framing = gr.Dropdown([ANY, *FRAMINGS] if has_framing else [ANY], value=FRAMINGS[0] if has_framing else ANY,
+    framing = gr.Dropdown([ANY, *FRAMINGS] if has_framing else [ANY], value=GRID_FRAMING if has_framing else ANY,
                           label="framing" if has_framing else "framing (this model was trained without it)",
                           interactive=has_framing, allow_custom_value=True, elem_id=f"{prefix}framing")
     return guidance, steps, framing

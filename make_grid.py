@@ -7,7 +7,7 @@ Epochs: rows = the epoch_{E}/ snapshots that train_fairface.py wrote under --run
 in numeric order), columns = --conditions. Every tile starts from the same noise (--seed), so a column shows
 what training changed and a row what the condition changes. Atlas: 9 rows (ages) x 14 columns (gender x race),
 i.e. condition id = row * 14 + column, again from one seed. Models trained with framing draw every tile
-tight (--framing, "any" = the model's choice per tile), so tiles differ only by what the grid compares.
+wide (--framing, "any" = the model's choice per tile), so tiles differ only by what the grid compares.
 """
 
 import argparse
@@ -17,7 +17,7 @@ import re
 from tqdm.auto import tqdm
 
 from utils.cli import DEFAULT_MODEL_DIR, fail
-from utils.conditions import (add_framing_arg, add_sampling_args, framing_or_exit, load_pipeline_or_exit,
+from utils.conditions import (GRID_FRAMING, add_framing_arg, add_sampling_args, framing_or_exit, load_pipeline_or_exit,
                               parse_condition_ids, resolve_device_dtype, sampling_settings)
 from utils.grid import atlas_grid, labelled_grid
 from utils.labels import NUM_CONDITIONS, decode_condition, describe_condition
@@ -33,7 +33,7 @@ def parse_args(input_args=None):
     add("--conditions", nargs="+", default=None, help="Columns: ids, ranges (0-13) or 'all' (default: 0 1 2 3).")
     add("--atlas", action="store_true", help="Instead: all 126 conditions of --model, ages x (gender, race).")
     add("--model", default=DEFAULT_MODEL_DIR, help="Pipeline folder or Hub repo id for --atlas.")
-    add_framing_arg(parser, default_help="tight for models trained with framing")
+    add_framing_arg(parser, default_help=f"{GRID_FRAMING} for models trained with framing")
     add("--seed", type=int, default=0, help="Seed of every tile's noise (default: %(default)s).")
     add("--output", default=None,
         help="PNG to write (default: assets/grid_epochs_{first}_{last}.png, or assets/atlas.png).")
@@ -69,7 +69,8 @@ def find_snapshots(run_dir, epochs=None):
 def sample_row(model, args):
     """One image per condition, all from --seed's noise."""
     pipe = load_pipeline_or_exit(model, device=args.device, dtype=args.torch_dtype, scheduler=args.scheduler)
-    framing = framing_or_exit(pipe, args.framing or ("tight" if pipe.condition_encoder.config.framings else None), model)
+    framing = framing_or_exit(pipe, args.framing or (GRID_FRAMING if pipe.condition_encoder.config.framings else None),
+                              model)
     return generate(pipe, [decode_condition(c) for c in args.condition_ids], [args.seed] * len(args.condition_ids),
                     batch_size=args.batch_size, framing=framing, **sampling_settings(pipe, args))
 

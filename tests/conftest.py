@@ -47,11 +47,12 @@ def demo_dataset(tmp_path_factory):
 def tiny_run(demo_dataset, tmp_path_factory):
     """A 3-epoch run of train_fairface.py with EMA: epoch_1..3 snapshots, samples, final pipeline at the root.
 
-    It also feeds the condition into the timestep embedding (off by default), so sampling, the Hub card's
-    snippet and evaluation are tested on that UNet variant too; the other runs use the default."""
+    It also feeds the condition into the timestep embedding and trains with the framing condition (both off by
+    default), so sampling, the Hub card's snippet, the shipped code and evaluation are tested on those variants
+    too; the other runs use the defaults."""
     output_dir = tmp_path_factory.mktemp("runs") / "tiny"
     run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
                "--train_batch_size", "16", "--num_epochs", "3", "--save_model_epochs", "1", "--save_images_epochs",
                "1", "--checkpointing_steps", "1000", "--learning_rate", "1e-3", "--use_ema", "--random_flip",
-               "--condition_in_time_embedding")
+               "--condition_in_time_embedding", "--framing_condition")
     return str(output_dir)

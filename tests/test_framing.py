@@ -30,7 +30,8 @@ def framing_run(demo_dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("runs") / "framing"
     run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
                "--train_batch_size", "16", "--num_epochs", ROUND_TRIP_EPOCHS, "--learning_rate", "1e-3",
-               "--save_model_epochs", "100", "--save_images_epochs", "100", "--checkpointing_steps", "1000")
+               "--save_model_epochs", "100", "--save_images_epochs", "100", "--checkpointing_steps", "1000",
+               "--framing_condition")
     return str(output_dir)
 
 
@@ -82,13 +83,13 @@ def test_sample_and_grid_files_carry_the_framing(framing_run, tmp_path):
          "--output_dir", str(tmp_path), *FAST]))
     assert [os.path.basename(p) for p in paths] == ["cond042_20-29_male_east-asian_wide_seed0000.png"]
     assert (tmp_path / "grid.png").is_file()
-    # make_grid draws one fixed framing (tight) by default: the same tile as asking for tight explicitly
+    # make_grid draws one fixed framing (wide) by default: the same tile as asking for wide explicitly
     tiles = {}
-    for name, flags in (("default", []), ("tight", ["--framing", "tight"]), ("any", ["--framing", "any"])):
+    for name, flags in (("default", []), ("wide", ["--framing", "wide"]), ("any", ["--framing", "any"])):
         path = make_grid.main(make_grid.parse_args(["--run_dir", framing_run, "--conditions", "42", *flags,
                                                     "--output", str(tmp_path / f"{name}.png"), *FAST]))
         tiles[name] = np.asarray(Image.open(path).convert("RGB"))[-grid.tile_size(32):, -grid.tile_size(32):]
-    assert np.array_equal(tiles["default"], tiles["tight"])
+    assert np.array_equal(tiles["default"], tiles["wide"])
     assert not np.array_equal(tiles["default"], tiles["any"])  # unknown framing: another token, another image
 
 

@@ -67,6 +67,12 @@ def sample_filename(condition, seed, framing=None):
     return f"{condition.name}{f'_{framing}' if framing else ''}_seed{int(seed):04d}.png"
 
 
+# The one framing of grids and the demo app for models trained with framing: asked for wide, the 1008-step demo
+# models recovered all three attributes in 92.1 % / 97.6 % of samples (seeds 0 / 1), asked for tight 85.7 % / 91.3 %
+# (README, "Framing and EMA"); both framings were drawn 100 % of the time.
+GRID_FRAMING = "wide"
+
+
 def add_framing_arg(parser, default_help="the model's choice"):
     parser.add_argument("--framing", choices=[*FRAMINGS, "any"], default=None,
                         help=f"tight (FairFace config 0.25) or wide (1.25) margin around the face, for models trained "
