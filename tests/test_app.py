@@ -4,7 +4,9 @@ calls the ``generate`` endpoint, and ``utils.demo_data.measure_attributes`` read
 The model is the demo recipe (``train_fairface.py --demo``) stopped after 5 epochs (315 steps): the fidelity
 benchmark measured gender right on 99.2 % of its images at that step with guidance 2 (README, *Conditioning
 fidelity*), while age and race are learned later. So the page is asked for full conditions and the test checks
-gender, both ways (Female, then Male). FAIRFACE_APP_TEST_MODEL names an already trained model to use instead.
+gender, both ways (Female, then Male), and the framing control (wide, the page's default, then tight): the model is
+trained with --framing_condition. FAIRFACE_APP_TEST_MODEL names an already trained model (with framing) to use
+instead.
 
 The browser is Debian's /usr/bin/chromium with its chromedriver, driven by Selenium (no driver download);
 .ci/run installs both, and under CI a missing browser fails instead of skipping.
