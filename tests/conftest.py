@@ -21,8 +21,9 @@ os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "da
                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
 
 # A UNet of 1.0 M parameters at 32 px: trains a few hundred steps in seconds on a laptop CPU.
+# --no-use_ema: EMA is on by default for full-data runs (off with --demo); tests that need it pass --use_ema after.
 TINY_MODEL_ARGS = ["--resolution", "32", "--block_out_channels", "32", "64", "--layers_per_block", "1",
-                   "--cross_attention_dim", "32", "--report_to", "none", "--lr_warmup_steps", "10"]
+                   "--cross_attention_dim", "32", "--report_to", "none", "--lr_warmup_steps", "10", "--no-use_ema"]
 
 
 def run_script(script, *args, check=True, env=None, timeout=1800):

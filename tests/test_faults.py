@@ -240,9 +240,9 @@ def test_each_recorded_flag_change_is_refused_unless_allowed(tmp_path):
     changes = {"train_batch_size": 8, "num_processes": 2, "gradient_accumulation_steps": 2,
                "dataset_name": "other/data", "dataset_config_names": ["0.25"], "dataset_splits": ["train"],
                "resolution": 64, "seed": 1, "prediction_type": "epsilon", "num_train_timesteps": 500,
-               "beta_schedule": "linear", "use_ema": True, "block_out_channels": [32, 64, 128, 256],
+               "beta_schedule": "linear", "use_ema": False, "block_out_channels": [32, 64, 128, 256],
                "layers_per_block": 2, "attention_levels": [2], "cross_attention_dim": 256,
-               "condition_in_time_embedding": True, "ema_variants": [[0.999, 0.75]]}
+               "condition_in_time_embedding": True, "framing_condition": False, "ema_variants": [[0.999, 0.75]]}
     assert set(changes) == set(resume_check.DATA_FLAGS + resume_check.MODEL_FLAGS)
     for flag, value in changes.items():
         current = {**recorded, flag: value}
@@ -309,7 +309,7 @@ BAD_FLAGS = [
     (["--num_train_timesteps", "0"], "--num_train_timesteps"), (["--beta_schedule", "cosine"], "--beta_schedule"),
     (["--snr_gamma", "nan"], "--snr_gamma"), (["--cond_drop_prob", "1.5"], "--cond_drop_prob"),
     (["--attr_drop_prob", "-0.1"], "--attr_drop_prob"), (["--use_ema", "--ema_decay", "1.5"], "--ema_decay"),
-    (["--ema_decay", "0.99"], "--ema_decay needs --use_ema"), (["--seed", "-1"], "--seed"),
+    (["--no-use_ema", "--ema_decay", "0.99"], "--ema_decay needs --use_ema"), (["--seed", "-1"], "--seed"),
     (["--guidance_scale", "-1"], "--guidance_scale"), (["--block_out_channels", "0", "64"], "--block_out_channels"),
     (["--block_out_channels", "48", "64"], "--block_out_channels"),
     (["--block_out_channels", "4", "8", "--attention_levels", "0"], "--block_out_channels"),

@@ -94,6 +94,20 @@ def test_demo_flag_generates_data_and_trains(tmp_path):
     assert os.path.isfile(tmp_path / "demo-run" / "model_index.json")
     assert os.listdir(tmp_path / "cache"), "the demo uses the pixel cache"
     assert "done: 3 steps" in result.stdout + result.stderr
+    # --demo's own defaults (README): no EMA, no framing condition; the release says so
+    assert not any(name.endswith("_ema") for name in os.listdir(tmp_path / "demo-run" / "checkpoint-3"))
+    with open(tmp_path / "demo-run" / "condition_encoder" / "config.json") as f:
+        assert not json.load(f).get("framings")
+
+
+def test_full_data_defaults_are_ema_and_framing():
+    """Without --demo: EMA (0.9999, warm-up power 3/4) and the framing condition are on (README's defaults)."""
+    from train_fairface import parse_args
+
+    full, demo = parse_args([]), parse_args(["--demo"])
+    assert (full.use_ema, full.ema_decay, full.ema_power, full.framing_condition) == (True, 0.9999, 0.75, True)
+    assert (demo.use_ema, demo.framing_condition) == (False, False)
+    assert parse_args(["--demo", "--use_ema", "--framing_condition"]).use_ema  # flags given still win
 
 
 def test_two_process_cpu_run_writes_one_set_of_outputs(demo_dataset, tmp_path):

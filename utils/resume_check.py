@@ -15,7 +15,8 @@ DATA_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps"
               "dataset_config_names", "dataset_splits", "resolution", "seed", "prediction_type",
               "num_train_timesteps", "beta_schedule", "use_ema"]
 MODEL_FLAGS = ["block_out_channels", "layers_per_block", "attention_levels", "cross_attention_dim",
-               "condition_in_time_embedding", "ema_variants"]  # ema_variants: the benchmark's EMAs, checkpointed
+               "condition_in_time_embedding", "framing_condition",
+               "ema_variants"]  # ema_variants: the benchmark's EMAs, checkpointed
 
 
 def record(args, num_processes):
