@@ -10,9 +10,10 @@ Guidance scales 1, 2 and 3 are compared on the final model of the --guidance_rec
 per recipe, the first step at which the target was met: >= 90 % of all three attributes recovered together,
 and no age/gender/race group more than 10 points below the mean.
 
-Framing (issue 15): a final model trained with the framing condition is also sampled asking for each framing
-(tight, wide), and utils.demo_data.measure_framing reads from the pixels whether it was drawn ("framing
-drawn"); the recipe "..., no framing" trains the same model without it, for the attribute comparison.
+Framing (issue 15): a final model trained with the framing condition (recipe "..., framing"; --demo trains
+without it) is also sampled asking for each framing (tight, wide), and utils.demo_data.measure_framing reads
+from the pixels whether it was drawn ("framing drawn"); the recipe "..., no framing" trains the same model
+without it, for the attribute comparison.
 EMA: --ema_variants DECAY:POWER ... makes each run keep those EMAs of its weights too (diffusers EMAModel with
 warm-up; EMA does not change the raw weights' trajectory, so one run carries them all); every evaluated
 snapshot is then evaluated with each, and ema_look_*.png in the work folder shows their samples side by side.
@@ -23,8 +24,9 @@ where the target is reached, take ~35 min:
 
     python benchmarks/conditioning_fidelity.py                                 # ~14 min, 2-core CPU
     python benchmarks/conditioning_fidelity.py --epochs 16 --eval_every 4      # ~35 min: steps to the target
-    python benchmarks/conditioning_fidelity.py --recipes "v-prediction + min-SNR 5" \
-        "v-prediction + min-SNR 5, no framing" --guidance_recipes --ema_variants 0.99:0.6667 0.9999:0.75
+    python benchmarks/conditioning_fidelity.py --epochs 16 --eval_every 16 --recipes \
+        "v-prediction + min-SNR 5, framing" "v-prediction + min-SNR 5, no framing" --guidance_recipes \
+        --ema_variants 0.999:0.6667 0.9999:0.75                                # README: Framing and EMA
 """
 
 import argparse
@@ -45,7 +47,9 @@ RECIPES = {  # name -> train_fairface.py flags
     # the same with the condition also added to the timestep embedding (not in the default list)
     "v-prediction + min-SNR 5, time embedding": ["--prediction_type", "v_prediction", "--snr_gamma", "5",
                                                  "--condition_in_time_embedding"],
-    # the default without the framing condition (every model before framing existed)
+    # the default with and without the framing condition (--demo: without; full-data runs: with)
+    "v-prediction + min-SNR 5, framing": ["--prediction_type", "v_prediction", "--snr_gamma", "5",
+                                          "--framing_condition"],
     "v-prediction + min-SNR 5, no framing": ["--prediction_type", "v_prediction", "--snr_gamma", "5",
                                              "--no-framing_condition"],
 }
