@@ -259,6 +259,25 @@ def test_each_recorded_flag_change_is_refused_unless_allowed(tmp_path):
     assert resume_check.check({}, {**recorded, "seed": 5}, False, "ckpt") == []  # an old checkpoint: not checked
 
 
+def test_checkpoint_from_before_the_framing_flag_is_checked_by_its_encoder(tmp_path, capsys):
+    """Checkpoints recorded before --framing_condition existed (or with no record at all): the saved encoder's
+    config says whether it has framing rows; resuming it with the other setting is one line, exit 2."""
+    from train_fairface import parse_args
+
+    checkpoint = tmp_path / "checkpoint-30"
+    (checkpoint / "condition_encoder").mkdir(parents=True)
+    (checkpoint / "condition_encoder" / "config.json").write_text('{"embed_dim": 32}')  # no "framings"
+    current = resume_check.record(parse_args(["--dataset_name", str(tmp_path)]), 1)  # framing on by default
+    for state in ({"global_step": 30}, {"global_step": 30, "run": {k: v for k, v in current.items()
+                                                                   if k != "framing_condition"}}):
+        training.write_json_atomic(str(checkpoint / training.TRAINING_STATE), state)
+        with pytest.raises(SystemExit) as exit_info:
+            resume_check.check_or_exit(str(checkpoint), current, allow_changes=True)
+        assert exit_info.value.code == 2
+        assert "--framing_condition False, not --framing_condition True" in capsys.readouterr().err
+    assert resume_check.check_or_exit(str(checkpoint), {**current, "framing_condition": False}, False) == []
+
+
 def test_resume_with_changed_flags_end_to_end(data160, reference, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(reference, out)

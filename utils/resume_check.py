@@ -63,10 +63,27 @@ def check_or_exit(checkpoint, current, allow_changes):
 
     if checkpoint is None:
         return []
+    state = read_training_state(checkpoint)
+    recorded = dict(state.get("run") or {})
+    if "framing_condition" not in recorded:  # recorded before the flag existed: the saved encoder tells
+        framing = _trained_with_framing(checkpoint)
+        if framing is not None:
+            recorded["framing_condition"] = framing
     try:
-        return check(read_training_state(checkpoint), current, allow_changes, checkpoint)
+        return check({**state, "run": recorded}, current, allow_changes, checkpoint) if recorded else []
     except ValueError as error:
         fail(str(error))
+
+
+def _trained_with_framing(checkpoint):
+    """Whether the checkpoint's condition encoder has framing rows (None: no encoder config to read)."""
+    import json
+
+    try:
+        with open(os.path.join(checkpoint, "condition_encoder", "config.json")) as f:
+            return bool(json.load(f).get("framings"))
+    except (OSError, ValueError):
+        return None
 
 
 def describe(changes):
