@@ -6,8 +6,8 @@
 The UNet (diffusers UNet2DConditionModel) sees the condition as three cross-attention tokens from a
 ConditionEncoder (utils/pipeline.py) that has an "unknown" entry per attribute; dropping the whole condition
 (--cond_drop_prob) trains the null condition for classifier-free guidance, dropping single attributes
-(--attr_drop_prob) lets users leave any attribute out when sampling. Each image's framing (its FairFace config:
-0.25 tight, 1.25 wide) is a fourth token of the same kind, with its own dropout (--framing_drop_prob).
+(--attr_drop_prob) lets users leave any attribute out when sampling. The framing (FairFace config 0.25 tight,
+1.25 wide) is a fourth such token (--framing_drop_prob). Framing and EMA: on by default, off with --demo (README).
 
 Outputs under --output_dir: epoch_{E}/ pipeline snapshots, sample_epoch_{E}_{i}.png, checkpoint-{step}/
 training state (resume with --resume_from_checkpoint latest), and the final pipeline at the root.
