@@ -28,8 +28,8 @@ def data16(tmp_path_factory):
                              resolution=32)
 
 
-def unet_weights(folder):
-    return load_file(os.path.join(folder, "unet", "diffusion_pytorch_model.safetensors"))
+def unet_weights(folder, subfolder="unet"):
+    return load_file(os.path.join(folder, subfolder, "diffusion_pytorch_model.safetensors"))
 
 
 def test_default_architecture_at_128px_trains_stops_resumes_and_releases(data16, tmp_path):
@@ -60,7 +60,9 @@ def test_default_architecture_at_128px_trains_stops_resumes_and_releases(data16,
                                unet_weights(out))
     assert all(second[name].isfinite().all() for name in second)
     assert any(not first[name].equal(second[name]) for name in first), "step 2 did not change the weights"
-    assert all(second[name].equal(released[name]) for name in second), "the release is not the last step's"
+    ema = unet_weights(f"{out}/checkpoint-2", "unet_ema")  # EMA is on by default without --demo
+    assert all(ema[name].equal(released[name]) for name in ema), "the release is not the last step's EMA"
+    assert any(not ema[name].equal(second[name]) for name in ema), "the EMA is not an average"
 
     pipeline = load_pipeline(out)  # our code-free loader (the release also ships code for plain diffusers)
     config = pipeline.unet.config
