@@ -94,15 +94,13 @@ def check_request(num_images, seed, guidance_scale, num_inference_steps, max_ima
 
 def check_framing(pipe, framing):
     """The framing to ask for ("tight"/"wide", None for "any"), or gr.Error for an unknown one or a model without."""
-    if framing in (None, "", ANY):
-        return None
     try:
-        name = FRAMINGS[parse_framing(framing)]
+        index = parse_framing(framing)  # None for None, "" and "any"
     except ValueError as error:
         raise gr.Error(str(error)) from None
-    if not pipe.condition_encoder.config.framings:
+    if index is not None and not pipe.condition_encoder.config.framings:
         raise gr.Error("this model was trained without the framing condition; leave framing on any")
-    return name
+    return None if index is None else FRAMINGS[index]
 
 
 def make_generate(pipe, max_images):

@@ -70,7 +70,7 @@ def check_or_exit(checkpoint, current, allow_changes):
         if framing is not None:
             recorded["framing_condition"] = framing
     try:
-        return check({**state, "run": recorded}, current, allow_changes, checkpoint) if recorded else []
+        return check({**state, "run": recorded}, current, allow_changes, checkpoint)
     except ValueError as error:
         fail(str(error))
 
