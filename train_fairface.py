@@ -27,7 +27,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from utils import data, distributed, flag_checks, hub, remote_code, resume_check, run_folder, step_metrics, training
+from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, objective, remote_code, resume_check,
+                   run_folder, step_metrics, stop_signals)
+from utils.ema import build_emas, ema_variant, load_ema
 from utils.labels import FRAMINGS, decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
                        nonnegative_int, positive_float, positive_int, probability)
@@ -101,7 +103,7 @@ def parse_args(input_args=None):
     add("--ema_power", type=positive_float, default=3 / 4, help="EMA warm-up: decay 1 - (1 + step) ** -power, up to "
         "--ema_decay (3/4: diffusers' train_unconditional.py; best measured mid-run).")
     # Benchmark hook (benchmarks/conditioning_fidelity.py): more EMAs, DECAY:POWER each: epoch_{E}_ema*/, checkpointed.
-    add("--ema_variants", type=training.ema_variant, nargs="*", default=[], help=argparse.SUPPRESS)
+    add("--ema_variants", type=ema_variant, nargs="*", default=[], help=argparse.SUPPRESS)
     add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config. fp16 "
         "on a CPU trains in float32 (accelerate has no fp16 autocast there; it says so); bf16 works on CPUs.")
     add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (no effect on a CPU).")
@@ -168,7 +170,7 @@ def main(args):
     checkpoint = None
     if args.resume_from_checkpoint:  # checked before the data: a wrong path fails at once
         try:
-            checkpoint = training.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+            checkpoint = checkpoints.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
         except ValueError as error:
             fail(str(error))
     accelerator = Accelerator(
@@ -185,7 +187,7 @@ def main(args):
     distributed.use_available_cores(accelerator.device, logger)  # not accelerate launch's default of 1 thread
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    stop = training.StopRequest()
+    stop = stop_signals.StopRequest()
 
     # ---------------------------------------------------------------------------------------- data
     def build_or_load_data():  # one writer per disk: the global main first (utils/distributed.py)
@@ -227,8 +229,8 @@ def main(args):
     if accelerator.device.type == "cuda":
         unet.to(memory_format=torch.channels_last)
     models = {"unet": unet, "condition_encoder": encoder}
-    emas = training.build_emas(models, args.ema_decay, args.ema_power) if args.use_ema else {}
-    ema_variants = {f"ema{d:g}_p{p:.3g}": training.build_emas(models, d, p) for d, p in args.ema_variants}
+    emas = build_emas(models, args.ema_decay, args.ema_power) if args.use_ema else {}
+    ema_variants = {f"ema{d:g}_p{p:.3g}": build_emas(models, d, p) for d, p in args.ema_variants}
     ema_folders = {**{f"{name}_ema": ema for name, ema in emas.items()},  # checkpoint subfolder -> EMA, all of them
                    **{f"{name}_{label}": ema for label, group in ema_variants.items() for name, ema in group.items()}}
     optimizer = torch.optim.AdamW(list(unet.parameters()) + list(encoder.parameters()), lr=args.learning_rate,
@@ -253,7 +255,7 @@ def main(args):
 
     def load_model_hook(models, input_dir):
         for folder, ema in ema_folders.items():
-            training.load_ema(ema, os.path.join(input_dir, folder))
+            load_ema(ema, os.path.join(input_dir, folder))
         while models:
             model = models.pop()
             name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
@@ -275,7 +277,7 @@ def main(args):
                 accelerator.load_state(checkpoint)
             except (OSError, RuntimeError, ValueError, KeyError) as error:  # e.g. another --block_out_channels
                 fail(f"cannot resume from {checkpoint}: {str(error).strip().splitlines()[0]}")
-            state = training.read_training_state(checkpoint)
+            state = checkpoints.read_training_state(checkpoint)
             global_step, nonfinite_in_a_row = state["global_step"], state.get("nonfinite_in_a_row", 0)
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
             global_step = resume_check.go_on(state, resume_changes, steps_per_epoch, lr_scheduler, logger.warning)
@@ -297,10 +299,10 @@ def main(args):
 
     def save_checkpoint():  # with what a resume needs beyond the weights (utils/resume_check.py)
         if global_step not in saved:
-            skipped_so_far = training.sum_over_ranks(accelerator, skipped)  # this epoch's, carried over a resume
+            skipped_so_far = distributed.sum_over_ranks(accelerator, skipped)  # this epoch's, carried over a resume
             extra = dict(nonfinite_in_a_row=nonfinite_in_a_row, run=run_record, steps_per_epoch=steps_per_epoch,
                          resume_changes=change_history, skipped_images=[epoch, skipped_so_far])
-            saved[global_step] = training.save_checkpoint(accelerator, args.output_dir, global_step, extra,
+            saved[global_step] = checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, extra,
                                                           args.checkpoints_total_limit)
         return saved[global_step]
 
@@ -339,12 +341,12 @@ def main(args):
             if global_step >= (epoch + 1) * steps_per_epoch or global_step >= max_train_steps:
                 break
             skipped += batch["num_skipped"]
-            generator = training.step_generator(args.seed, global_step, micro_step, rank, accelerator.device)
+            generator = objective.step_generator(args.seed, global_step, micro_step, rank, accelerator.device)
             micro_step = (micro_step + 1) % args.gradient_accumulation_steps
             with accelerator.accumulate(unet, encoder):
                 pixels, weights, attributes = (batch[key].to(accelerator.device, non_blocking=True)  # uint8; pinned
                                                for key in ("pixels", "weights", "attributes"))
-                clean, attributes = training.prepare_batch(pixels, attributes, generator, args.random_flip,
+                clean, attributes = objective.prepare_batch(pixels, attributes, generator, args.random_flip,
                                                            args.cond_drop_prob, args.attr_drop_prob,
                                                            args.framing_drop_prob)
                 noise = torch.randn(clean.shape, generator=generator, device=clean.device)
@@ -353,9 +355,9 @@ def main(args):
                 noisy = noise_scheduler.add_noise(clean, noise, timesteps)
                 with accelerator.autocast():
                     prediction = denoise(unet, noisy, timesteps, encoder(attributes))
-                target = training.diffusion_target(noise_scheduler, clean, noise, timesteps)
-                weights = weights * training.loss_weights(noise_scheduler, timesteps, args.snr_gamma)
-                loss = training.weighted_mse(prediction, target, weights)
+                target = objective.diffusion_target(noise_scheduler, clean, noise, timesteps)
+                weights = weights * objective.loss_weights(noise_scheduler, timesteps, args.snr_gamma)
+                loss = objective.weighted_mse(prediction, target, weights)
                 if global_step + 1 in args.inject_nonfinite_steps:
                     loss = loss * float("nan")
                 accelerator.backward(loss)
@@ -398,7 +400,7 @@ def main(args):
                 stop_run()
 
         # ---------------------------------------------------------------------------------------- epoch end
-        unusable = training.sum_over_ranks(accelerator, skipped)  # the whole epoch, across a resume too
+        unusable = distributed.sum_over_ranks(accelerator, skipped)  # the whole epoch, across a resume too
         if unusable:
             logger.warning(f"epoch {epoch + 1}: skipped {unusable} unusable images (broken, too small or too large)")
         accelerator.log({"skipped_images": unusable}, step=global_step)
@@ -408,11 +410,11 @@ def main(args):
             pipeline = None
             if epoch_number % args.save_model_epochs == 0 or last_epoch:
                 pipeline = pipeline_for_release()
-                training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}"),
+                atomic_files.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}"),
                                             lambda folder: remote_code.save_pipeline(pipeline, folder))
                 for label, variant in ema_variants.items():
                     variant_pipeline = pipeline_for_release(variant)
-                    training.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}_{label}"),
+                    atomic_files.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}_{label}"),
                                                 lambda folder: remote_code.save_pipeline(variant_pipeline, folder))
                 if args.push_to_hub and args.hub_push_snapshots:
                     hub.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
@@ -421,7 +423,7 @@ def main(args):
                 samples = generate(pipeline, [decode_condition(c) for c in SAMPLE_CONDITIONS], [0, 1, 2])
                 for i, image in enumerate(samples):
                     image.save(os.path.join(args.output_dir, f"sample_epoch_{epoch_number}_{i}.png"))
-                training.log_images(accelerator, samples, global_step)
+                step_metrics.log_images(accelerator, samples, global_step)
         accelerator.wait_for_everyone()
         if last_epoch:
             break
@@ -444,7 +446,7 @@ def main(args):
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except training.SaveError as error:  # disk full, ...: one line; earlier checkpoints and snapshots are intact
+    except atomic_files.SaveError as error:  # disk full, ...: one line; earlier checkpoints and snapshots are intact
         for bar in list(getattr(tqdm, "_instances", ())):
             bar.close()  # the error is the last line
         fail(str(error))

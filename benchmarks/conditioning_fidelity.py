@@ -254,7 +254,7 @@ def _has_framing(model):
 
 def _steps_per_epoch(output, epochs):
     """Optimizer steps per epoch of a finished run, from its last checkpoint's step count."""
-    from utils.training import list_checkpoints
+    from utils.checkpoints import list_checkpoints
 
     return list_checkpoints(output)[-1][0] // epochs
 

@@ -13,7 +13,7 @@ Both go through what training uses: a fresh ``torch.utils.data.DataLoader`` per 
 ``utils.data.EpochSampler``, ``utils.data.collate``, the same batch size and ``num_workers`` (0 and 2). Worker
 start-up is inside the timed epoch, as it is in training (a new loader each epoch). Each variant is timed
 twice: the DataLoader alone (what the cache replaces), and with each batch then moved to the training device
-and put through the training-time ``utils.training.prepare_batch`` (scale to [-1, 1], random flip, condition
+and put through the training-time ``utils.objective.prepare_batch`` (scale to [-1, 1], random flip, condition
 dropout) as the training step does - on a GPU that part runs on the GPU; on a CPU it is CPU work that the
 cache does not remove. The one-off cache build time is reported too.
 
@@ -98,10 +98,10 @@ def make_dataset(folder, args):
 
 def run_epoch(images, args, num_workers, epoch, resolution, prepare=False, device="cpu"):
     """One training epoch of input: a fresh DataLoader as train_fairface.py builds it; with ``prepare``, each batch
-    also goes to ``device`` and through utils.training.prepare_batch there, as in the training step."""
+    also goes to ``device`` and through utils.objective.prepare_batch there, as in the training step."""
     import torch
 
-    from utils import data, training
+    from utils import data, objective
 
     sampler = data.EpochSampler(len(images), seed=0, epoch=epoch)
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, sampler=sampler, drop_last=True,
@@ -111,8 +111,8 @@ def run_epoch(images, args, num_workers, epoch, resolution, prepare=False, devic
     start = time.perf_counter()
     for step, batch in enumerate(loader):
         if prepare:
-            generator = training.step_generator(0, step, 0, 0, device)
-            clean, attributes = training.prepare_batch(batch["pixels"].to(device), batch["attributes"].to(device),
+            generator = objective.step_generator(0, step, 0, 0, device)
+            clean, attributes = objective.prepare_batch(batch["pixels"].to(device), batch["attributes"].to(device),
                                                        generator, random_flip=True, cond_drop_prob=0.1,
                                                        attr_drop_prob=0.1)
         samples += int(batch["weights"].sum())
@@ -197,7 +197,7 @@ def main(args):
               f"{args.cache_epochs}); every epoch through a fresh DataLoader (worker start-up included; \"after the first "
               "batch\": the same ratio without it, the steady state of a long FairFace epoch). "
               "\"+ prepare_batch\": each batch also moved to the training device and scaled/flipped/condition-dropped "
-              "by utils.training.prepare_batch, as the training step does (on a GPU that part runs on the GPU). "
+              "by utils.objective.prepare_batch, as the training step does (on a GPU that part runs on the GPU). "
               f"Batches identical with and without the cache: {'yes' if identical else 'NO'}. Cache: "
               f"{os.path.getsize(os.path.join(cache['folder'], 'pixels.npy')) / 2**20:.0f} MiB for {len(dataset)} "
               f"images; its build costs about one decode epoch and pays for itself from the second epoch on.")

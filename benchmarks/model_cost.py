@@ -64,21 +64,21 @@ def training_loss(unet, encoder, noise_scheduler, batch, resolution, device, ste
     """train_fairface.py's loss on a random uint8 batch (flip, condition dropout, min-SNR v-prediction)."""
     import torch
 
-    from utils import training
+    from utils import objective
     from utils.pipeline import denoise
 
     generator = torch.Generator().manual_seed(step)
     pixels = torch.randint(0, 256, (batch, 3, resolution, resolution), dtype=torch.uint8, generator=generator)
     attributes = torch.stack([torch.randint(0, n, (batch,), generator=generator) for n in (9, 2, 7)], 1)
-    step_generator = training.step_generator(0, step, 0, 0, device)
-    clean, attributes = training.prepare_batch(pixels.to(device), attributes.to(device), step_generator, True,
+    step_generator = objective.step_generator(0, step, 0, 0, device)
+    clean, attributes = objective.prepare_batch(pixels.to(device), attributes.to(device), step_generator, True,
                                                0.1, 0.1)
     noise = torch.randn(clean.shape, generator=step_generator, device=device)
     timesteps = torch.randint(0, 1000, (batch,), generator=step_generator, device=device)
     prediction = denoise(unet, noise_scheduler.add_noise(clean, noise, timesteps), timesteps, encoder(attributes))
-    target = training.diffusion_target(noise_scheduler, clean, noise, timesteps)
-    weights = training.loss_weights(noise_scheduler, timesteps, 5.0)
-    return training.weighted_mse(prediction, target, weights)
+    target = objective.diffusion_target(noise_scheduler, clean, noise, timesteps)
+    weights = objective.loss_weights(noise_scheduler, timesteps, 5.0)
+    return objective.weighted_mse(prediction, target, weights)
 
 
 def flop_counter():

@@ -1,6 +1,6 @@
 """Training throughput, peak memory and MFU: fp32 eager baseline vs the fast recipe of ``train_fairface.py``.
 
-What it measures: images/s of the training step of ``train_fairface.py`` (the same utils.training functions,
+What it measures: images/s of the training step of ``train_fairface.py`` (the same utils.objective functions,
 loss, AdamW settings (fused on CUDA), gradient clipping, LR schedule, and its one per-step host sync, the
 finiteness check; loss and grad norm stay on the device, utils.step_metrics) on random uint8 batches (the
 input pipeline is benchmarks/data_loading.py's business), for the seed's architecture at 128x128 built by
@@ -129,22 +129,22 @@ def train_step(variant, noise_scheduler, batch, step, snr_gamma=5.0):
     with torch.autocast / backward / clip_grad_norm_ where accelerate wraps them for a single process)."""
     import torch
 
-    from utils import training
+    from utils import objective
     from utils.pipeline import denoise
 
     device = variant.device
     pixels, attributes, weights = batch
-    generator = training.step_generator(0, step, 0, 0, device)
-    clean, attributes = training.prepare_batch(pixels, attributes, generator, True, 0.1, 0.1)
+    generator = objective.step_generator(0, step, 0, 0, device)
+    clean, attributes = objective.prepare_batch(pixels, attributes, generator, True, 0.1, 0.1)
     noise = torch.randn(clean.shape, generator=generator, device=device)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator,
                               device=device)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant.bf16):  # accelerator.autocast()
         prediction = denoise(variant.model, noisy, timesteps, variant.encoder(attributes))
-    target = training.diffusion_target(noise_scheduler, clean, noise, timesteps)
-    weights = weights * training.loss_weights(noise_scheduler, timesteps, snr_gamma)
-    loss = training.weighted_mse(prediction, target, weights)
+    target = objective.diffusion_target(noise_scheduler, clean, noise, timesteps)
+    weights = weights * objective.loss_weights(noise_scheduler, timesteps, snr_gamma)
+    loss = objective.weighted_mse(prediction, target, weights)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(variant.params, 1.0)
     if bool(torch.isfinite(grad_norm)):  # the step's one host sync, as in train_fairface.py

@@ -2,7 +2,7 @@
 
 The SIGKILL storms kill a run again and again (seeded, so a failure reproduces) and restart it each time with
 ``--resume_from_checkpoint latest``: at random moments during the steps, and through the test hook
-``FAIRFACE_TEST_SAVE_FAULT=WHERE:kill`` (utils/training.py ``fault_hook``) inside the pixel-cache build, a
+``FAIRFACE_TEST_SAVE_FAULT=WHERE:kill`` (utils/faults.py ``fault_hook``) inside the pixel-cache build, a
 checkpoint save, a snapshot write and both halves of the final release. Each run ends bitwise equal to an
 uninterrupted one, each restart resumes from the newest complete checkpoint (so at most --checkpointing_steps
 steps are redone per kill) and tidies up what the killed run left.
@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO, TINY_MODEL_ARGS, run_script
 from test_reliability import assert_one_line_error
 from test_resume import SMALL, assert_bitwise_equal, finish, launch, output_of, run, wait_for, weights
-from utils import resume_check, training
+from utils import atomic_files, checkpoints, resume_check
 from utils.release import PENDING
 
 C = 3  # --checkpointing_steps
@@ -52,8 +52,8 @@ def progress_seen(log):
 
 
 def latest_step(out):
-    latest = training.resolve_checkpoint(out, "latest")
-    return training.read_training_state(latest)["global_step"] if latest else 0
+    latest = checkpoints.resolve_checkpoint(out, "latest")
+    return checkpoints.read_training_state(latest)["global_step"] if latest else 0
 
 
 def workers(torchrun_pid):
@@ -270,7 +270,7 @@ def test_checkpoint_from_before_the_framing_flag_is_checked_by_its_encoder(tmp_p
     current = resume_check.record(parse_args(["--dataset_name", str(tmp_path)]), 1)  # framing on by default
     for state in ({"global_step": 30}, {"global_step": 30, "run": {k: v for k, v in current.items()
                                                                    if k != "framing_condition"}}):
-        training.write_json_atomic(str(checkpoint / training.TRAINING_STATE), state)
+        atomic_files.write_json_atomic(str(checkpoint / checkpoints.TRAINING_STATE), state)
         with pytest.raises(SystemExit) as exit_info:
             resume_check.check_or_exit(str(checkpoint), current, allow_changes=True)
         assert exit_info.value.code == 2
@@ -297,14 +297,14 @@ def test_resume_with_changed_flags_end_to_end(data160, reference, tmp_path):
               tmp_path / "accepted.log")
     assert "resuming with changed flags (--train_batch_size 16 -> --train_batch_size 8)" in log
     assert "step 30 (10 steps per epoch) goes on as step 60 (20 per epoch)" in log
-    state = training.read_training_state(os.path.join(out, "checkpoint-70"))
+    state = checkpoints.read_training_state(os.path.join(out, "checkpoint-70"))
     assert state["resume_changes"] == [{"step": 60, "flag": "train_batch_size", "old": 16, "new": 8}]
     assert state["run"]["train_batch_size"] == 8 and state["steps_per_epoch"] == 20
 
     # A checkpoint written before the record existed still resumes, with a warning.
-    path = os.path.join(out, "checkpoint-70", training.TRAINING_STATE)
+    path = os.path.join(out, "checkpoint-70", checkpoints.TRAINING_STATE)
     old = {k: v for k, v in state.items() if k not in ("run", "steps_per_epoch", "resume_changes")}
-    training.write_json_atomic(path, old)
+    atomic_files.write_json_atomic(path, old)
     log = run([*common, "--train_batch_size", "8", "--max_train_steps", "71"], tmp_path / "old.log")
     assert "written before command lines were recorded: the resume is not checked" in log
 

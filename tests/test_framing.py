@@ -16,7 +16,7 @@ from PIL import Image
 import make_grid
 import sample_fairface
 from conftest import TINY_MODEL_ARGS, run_script
-from utils import data, grid, training
+from utils import data, grid, objective
 from utils.demo_data import BACKGROUND
 from utils.labels import CONFIG_FRAMING, FRAMINGS, decode_condition
 from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, generate, load_pipeline
@@ -139,9 +139,9 @@ def test_framing_has_its_own_dropout():
     attributes = torch.tensor([[4, 1, 2, 1]] * 64)
     pixels = torch.zeros(64, 3, 4, 4, dtype=torch.uint8)
     generator = torch.Generator().manual_seed(0)
-    _, dropped = training.prepare_batch(pixels, attributes, generator, False, 0.0, 0.0, framing_drop_prob=1.0)
+    _, dropped = objective.prepare_batch(pixels, attributes, generator, False, 0.0, 0.0, framing_drop_prob=1.0)
     assert torch.equal(dropped[:, :3], attributes[:, :3]) and bool((dropped[:, 3] == -1).all())
-    _, kept = training.prepare_batch(pixels, attributes, generator, False, 0.0, 1.0, framing_drop_prob=0.0)
+    _, kept = objective.prepare_batch(pixels, attributes, generator, False, 0.0, 1.0, framing_drop_prob=0.0)
     assert bool((kept[:, :3] == -1).all()) and torch.equal(kept[:, 3], attributes[:, 3])
 
 

@@ -443,12 +443,12 @@ def test_push_a_finished_run_later_from_the_command_line(pushed_run, tmp_path):
     assert "https://huggingface.co/fake-user/my-faces" in result.stdout and TOKEN not in result.stdout + result.stderr
 
     # A failed push: exit status 2 and one line that says how to retry (train_fairface.py reports the same
-    # PushError, a training.SaveError, the same way after training).
+    # PushError, a atomic_files.SaveError, the same way after training).
     failed = subprocess.run([sys.executable, "-m", "utils.hub", str(run), "--hub_model_id", REPO_ID], cwd=REPO,
                             capture_output=True, text=True, timeout=300,
                             env={**os.environ, **fake_hub_env(tmp_path / "record2", FAKE_HUB_FAIL="upload_folder")})
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert f"retry with: python -m utils.hub {run} --hub_model_id {REPO_ID}" in failed.stderr.strip().splitlines()[-1]
-    from utils import hub, training
+    from utils import atomic_files, hub
 
-    assert issubclass(hub.PushError, training.SaveError)
+    assert issubclass(hub.PushError, atomic_files.SaveError)

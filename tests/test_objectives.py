@@ -1,4 +1,4 @@
-"""Diffusion objectives (utils.training): min-SNR weights, the v-prediction target, and a v-prediction run (issue 7)."""
+"""Diffusion objectives (utils.objective): min-SNR weights, the v-prediction target, and a v-prediction run (issue 7)."""
 
 import json
 import math
@@ -10,7 +10,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from conftest import TINY_MODEL_ARGS, run_script
-from utils import training
+from utils import objective
 from utils.pipeline import SCHEDULERS, generate, load_pipeline
 
 GAMMA = 5.0
@@ -34,7 +34,7 @@ def cosine_alpha_bar(t, steps=1000):
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_min_snr_weights_equal_hand_computed_values(prediction_type):
     noise_scheduler = scheduler(prediction_type)
-    weights = training.loss_weights(noise_scheduler, torch.tensor(TIMESTEPS), GAMMA)
+    weights = objective.loss_weights(noise_scheduler, torch.tensor(TIMESTEPS), GAMMA)
     snrs = []
     for t, weight in zip(TIMESTEPS, weights.tolist()):
         # The schedule is the cosine one (checked against the formula); the weights use its float32 values, whose
@@ -52,7 +52,7 @@ def test_min_snr_weights_equal_hand_computed_values(prediction_type):
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_weights_are_ones_when_min_snr_is_off(prediction_type):
-    weights = training.loss_weights(scheduler(prediction_type), torch.tensor(TIMESTEPS), None)
+    weights = objective.loss_weights(scheduler(prediction_type), torch.tensor(TIMESTEPS), None)
     assert weights.shape == (len(TIMESTEPS),) and torch.equal(weights, torch.ones(len(TIMESTEPS)))
 
 
@@ -63,12 +63,12 @@ def test_v_target_round_trips_to_x0_and_noise():
     x0 = torch.rand(len(TIMESTEPS), 3, 8, 8) * 2 - 1
     noise = torch.randn_like(x0)
     noisy = v_scheduler.add_noise(x0, noise, timesteps)
-    v = training.diffusion_target(v_scheduler, x0, noise, timesteps)
+    v = objective.diffusion_target(v_scheduler, x0, noise, timesteps)
     a = v_scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
     torch.testing.assert_close(a.sqrt() * noisy - (1 - a).sqrt() * v, x0, atol=1e-5, rtol=0)
     torch.testing.assert_close((1 - a).sqrt() * noisy + a.sqrt() * v, noise, atol=1e-5, rtol=0)
     # epsilon models: the target is the noise itself
-    assert training.diffusion_target(scheduler("epsilon"), x0, noise, timesteps) is noise
+    assert objective.diffusion_target(scheduler("epsilon"), x0, noise, timesteps) is noise
 
 
 @pytest.mark.parametrize("t", [10, 500, 990])
@@ -79,7 +79,7 @@ def test_scheduler_step_with_true_v_matches_step_with_true_epsilon(t):
     x0 = torch.rand(2, 3, 8, 8) * 2 - 1
     noise = torch.randn_like(x0)
     noisy = eps_scheduler.add_noise(x0, noise, timestep)
-    v = training.diffusion_target(v_scheduler, x0, noise, timestep)
+    v = objective.diffusion_target(v_scheduler, x0, noise, timestep)
     by_v = v_scheduler.step(v, t, noisy, generator=torch.Generator().manual_seed(1))
     by_eps = eps_scheduler.step(noise, t, noisy, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(by_v.pred_original_sample, by_eps.pred_original_sample, atol=1e-4, rtol=0)

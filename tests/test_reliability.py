@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import REPO, TINY_MODEL_ARGS, run_script
 from test_resume import SMALL, assert_bitwise_equal, malicious_pickle, weights
-from utils import data, training
+from utils import checkpoints, data
 from utils.demo_data import BROKEN_RECORDS_SKIPPED, ODD_RECORDS_CONVERTIBLE, _odd_records, make_demo_dataset
 
 FAST = [*TINY_MODEL_ARGS, *SMALL, "--train_batch_size", "16", "--learning_rate", "1e-3", "--use_ema",
@@ -142,7 +142,7 @@ def test_isolated_nonfinite_step_is_skipped(nan_once):
     for before, after in ((1, 2), (3, 4)):
         a, b = weights(f"{out}/checkpoint-{before}"), weights(f"{out}/checkpoint-{after}")
         assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a if k.startswith("unet_ema/"))
-    states = [training.read_training_state(f"{out}/checkpoint-{s}")["nonfinite_in_a_row"] for s in range(1, 6)]
+    states = [checkpoints.read_training_state(f"{out}/checkpoint-{s}")["nonfinite_in_a_row"] for s in range(1, 6)]
     assert states == [0, 0, 1, 0, 0]
 
 
@@ -182,7 +182,7 @@ def test_nonfinite_streak_stops_after_a_checkpoint(broken_data, tmp_path):
                    "--max_nonfinite_steps", "3", check=False)
     last = assert_one_line_error(result, "3 non-finite steps in a row; stopped", f"{out}/checkpoint-4")
     assert "--learning_rate" in last
-    assert training.read_training_state(out / "checkpoint-4")["nonfinite_in_a_row"] == 3
+    assert checkpoints.read_training_state(out / "checkpoint-4")["nonfinite_in_a_row"] == 3
     assert_bitwise_equal(weights(out / "checkpoint-1"), weights(out / "checkpoint-4"))  # 2-4 were skipped
     assert not os.path.exists(out / "checkpoint-5") and not os.path.exists(out / "model_index.json")
 
@@ -249,8 +249,8 @@ def assert_earlier_outputs_intact(out):
     from utils.pipeline import load_pipeline
 
     assert sorted(n for n in os.listdir(out) if "checkpoint" in n) == ["checkpoint-6"]
-    assert training.resolve_checkpoint(out, "latest") == os.path.join(out, "checkpoint-6")
-    assert training.read_training_state(os.path.join(out, "checkpoint-6"))["global_step"] == 6
+    assert checkpoints.resolve_checkpoint(out, "latest") == os.path.join(out, "checkpoint-6")
+    assert checkpoints.read_training_state(os.path.join(out, "checkpoint-6"))["global_step"] == 6
     assert load_pipeline(os.path.join(out, "epoch_1")).unet.config.sample_size == 32
     assert not [n for n in os.listdir(out) if n.startswith(".") and n != ".run-lock"], "temporary folders left behind"
     return {**weights(os.path.join(out, "checkpoint-6")), **weights(os.path.join(out, "epoch_1"), ("unet",))}

@@ -3,7 +3,7 @@ uninterrupted run ends, on one process, with gradient accumulation, and on 2 CPU
 
 Interrupted runs end like real preempted ones: a real SIGTERM/SIGINT (the script checkpoints and exits) or
 SIGKILL in the middle of writing a checkpoint. The hidden hook ``FAIRFACE_TEST_SAVE_FAULT=STEP:pause``
-(utils/training.py) holds the save of checkpoint-STEP inside its temporary folder until a signal comes, so the
+(utils/checkpoints.py) holds the save of checkpoint-STEP inside its temporary folder until a signal comes, so the
 stop step is deterministic. With 160 images and 16 images per optimizer step an epoch is 10 steps; every
 interrupted run here is resumed mid-epoch or at an epoch boundary and crosses into the next epoch.
 """
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY_MODEL_ARGS
-from utils import training
+from utils import checkpoints
 
 STEPS = 12  # 1.2 epochs
 SMALL = ["--block_out_channels", "16", "32", "--cross_attention_dim", "16"]  # 0.25 M parameters: fast steps
@@ -93,7 +93,7 @@ def saving(output_dir, step):
 
 
 def complete(output_dir, step):
-    return os.path.isfile(os.path.join(output_dir, f"checkpoint-{step}", training.TRAINING_STATE))
+    return os.path.isfile(os.path.join(output_dir, f"checkpoint-{step}", checkpoints.TRAINING_STATE))
 
 
 def weights(folder, subfolders=WEIGHT_FOLDERS):
@@ -118,7 +118,7 @@ def assert_same_run(reference_dir, resumed_dir, step=STEPS):
     assert_bitwise_equal(weights(f"{reference_dir}/checkpoint-{step}"), weights(f"{resumed_dir}/checkpoint-{step}"))
     assert_bitwise_equal(weights(reference_dir, ("unet", "condition_encoder")),
                          weights(resumed_dir, ("unet", "condition_encoder")))
-    assert training.read_training_state(f"{resumed_dir}/checkpoint-{step}")["global_step"] == step
+    assert checkpoints.read_training_state(f"{resumed_dir}/checkpoint-{step}")["global_step"] == step
     assert not glob.glob(f"{resumed_dir}/checkpoint-{step}/*/*.bin"), "checkpoint weights must be safetensors"
 
 
@@ -207,7 +207,7 @@ def test_sigterm_then_kill_during_save_then_resume_is_bitwise_exact(data160, ref
     assert resumed_from(output) == f"resumed from {out}/checkpoint-3 at step 3"
     assert not marker.exists(), "resuming unpickled a .bin"
     assert_same_run(reference, out)
-    assert training.resolve_checkpoint(out, "latest") == f"{out}/checkpoint-12"
+    assert checkpoints.resolve_checkpoint(out, "latest") == f"{out}/checkpoint-12"
 
 
 def test_sigint_to_process_group_with_workers_and_accumulation_is_exact(data160, tmp_path):
@@ -249,7 +249,7 @@ def test_second_signal_exits_at_once(data160, tmp_path):
     assert code == 128 + signal.SIGTERM, output[-4000:]
     assert "second SIGTERM: exiting now without saving" in output and "Traceback" not in output
     assert "stopped at step" not in output and not os.path.exists(os.path.join(out, "checkpoint-4"))
-    latest = training.resolve_checkpoint(out, "latest")
+    latest = checkpoints.resolve_checkpoint(out, "latest")
     assert latest == os.path.join(out, "checkpoint-2") and weights(latest)  # complete, loadable
 
 
@@ -297,14 +297,14 @@ def test_latest_and_rotation_follow_write_order(tmp_path):
             torch.zeros(2))], lr=0.1))
         out = str(tmp_path)
         for step in (2, 4, 6):
-            training.save_checkpoint(accelerator, out, step, {}, total_limit=2)
-        assert [step for step, _ in training.list_checkpoints(out)] == [4, 6]
+            checkpoints.save_checkpoint(accelerator, out, step, {}, total_limit=2)
+        assert [step for step, _ in checkpoints.list_checkpoints(out)] == [4, 6]
         # resumed from checkpoint-4, the new run writes checkpoint-5: stale checkpoint-6 is now the older one
-        training.save_checkpoint(accelerator, out, 5, {}, total_limit=2)
-        assert [step for step, _ in training.list_checkpoints(out)] == [6, 5]
-        assert training.resolve_checkpoint(out, "latest") == os.path.join(out, "checkpoint-5")
-        training.save_checkpoint(accelerator, out, 6, {}, total_limit=2)  # replaces the stale one
-        assert [step for step, _ in training.list_checkpoints(out)] == [5, 6]
+        checkpoints.save_checkpoint(accelerator, out, 5, {}, total_limit=2)
+        assert [step for step, _ in checkpoints.list_checkpoints(out)] == [6, 5]
+        assert checkpoints.resolve_checkpoint(out, "latest") == os.path.join(out, "checkpoint-5")
+        checkpoints.save_checkpoint(accelerator, out, 6, {}, total_limit=2)  # replaces the stale one
+        assert [step for step, _ in checkpoints.list_checkpoints(out)] == [5, 6]
         assert sorted(os.listdir(out)) == ["checkpoint-5", "checkpoint-6"]  # no temporary or old folders left
     finally:
         AcceleratorState._reset_state(True)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .atomic_files import fsync_tree
+from .faults import fault_hook
 from .labels import ATTRIBUTES, CONFIG_FRAMING, UNKNOWN, check_dataset_labels
 
 MIN_IMAGE_SIDE = 16  # smaller images carry no face worth learning from: skipped
@@ -154,7 +156,7 @@ def collate(items, resolution):
 
 def ignore_stop_signals(worker_id=None):
     """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM (Ctrl-C and schedulers signal the whole
-    process group); the main process alone decides when to stop (utils.training.StopRequest)."""
+    process group); the main process alone decides when to stop (utils.stop_signals.StopRequest)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
@@ -200,8 +202,6 @@ def build_pixel_cache(dataset, cache_root, resolution, num_workers=0, progress=T
 
 def _build(dataset, tmp, resolution, num_workers, progress):
     from tqdm.auto import tqdm
-
-    from .training import fault_hook, fsync_tree
 
     os.makedirs(tmp, exist_ok=True)
     count = len(dataset)

@@ -15,6 +15,8 @@ own copy), then on every other process, which only loads.
 
 import os
 
+import torch
+
 LAUNCHER_THREAD_FLAGS = ("--num_cpu_threads_per_process",)  # accelerate launch's explicit thread count
 
 
@@ -80,3 +82,8 @@ def in_writer_order(accelerator, build_or_load):
     if not accelerator.is_local_main_process:
         result = build_or_load()
     return result
+
+
+def sum_over_ranks(accelerator, count):
+    """An integer summed over all processes (every rank must call it)."""
+    return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), "sum").item())

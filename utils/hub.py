@@ -34,7 +34,7 @@ import shlex
 
 import huggingface_hub
 
-from . import release, remote_code, run_folder, space, training
+from . import atomic_files, release, remote_code, run_folder, space
 from .cli import fail
 from .grid import labelled_grid
 from .labels import AGES, GENDERS, RACES, decode_condition, describe_condition, encode_condition, label_table_markdown
@@ -60,7 +60,7 @@ _CARD_REPO_ID = re.compile(r"<!-- fairface-diffusion repo_id: (\S+) -->")
 _CARD_SPACE = re.compile(r"<!-- fairface-diffusion space -->.*")  # the card's Space line (empty until --space)
 
 
-class PushError(training.SaveError):
+class PushError(atomic_files.SaveError):
     """Uploading to the Hub failed; the local release is intact. The message says how to retry (one line)."""
 
 

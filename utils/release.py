@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 
-from . import training
+from . import atomic_files, faults
 from .pipeline import PENDING_RELEASE as PENDING
 
 MANIFEST = ".release-files.json"
@@ -33,26 +33,26 @@ LEGACY_ENTRIES = ["model_index.json", "unet", "condition_encoder", "scheduler", 
 def publish(root, write):
     """Write a new release with ``write(folder)`` and make it the root's release (steps 1-3 above).
 
-    Raises training.SaveError (one line) if writing fails; the previous release is then untouched (failure in
+    Raises atomic_files.SaveError (one line) if writing fails; the previous release is then untouched (failure in
     step 1) or the new one is complete and finished by the next start (step 3)."""
     tmp = os.path.join(root, TEMPORARY)
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         write(tmp)
         names = sorted(os.listdir(tmp))
-        training.write_json_atomic(os.path.join(tmp, MANIFEST), names)
-        training.fault_hook("release")
-        training.fsync_tree(tmp)
+        atomic_files.write_json_atomic(os.path.join(tmp, MANIFEST), names)
+        faults.fault_hook("release")
+        atomic_files.fsync_tree(tmp)
     except OSError as error:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise training.SaveError(f"could not write the release in {root}: {error.strerror or error} (the "
+        raise atomic_files.SaveError(f"could not write the release in {root}: {error.strerror or error} (the "
                                  "previous release, checkpoints and snapshots are untouched)") from error
     os.replace(tmp, os.path.join(root, PENDING))
-    training.fsync_dir(root)
+    atomic_files.fsync_dir(root)
     try:
         finish(root)
     except OSError as error:
-        raise training.SaveError(f"could not finish the release in {root}: {error.strerror or error} (the new "
+        raise atomic_files.SaveError(f"could not finish the release in {root}: {error.strerror or error} (the new "
                                  f"release is complete in {PENDING}/; rerun the same command with "
                                  "--resume_from_checkpoint latest to finish it)") from error
 
@@ -81,16 +81,16 @@ def finish(root):
         target = os.path.join(root, name)
         if os.path.lexists(target):
             os.replace(target, os.path.join(aside, name))
-        training.fault_hook("release-moves")
+        faults.fault_hook("release-moves")
         if name in new:
             _link_tree(os.path.join(pending, name), target)
     _link_tree(os.path.join(pending, MANIFEST), os.path.join(root, MANIFEST + ".tmp"))
     os.replace(os.path.join(root, MANIFEST + ".tmp"), os.path.join(root, MANIFEST))
-    training.fsync_dir(root)
+    atomic_files.fsync_dir(root)
     done = os.path.join(root, ".old-release-new")
     shutil.rmtree(done, ignore_errors=True)
     os.replace(pending, done)  # the root alone is the release now
-    training.fsync_dir(root)
+    atomic_files.fsync_dir(root)
     shutil.rmtree(done, ignore_errors=True)
     shutil.rmtree(aside, ignore_errors=True)
     return True

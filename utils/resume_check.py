@@ -59,7 +59,7 @@ def check(state, current, allow_changes, checkpoint):
 def check_or_exit(checkpoint, current, allow_changes):
     """``check`` for the checkpoint a run resumes from (None: a new run), exit 2 with its one line if refused."""
     from .cli import fail
-    from .training import read_training_state
+    from .checkpoints import read_training_state
 
     if checkpoint is None:
         return []

@@ -48,3 +48,16 @@ class StepMetrics:
         progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
         accelerator.log(logs, step=step)
         return logs
+
+
+def log_images(accelerator, images, step, tag="samples"):
+    """Sample images to the trackers that take images (TensorBoard, W&B)."""
+    import numpy as np
+
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images(tag, np.stack([np.asarray(i) for i in images]), step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: [wandb.Image(i) for i in images]}, step=step)

@@ -1,0 +1,31 @@
+"""The test hook that plants faults (a kill, a full disk, a pause) at named points of a save."""
+
+import errno
+import os
+import signal
+import time
+
+from .stop_signals import StopRequest
+
+
+def fault_hook(where):
+    """Test hook (tests/test_resume.py, test_reliability.py, test_faults.py): ``FAIRFACE_TEST_SAVE_FAULT=WHERE:ACTION``.
+
+    WHERE: a step number (inside the temporary folder of checkpoint-STEP), a snapshot name (``epoch_2``, inside
+    its temporary folder), ``pixel-cache`` (after the first cached batch), ``release`` (the new release written,
+    not yet committed) or ``release-moves`` (committed, moving into the root; ``utils/release.py``).
+    ACTION: ``pause`` waits there until a stop signal (at most 60 s), ``hold`` waits 60 s whatever comes (to
+    kill the run there), ``wait:PATH`` until the file PATH exists (at most 300 s), ``kill`` SIGKILLs this
+    process at once, ``enospc`` fails like a full disk."""
+    target, _, action = os.environ.get("FAIRFACE_TEST_SAVE_FAULT", "").partition(":")
+    if target != where:
+        return
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    deadline = time.monotonic() + (300 if action.startswith("wait:") else 60)
+    while time.monotonic() < deadline and not (action == "pause" and StopRequest.received is not None):
+        if action.startswith("wait:") and os.path.exists(action[5:]):
+            break
+        time.sleep(0.02)
