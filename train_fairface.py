@@ -27,8 +27,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, objective, remote_code, resume_check,
-                   run_folder, step_metrics, stop_signals)
+from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, model_card, objective, remote_code,
+                   resume_check, run_folder, step_metrics, stop_signals)
 from utils.ema import build_emas, ema_variant, load_ema
 from utils.labels import FRAMINGS, decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
@@ -435,7 +435,7 @@ def main(args):
     save_checkpoint()  # unless this step's checkpoint was just written
     if accelerator.is_main_process:
         pipeline = pipeline_for_release()
-        hub.save_release(pipeline, args, len(images), global_step)
+        model_card.save_release(pipeline, args, len(images), global_step)
         if args.push_to_hub:
             hub.push_release(args)
     accelerator.wait_for_everyone()

@@ -174,11 +174,11 @@ def test_model_card_metadata_and_sections(pushed_run):
 
 def test_model_card_of_a_fairface_run(pushed_run):
     import train_fairface
-    from utils import hub
+    from utils import model_card
     from utils.pipeline import load_pipeline
 
     args = train_fairface.parse_args(["--output_dir", "fairface-diffusion-128", "--use_ema"])  # the defaults
-    card = hub.build_model_card(load_pipeline(pushed_run.output_dir), args, 173_488, 50_000)
+    card = model_card.build_model_card(load_pipeline(pushed_run.output_dir), args, 173_488, 50_000)
     assert card.data.license == "cc-by-4.0" and card.data.datasets == ["HuggingFaceM4/FairFace"]
     assert "synthetic-data" not in card.data.tags
     assert "hf download your-username/fairface-diffusion-128" in card.text  # until the push knows the account
