@@ -17,14 +17,24 @@ DATA_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps"
 MODEL_FLAGS = ["block_out_channels", "layers_per_block", "attention_levels", "cross_attention_dim",
                "condition_in_time_embedding", "framing_condition",
                "ema_variants"]  # ema_variants: the benchmark's EMAs, checkpointed
+PATH_FLAGS = ["dataset_name"]  # a local folder is recorded and compared as an absolute path
+
+
+def _normalised_path(value, local=False):
+    """A local folder (``local``: one the run will create, e.g. --demo's data) as an absolute path, so that the
+    record taken before the folder exists and the one taken after compare equal; a Hub id is left as it is."""
+    if isinstance(value, str) and (local or os.path.isdir(value)):
+        return os.path.abspath(value)
+    return value
 
 
 def record(args, num_processes):
     """The flags that define this run, as stored in each checkpoint's training_state.json (``run``)."""
     values = {flag: getattr(args, flag) for flag in DATA_FLAGS + MODEL_FLAGS if flag != "num_processes"}
     values["ema_variants"] = [list(variant) for variant in values["ema_variants"]]  # as JSON gives them back
-    if os.path.isdir(values["dataset_name"]):  # a local folder: the same one from any working directory
-        values["dataset_name"] = os.path.abspath(values["dataset_name"])
+    # A local folder: the same one from any working directory. --demo's data folder is local even before the
+    # first run has generated it (the record is taken before the data: a refusal comes at once).
+    values["dataset_name"] = _normalised_path(values["dataset_name"], local=getattr(args, "demo", False))
     values["num_processes"] = num_processes
     return values
 
@@ -42,6 +52,9 @@ def check(state, current, allow_changes, checkpoint):
     recorded = state.get("run")
     if recorded is None:
         return []
+    # Normalised like record() does: a checkpoint written before it did (a first --demo run recorded its data
+    # folder relative, as given) still matches the same folder.
+    recorded = {flag: _normalised_path(value) if flag in PATH_FLAGS else value for flag, value in recorded.items()}
     changed = [(flag, recorded[flag], current[flag]) for flag in DATA_FLAGS + MODEL_FLAGS
                if flag in recorded and recorded[flag] != current[flag]]
     for flag, old, new in changed:
