@@ -354,7 +354,9 @@ def main(argv=None):
     parser.add_argument("--hub_space_id", type=repo_id_arg, default=None,
                         help="The Space's user/name (default: the model's repo id + -demo).")
     args = parser.parse_args(argv)
-    if not os.path.isfile(os.path.join(args.output_dir, "model_index.json")):
+    # A release whose finish a kill interrupted is complete in .release-new (the first one: nothing at the root yet).
+    pending = os.path.isfile(os.path.join(args.output_dir, release.PENDING, "model_index.json"))
+    if not (pending or os.path.isfile(os.path.join(args.output_dir, "model_index.json"))):
         fail(f"{args.output_dir} holds no released pipeline (no model_index.json); train with train_fairface.py "
              "first", prog=parser.prog)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
@@ -362,6 +364,9 @@ def main(argv=None):
         if os.access(args.output_dir, os.W_OK):  # (no run writes into a read-only folder)
             run_folder.lock(args.output_dir)
             release.finish(args.output_dir)
+        elif pending:
+            fail(f"{args.output_dir} holds an unfinished release ({release.PENDING}/) and is read-only; run this "
+                 "where it is writable, so the release is finished before it is uploaded", prog=parser.prog)
     except (run_folder.FolderInUse, OSError) as error:
         fail(str(error), prog=parser.prog)
     if args.hub_push_snapshots:

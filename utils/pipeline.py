@@ -16,6 +16,7 @@ so the three attribute look-ups stay where they were. Encoders saved without ``f
 
 import inspect
 import json
+import math
 import os
 
 import diffusers
@@ -137,6 +138,18 @@ def resolve_conditions(condition_ids=None, age=None, gender=None, race=None):
     return [(parse_label("age", age), parse_label("gender", gender), parse_label("race", race))]
 
 
+def _strict_json_defaults(sampling_defaults, scheduler):
+    """Sampling defaults that strict JSON can hold: a guidance interval's ``inf`` (``--guidance_interval 0 inf``)
+    becomes the last training timestep, which guides the same steps; json.dump would write ``Infinity``, which
+    the Hub's and JavaScript's JSON parsers reject."""
+    interval = (sampling_defaults or {}).get("guidance_interval")
+    if interval is None or all(math.isfinite(float(v)) for v in interval):
+        return sampling_defaults
+    last = float(scheduler.config.num_train_timesteps - 1)
+    low, high = float(interval[0]), float(interval[1])
+    return {**sampling_defaults, "guidance_interval": [low, high if math.isfinite(high) else max(low, last)]}
+
+
 class FairFacePipeline(DiffusionPipeline):
     """Attribute-conditioned face generation: ``pipe(condition_ids=[42], num_inference_steps=25).images``."""
 
@@ -150,11 +163,32 @@ class FairFacePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder)
         # Saved in model_index.json, so from_pretrained gets them; None (older releases): LEGACY_SAMPLING_DEFAULTS.
-        self.register_to_config(sampling_defaults=sampling_defaults)
+        self.register_to_config(sampling_defaults=_strict_json_defaults(sampling_defaults, scheduler))
 
     @property
     def labels(self):
         return self.condition_encoder.labels
+
+    # diffusers' callback convention (its pipelines and PipelineTesterMixin.test_callback_cfg): a
+    # callback_on_step_end reads these, and may change the guidance of the remaining steps by setting
+    # ``pipe._guidance_scale`` (diffusers' CFG cut-off callbacks set 0.0); each step reads it anew.
+    @property
+    def guidance_scale(self):
+        return getattr(self, "_guidance_scale", None)
+
+    @property
+    def do_classifier_free_guidance(self):
+        """As in diffusers: guidance only above 1 (1, or a callback's 0.0, gives the conditional prediction alone)."""
+        return self.guidance_scale is not None and self.guidance_scale > 1
+
+    @property
+    def num_timesteps(self):
+        return getattr(self, "_num_timesteps", None)
+
+    @property
+    def interrupt(self):
+        """Set ``pipe._interrupt = True`` in a callback to skip the remaining steps (diffusers' convention)."""
+        return getattr(self, "_interrupt", False)
 
     def set_scheduler(self, name, **options):
         """Swap in a sampler by name (a key of ``SCHEDULERS``), keeping the trained noise schedule;
@@ -194,8 +228,8 @@ class FairFacePipeline(DiffusionPipeline):
         ``race`` (any may be None = unknown), or directly as ``conditions`` [(age, gender, race), ...].
         ``framing``: "tight" or "wide" for every image (None: the model's choice; needs a model with framing).
         ``generator``: one torch.Generator, or a list with one per image (then each image depends only on its
-        own generator and condition, not on the rest of the batch). ``guidance_scale`` 1 disables
-        classifier-free guidance; otherwise the conditional and unconditional predictions come from one
+        own generator and condition, not on the rest of the batch). ``guidance_scale`` <= 1 disables
+        classifier-free guidance (as in diffusers); above 1 the conditional and unconditional predictions come from one
         batched UNet call, on the steps whose timestep t lies in ``guidance_interval`` (lo, hi), inclusive
         (0 = clean, 999 = pure noise for 1000 training timesteps; ``(0, inf)``: every step); the other steps
         compute only the conditional prediction. ``num_inference_steps``, ``guidance_scale`` and
@@ -203,6 +237,8 @@ class FairFacePipeline(DiffusionPipeline):
         ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
         ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as in diffusers: ``callback_kwargs`` holds
         the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``); returned ones replace them.
+        The callback may read ``pipe.num_timesteps``, ``pipe.guidance_scale``, ``pipe.do_classifier_free_guidance``
+        and set ``pipe._guidance_scale`` (later steps use it) or ``pipe._interrupt``.
         The progress bar follows ``set_progress_bar_config``; ``show_progress=False`` hides it for one call.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -212,7 +248,8 @@ class FairFacePipeline(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)}: valid: {self._callback_tensor_inputs}")
         settings = self.sampling_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                           guidance_interval=guidance_interval)
-        guidance_scale, (low, high) = settings["guidance_scale"], settings["guidance_interval"] or (0, float("inf"))
+        self._guidance_scale, self._interrupt = settings["guidance_scale"], False
+        low, high = settings["guidance_interval"] or (0, float("inf"))
         if conditions is None:
             conditions = resolve_conditions(condition_ids, age, gender, race)
         conditions = [c for c in conditions for _ in range(num_images_per_condition)]
@@ -239,9 +276,12 @@ class FairFacePipeline(DiffusionPipeline):
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         latents = latents * self.scheduler.init_noise_sigma
         timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
         for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
-            if guidance_scale != 1.0 and low <= t <= high:
-                prediction = self._guided_prediction(latents, t, tokens, null_tokens, guidance_scale)
+            if self.interrupt:
+                continue
+            if self.do_classifier_free_guidance and low <= t <= high:  # read each step: a callback may change it
+                prediction = self._guided_prediction(latents, t, tokens, null_tokens, self.guidance_scale)
             else:
                 prediction = denoise(self.unet, self.scheduler.scale_model_input(latents, t), t, tokens)
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
