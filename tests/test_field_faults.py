@@ -167,3 +167,89 @@ def test_hub_uploads_a_release_whose_first_finish_was_interrupted(tiny_pipeline_
     assert not pending.exists() and (out / "model_index.json").is_file()
     assert (tmp_path / "record" / REPO_ID / "model_index.json").is_file()
     assert (tmp_path / "record" / REPO_ID / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_ema_loads_without_the_deprecated_from_config_path(tmp_path):
+    """load_ema reads the EMA's state from its config dict: from_config(path) is deprecated (gone in diffusers
+    1.0, which requirements.txt allows); the loaded EMA equals the saved one."""
+    import warnings
+
+    import torch
+
+    from utils.ema import build_emas, load_ema
+    from utils.pipeline import ConditionEncoder
+
+    torch.manual_seed(0)
+    model = ConditionEncoder(embed_dim=8)
+    saved = build_emas({"encoder": model}, 0.999, 0.75)["encoder"]
+    for _ in range(3):
+        with torch.no_grad():
+            model.embedding.weight.add_(torch.randn_like(model.embedding.weight))
+        saved.step(model.parameters())
+    saved.save_pretrained(str(tmp_path / "ema"))
+    loaded = build_emas({"encoder": ConditionEncoder(embed_dim=8)}, 0.5, 0.5)["encoder"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        load_ema(loaded, str(tmp_path / "ema"))
+    state, expected = loaded.state_dict(), saved.state_dict()
+    assert {k: v for k, v in state.items() if k != "shadow_params"} == \
+        {k: v for k, v in expected.items() if k != "shadow_params"}
+    assert all(torch.equal(a, b) for a, b in zip(state["shadow_params"], expected["shadow_params"]))
+
+
+# ------------------------------------------------------------------------------------------------ file systems
+FAKE_FLOCK = '''
+import errno, fcntl, os
+_real = fcntl.flock
+def flock(fd, operation):  # a file system that cannot lock (NFS without lockd): every flock fails ENOLCK
+    raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+fcntl.flock = flock
+'''
+
+
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_a_file_system_that_cannot_lock_is_said_so(tmp_path, monkeypatch, code):
+    """flock errors other than "would block" are no "in use by another run"; FAIRFACE_NO_FILE_LOCKS=1 goes on."""
+    import errno
+    import fcntl
+
+    from utils import file_locks, run_folder
+
+    def flock(fd, operation):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(OSError) as caught:
+        run_folder.lock(str(tmp_path))
+    message = str(caught.value)
+    assert "in use by another run" not in message
+    assert os.strerror(getattr(errno, code)) in message and "does not support file locks" in message and "FAIRFACE_NO_FILE_LOCKS=1" in message
+    monkeypatch.setenv(file_locks.NO_LOCKS_ENV, "1")
+    run_folder.lock(str(tmp_path))  # goes on, at the user's risk
+    run_folder._held.pop(os.path.join(str(tmp_path), run_folder.LOCK_FILE)).close()
+
+
+def test_training_on_a_file_system_without_locks_is_one_line(tmp_path):
+    """The whole script: exit 2, one line naming the cause and the way out (it was "in use by another run")."""
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / "sitecustomize.py").write_text(FAKE_FLOCK)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(tmp_path / "fake"), os.environ.get("PYTHONPATH")) if p)}
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train_fairface.py"), "--demo", *TINY_DEMO,
+                             "--output_dir", str(tmp_path / "out")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert "ENOLCK" in last and "FAIRFACE_NO_FILE_LOCKS=1" in last and "Traceback" not in result.stderr
+
+
+def test_without_fcntl_the_scripts_import_and_training_says_linux_and_macos(tmp_path):
+    """Windows has no fcntl: the modules still import; a run stops with one line saying where it runs."""
+    code = ("import sys, runpy; sys.modules['fcntl'] = None; sys.argv = sys.argv[1:]; "
+            "import utils.hub, utils.data, utils.run_folder, sample_fairface; "
+            "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "train_fairface.py"), "--demo",
+                             *TINY_DEMO, "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "run on Linux and macOS" in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr

@@ -24,7 +24,10 @@ def ema_variant(text):
 def load_ema(ema, folder):
     """Load an EMAModel saved by ``EMAModel.save_pretrained`` from safetensors only (never unpickles a .bin,
     unlike ``EMAModel.from_pretrained``); the shadow weights end up on the device they were on before."""
-    _, ema_kwargs = ema.model_cls.from_config(folder, return_unused_kwargs=True)
+    # The EMA's own state (decay, optimization_step, ...) is saved in the model's config.json; read as a dict
+    # (from_config(path) is deprecated, to be removed in diffusers 1.0).
+    config = ema.model_cls.load_config(folder)
+    ema_kwargs = {key: config[key] for key in ema.state_dict() if key != "shadow_params" and key in config}
     model = ema.model_cls.from_pretrained(folder, use_safetensors=True)
     device = ema.shadow_params[0].device
     ema.load_state_dict({**ema_kwargs, "shadow_params": [p.detach().to(device) for p in model.parameters()]})
