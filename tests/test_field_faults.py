@@ -253,3 +253,91 @@ def test_without_fcntl_the_scripts_import_and_training_says_linux_and_macos(tmp_
                             text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 2, result.stderr[-3000:]
     assert "run on Linux and macOS" in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr
+
+
+def _release_of(seed):
+    """A tiny pipeline whose weights depend on ``seed`` and a write(folder) that releases it."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from utils import remote_code
+    from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet
+
+    torch.manual_seed(seed)
+    pipe = FairFacePipeline(unet=build_unet(32, (16, 32), 1, cross_attention_dim=16),
+                            condition_encoder=ConditionEncoder(embed_dim=16), scheduler=DDPMScheduler())
+    return pipe, lambda folder: remote_code.save_pipeline(pipe, folder)
+
+
+def _same_weights(a, b):
+    import torch
+
+    return all(torch.equal(x, y) for x, y in zip([*a.unet.state_dict().values(), *a.condition_encoder.state_dict().values()],
+                                                 [*b.unet.state_dict().values(), *b.condition_encoder.state_dict().values()]))
+
+
+@pytest.mark.parametrize("race", ["whole release during the read", "finish during a read of .release-new"])
+def test_a_reader_racing_a_release_gets_one_release(tmp_path, monkeypatch, race):
+    """A release is published (or finished) between the reader's UNet and its condition encoder: the reader
+    returns the new release whole; it returned the old UNet with the new encoder, or hit FileNotFoundError."""
+    import threading
+
+    from utils import pipeline, release
+
+    root = str(tmp_path / "run")
+    os.makedirs(root)
+    old, write_old = _release_of(0)
+    new, write_new = _release_of(1)
+    release.publish(root, write_old)
+    go = tmp_path / "go"
+    # The writer stops before the commit, or (second case) after it, in the middle of moving into the root.
+    monkeypatch.setenv("FAIRFACE_TEST_SAVE_FAULT", f"{'release' if race.startswith('whole') else 'release-moves'}"
+                                                   f":wait:{go}")
+    writer = threading.Thread(target=release.publish, args=(root, write_new))
+    writer.start()
+    stopped = ".tmp-release" if race.startswith("whole") else release.PENDING
+    while not os.path.isfile(os.path.join(root, stopped, release.MANIFEST)):
+        assert writer.is_alive()
+        writer.join(0.02)
+    real = pipeline.ConditionEncoder.from_pretrained.__func__
+    calls = []
+
+    def encoder_after_the_release(cls, *args, **kwargs):  # the UNet is read: now the release goes on, to its end
+        if not calls:
+            go.touch()
+            writer.join(60)
+        calls.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline.ConditionEncoder, "from_pretrained", classmethod(encoder_after_the_release))
+    loaded = pipeline.load_pipeline(root)
+    assert not writer.is_alive() and not os.path.exists(os.path.join(root, release.PENDING))
+    assert _same_weights(loaded, new) and len(calls) == 2, "one retry, then the new release whole"
+
+
+def test_release_finishes_beside_an_old_release_it_cannot_remove(tmp_path, monkeypatch):
+    """NFS keeps a removed file that a reader has open as .nfsXXXX (unlink: EBUSY): an .old-release holding one
+    must not stop this release nor later ones."""
+    import errno
+
+    from utils import release
+    from utils.pipeline import load_pipeline
+
+    root = str(tmp_path / "run")
+    os.makedirs(root)
+    release.publish(root, _release_of(0)[1])
+    os.makedirs(os.path.join(root, ".old-release"))
+    open(os.path.join(root, ".old-release", ".nfs000000001"), "w").close()
+    real_unlink = os.unlink
+
+    def nfs_unlink(path, *args, **kwargs):
+        if os.path.basename(str(path)).startswith(".nfs"):
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", nfs_unlink)
+    for seed in (1, 2):
+        pipe, write = _release_of(seed)
+        release.publish(root, write)
+        assert _same_weights(load_pipeline(root), pipe)
+    assert not os.path.exists(os.path.join(root, release.PENDING))

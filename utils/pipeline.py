@@ -33,6 +33,10 @@ from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_frami
 
 # A release committed but not yet moved into the root of --output_dir (utils/release.py); loaded instead.
 PENDING_RELEASE = ".release-new"
+# The list of a release's entries, replaced last when a release moves into the root (utils/release.py): its
+# identity (inode, times) changes with every release, so a reader compares it before and after reading.
+RELEASE_MANIFEST = ".release-files.json"
+RELEASE_READ_ATTEMPTS = 5  # a reader that raced this many releases in a row gives up (one line)
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
 # The files of a saved pipeline that load_pipeline reads: configs and safetensors, never code or pickles.
 PIPELINE_FILES = ["model_index.json", "unet/*.json", "unet/*.safetensors", "condition_encoder/*.json",
@@ -318,26 +322,60 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
     not a pipeline.
     """
     if os.path.isdir(model):
-        if os.path.isfile(os.path.join(model, PENDING_RELEASE, "model_index.json")):
-            model = os.path.join(model, PENDING_RELEASE)  # an interrupted release: the new one, whole
-        if has_pickled_weights_only(model):
-            raise ValueError(f"{model} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
-                             "Convert them to safetensors first.")
-        if not os.path.isfile(os.path.join(model, "model_index.json")):
-            raise ValueError(f"{model} is not a fairface-diffusion pipeline folder (no model_index.json)")
-        folder = model
-    else:
-        from huggingface_hub import snapshot_download
+        return _load_release_consistently(model, device, dtype, scheduler)
+    from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(model, allow_patterns=PIPELINE_FILES)
-        if not os.path.isfile(os.path.join(folder, "model_index.json")):
-            raise ValueError(f"{model} is not a fairface-diffusion pipeline (no model_index.json)")
+    folder = snapshot_download(model, allow_patterns=PIPELINE_FILES)
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise ValueError(f"{model} is not a fairface-diffusion pipeline (no model_index.json)")
+    return _load_folder(folder, model, device, dtype, scheduler)
+
+
+def _release_state(root):
+    """Identity of the releases in a local folder: (its root manifest, a pending release's), None where absent."""
+    state = []
+    for path in (os.path.join(root, RELEASE_MANIFEST), os.path.join(root, PENDING_RELEASE, RELEASE_MANIFEST)):
+        try:
+            info = os.stat(path)
+            state.append((info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size))
+        except OSError:
+            state.append(None)
+    return tuple(state)
+
+
+def _load_release_consistently(root, device, dtype, scheduler):
+    """A local folder's pipeline, never a mix of two releases: a run may release into it while it is read
+    (utils/release.py). The release state is taken before and after the read; if it changed, the read is
+    repeated, and a read that failed because files moved under it counts as changed."""
+    for _ in range(RELEASE_READ_ATTEMPTS):
+        before = _release_state(root)
+        pending = os.path.join(root, PENDING_RELEASE)
+        # A committed release not yet moved into the root is the new one, whole (hard links: never rewritten).
+        folder = pending if os.path.isfile(os.path.join(pending, "model_index.json")) else root
+        try:
+            if has_pickled_weights_only(folder):
+                raise ValueError(f"{folder} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
+                                 "Convert them to safetensors first.")
+            if not os.path.isfile(os.path.join(folder, "model_index.json")):
+                raise ValueError(f"{folder} is not a fairface-diffusion pipeline folder (no model_index.json)")
+            pipe = _load_folder(folder, root if folder == pending else folder, device, dtype, scheduler)
+        except Exception:
+            if _release_state(root) == before:
+                raise  # nothing moved: a real error
+            continue
+        if _release_state(root) == before:
+            return pipe
+    raise ValueError(f"{root} changed {RELEASE_READ_ATTEMPTS} times while it was read (a run is releasing into "
+                     "it); try again when it is done")
+
+
+def _load_folder(folder, name, device, dtype, scheduler):
     with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
         index = json.load(f)
-    library, name = index.get("scheduler") or (None, None)
-    scheduler_class = getattr(diffusers, name, None) if library == "diffusers" else None
+    library, class_name = index.get("scheduler") or (None, None)
+    scheduler_class = getattr(diffusers, class_name, None) if library == "diffusers" else None
     if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
-        raise ValueError(f"{model}: model_index.json names no diffusers scheduler (scheduler: {library}.{name})")
+        raise ValueError(f"{name}: model_index.json names no diffusers scheduler (scheduler: {library}.{class_name})")
     # dtype at load time: a later .to(dtype) makes diffusers warn about "modules to keep in float32" on every load.
     components = dict(
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, dtype=dtype),
@@ -348,7 +386,7 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
     parameters = inspect.signature(FairFacePipeline.__init__).parameters
     options = {k: v for k, v in index.items() if k in parameters and k not in components}
     pipe = FairFacePipeline(**components, **options)
-    pipe.register_to_config(_name_or_path=model)
+    pipe.register_to_config(_name_or_path=name)
     if scheduler:
         pipe.set_scheduler(scheduler)
     return pipe.to(device=device)
