@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, objective, remote_code, resume_check,
                    run_folder, step_metrics, stop_signals)
-from utils.ema import build_emas, ema_variant, load_ema
+from utils.ema import build_emas, ema_variant, load_emas, start_emas_from
 from utils.labels import FRAMINGS, decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
                        nonnegative_int, positive_float, positive_int, probability)
@@ -183,7 +183,8 @@ def main(args):
     run_folder.claim(accelerator, args.output_dir)  # one run per folder (else exit 2); tidies up after killed runs
     flag_checks.warn_about_precision(accelerator, logger)
     run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
-    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes)
+    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes,
+                                                grad_scaler=accelerator.scaler is not None)
     distributed.use_available_cores(accelerator.device, logger)  # not accelerate launch's default of 1 thread
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -253,9 +254,10 @@ def main(args):
                 ema.save_pretrained(os.path.join(output_dir, folder))
         weights.clear()
 
+    missing_emas = []  # a run without --use_ema resumed with it (--allow_resume_changes)
+
     def load_model_hook(models, input_dir):
-        for folder, ema in ema_folders.items():
-            load_ema(ema, os.path.join(input_dir, folder))
+        missing_emas[:] = load_emas(ema_folders, input_dir)
         while models:
             model = models.pop()
             name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
@@ -278,6 +280,8 @@ def main(args):
             except (OSError, RuntimeError, ValueError, KeyError) as error:  # e.g. another --block_out_channels
                 fail(f"cannot resume from {checkpoint}: {str(error).strip().splitlines()[0]}")
             state = checkpoints.read_training_state(checkpoint)
+            start_emas_from(ema_folders, missing_emas, {"unet": unet, "condition_encoder": encoder}, logger.warning)
+            resume_check.apply_new_settings(args, lr_scheduler, emas, logger.warning)  # new LR, Adam, EMA values
             global_step, nonfinite_in_a_row = state["global_step"], state.get("nonfinite_in_a_row", 0)
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
             global_step = resume_check.go_on(state, resume_changes, steps_per_epoch, lr_scheduler, logger.warning)

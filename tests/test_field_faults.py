@@ -341,3 +341,60 @@ def test_release_finishes_beside_an_old_release_it_cannot_remove(tmp_path, monke
         release.publish(root, write)
         assert _same_weights(load_pipeline(root), pipe)
     assert not os.path.exists(os.path.join(root, release.PENDING))
+
+
+# ------------------------------------------------------------------------------------------------ resume settings
+from test_resume import COMMON, data160  # noqa: E402,F401  (the 160-image data set fixture)
+
+
+def test_resume_applies_new_optimizer_and_ema_settings_and_can_turn_ema_on(data160, tmp_path):
+    """A run without EMA, resumed with --use_ema (--allow_resume_changes), a new --learning_rate, Adam settings and
+    EMA settings: the EMA starts from the resumed weights, the new values are applied and logged (the EMA was a
+    file error, the others silently kept the checkpoint's values)."""
+    import json
+
+    import torch
+
+    from test_resume import run
+
+    out = str(tmp_path / "run")
+    base = ["--dataset_name", data160, "--output_dir", out, *[a for a in COMMON if a != "--use_ema"],
+            "--train_batch_size", "16", "--checkpointing_steps", "2"]
+    run([*base, "--max_train_steps", "2"], tmp_path / "1.log")
+    new = ["--learning_rate", "5e-4", "--adam_beta2", "0.99", "--adam_epsilon", "1e-6", "--adam_weight_decay", "0",
+           "--use_ema", "--allow_resume_changes", "--ema_decay", "0.99", "--ema_power", "0.5"]
+    output = run([*base, "--max_train_steps", "4", *new, "--resume_from_checkpoint", "latest"], tmp_path / "2.log")
+    assert "the EMA starts now from the resumed weights" in output
+    line = next(line for line in output.splitlines() if "resuming with new settings" in line)
+    for fragment in ("--learning_rate 0.001 -> --learning_rate 0.0005", "--adam_beta2 0.999 -> --adam_beta2 0.99",
+                     "--adam_epsilon 1e-08 -> --adam_epsilon 1e-06", "--adam_weight_decay 0.01 -> --adam_weight_decay 0"):
+        assert fragment in line, line
+    groups = torch.load(f"{out}/checkpoint-4/optimizer.bin", weights_only=True)["param_groups"]
+    assert all(g["initial_lr"] == 5e-4 and tuple(g["betas"]) == (0.9, 0.99) and g["eps"] == 1e-6
+               and g["weight_decay"] == 0 for g in groups)
+    with open(f"{out}/checkpoint-4/unet_ema/config.json") as f:
+        ema = json.load(f)
+    assert ema["decay"] == 0.99 and ema["power"] == 0.5 and ema["optimization_step"] == 2
+
+    output = run([*base, "--max_train_steps", "6", *new, "--ema_decay", "0.95", "--ema_power", "0.75",
+                  "--resume_from_checkpoint", "latest"], tmp_path / "3.log")
+    line = next(line for line in output.splitlines() if "resuming with new settings" in line)
+    assert "--ema_decay 0.99 -> --ema_decay 0.95; --ema_power 0.5 -> --ema_power 0.75" in line, line
+    with open(f"{out}/checkpoint-6/unet_ema/config.json") as f:
+        ema = json.load(f)
+    assert ema["decay"] == 0.95 and ema["power"] == 0.75 and ema["optimization_step"] == 4
+
+
+def test_bf16_checkpoint_resumed_with_fp16_grad_scaler_is_one_line(tmp_path, capsys):
+    """fp16 on a GPU has a grad scaler whose state accelerate loads from scaler.pt, which a bf16 or float32
+    checkpoint lacks: refused with one line (it was a file error from inside accelerate)."""
+    from utils import checkpoints, resume_check
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / checkpoints.TRAINING_STATE).write_text('{"global_step": 4}')
+    assert resume_check.check_or_exit(str(checkpoint), {}, False, grad_scaler=False) == []
+    with pytest.raises(SystemExit) as exit_:
+        resume_check.check_or_exit(str(checkpoint), {}, False, grad_scaler=True)
+    assert exit_.value.code == 2
+    assert "--mixed_precision fp16" in capsys.readouterr().err.strip().splitlines()[-1]
