@@ -108,6 +108,9 @@ def parse_args(input_args=None):
         "on a CPU trains in float32 (accelerate has no fp16 autocast there; it says so); bf16 works on CPUs.")
     add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (no effect on a CPU).")
     add("--torch_compile", action="store_true", help="torch.compile the UNet.")
+    add("--ddp_timeout", type=positive_int, default=7200, help="Seconds the processes wait for each other (barriers, "
+        "collectives; transformers' flag). 7200: rank 0 alone builds the pixel cache (about 195k FairFace images) "
+        "and writes and pushes the release while the others wait; NCCL's default of 600 s ended such runs.")
     add("--seed", type=nonnegative_int, default=0, help="Seeds weights, data order and every random draw of training.")
     add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop (after a checkpoint) after this many "
         "non-finite losses in a row; isolated ones are skipped.")
@@ -176,11 +179,13 @@ def main(args):
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
+        kwargs_handlers=[distributed.process_group_kwargs(args.ddp_timeout)],
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per file saved is noise
     run_folder.claim(accelerator, args.output_dir)  # one run per folder (else exit 2); tidies up after killed runs
+    checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
     flag_checks.warn_about_precision(accelerator, logger)
     run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
     resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes,

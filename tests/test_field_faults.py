@@ -398,3 +398,38 @@ def test_bf16_checkpoint_resumed_with_fp16_grad_scaler_is_one_line(tmp_path, cap
         resume_check.check_or_exit(str(checkpoint), {}, False, grad_scaler=True)
     assert exit_.value.code == 2
     assert "--mixed_precision fp16" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------------------------ several ranks
+def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_path):
+    """Two gloo processes; rank 0 alone builds the pixel cache, slowly (about 12 s), while rank 1 waits in a
+    barrier: with --ddp_timeout 3 the wait ends the run (the timeout reaches the process group), with the
+    default the run goes through."""
+    from test_resume import launch
+
+    args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
+            "--train_batch_size", "8", "--checkpointing_steps", "100"]
+    slow = {"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache:sleep:4"}
+    code, output = finish(launch([*args, "--output_dir", tmp_path / "short", "--preprocess_cache", tmp_path / "c1",
+                                  "--ddp_timeout", "3"], tmp_path / "short.log", env=slow, nproc=2))
+    assert code != 0 and "timed out" in output.lower(), output[-4000:]
+    code, output = finish(launch([*args, "--output_dir", tmp_path / "default", "--preprocess_cache", tmp_path / "c2"],
+                                 tmp_path / "default.log", env=slow, nproc=2))
+    assert code == 0 and "done: 2 steps" in output, output[-4000:]
+
+
+def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
+    """What `latest` resolves to is decided on rank 0 and broadcast (utils.distributed.main_process_value)."""
+    script = tmp_path / "decide.py"
+    script.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n"
+                      "from accelerate import Accelerator\nfrom utils import distributed\n"
+                      "accelerator = Accelerator()\n"
+                      "seen = distributed.main_process_value(accelerator, f'checkpoint-seen-by-{accelerator.process_index}')\n"
+                      "print(f'rank {accelerator.process_index}: {seen}', flush=True)\n")
+    from test_resume import free_port
+
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0: checkpoint-seen-by-0" in result.stdout and "rank 1: checkpoint-seen-by-0" in result.stdout
