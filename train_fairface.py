@@ -27,8 +27,8 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, objective, remote_code, resume_check,
-                   run_folder, step_metrics, stop_signals)
+from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, nonfinite, objective, remote_code,
+                   resume_check, run_folder, step_metrics, stop_signals)
 from utils.ema import build_emas, ema_variant, load_emas, start_emas_from
 from utils.labels import FRAMINGS, decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
@@ -245,6 +245,7 @@ def main(args):
     # Stepped by us once per optimizer step (an accelerate-prepared scheduler steps once per process).
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=max_train_steps)
+    nonfinite.plant_cpu_grad_scaler(accelerator)  # test hook: fp16's grad scaler on a CPU
     unet, encoder, optimizer = accelerator.prepare(unet, encoder, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     if args.torch_compile:
@@ -334,6 +335,7 @@ def main(args):
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="training")
     metrics = step_metrics.StepMetrics(accelerator.device)  # read every --logging_steps: no per-step host sync
+    step_loss = nonfinite.MicroBatchLoss()
     # Resumed at an epoch's last step: that epoch's end again (a kill may have come before its snapshot).
     first_epoch = global_step // steps_per_epoch - (global_step > 0 and global_step % steps_per_epoch == 0)
     epoch, skipped = first_epoch, 0
@@ -370,20 +372,19 @@ def main(args):
                 if global_step + 1 in args.inject_nonfinite_steps:
                     loss = loss * float("nan")
                 accelerator.backward(loss)
+                step_loss.add(loss)
                 if not accelerator.sync_gradients:
                     continue
-                grad_norm = accelerator.clip_grad_norm_(list(unet.parameters()) + list(encoder.parameters()),
-                                                        args.max_grad_norm)
-                # A non-finite gradient (the same on every rank after all-reduce) skips the update; fp16's grad
-                # scaler skips overflowing steps itself. A skipped update steps neither the LR schedule nor EMA.
-                finite = bool(torch.isfinite(grad_norm if accelerator.scaler is None else loss))
+                loss = step_loss.take()  # the mean over the step's micro-batches, as logged
+                # Updated only if finite on every rank (all-reduced; fp16: overflows too), utils/nonfinite.py. A
+                # skipped update steps neither the LR schedule nor EMA.
+                grad_norm, finite = nonfinite.step(accelerator, optimizer, list(unet.parameters()) +
+                                                   list(encoder.parameters()), args.max_grad_norm, loss)
                 if finite:
-                    optimizer.step()
-                    if not optimizer.step_was_skipped:
-                        lr_scheduler.step()
-                        for group in (emas, *ema_variants.values()):
-                            for name, ema in group.items():
-                                ema.step((unet if name == "unet" else encoder).parameters())
+                    lr_scheduler.step()
+                    for group in (emas, *ema_variants.values()):
+                        for name, ema in group.items():
+                            ema.step((unet if name == "unet" else encoder).parameters())
                 optimizer.zero_grad(set_to_none=True)
             nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
             global_step += 1

@@ -433,3 +433,65 @@ def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0: checkpoint-seen-by-0" in result.stdout and "rank 1: checkpoint-seen-by-0" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ fp16
+def _fp16_run(data, out, log, *extra, scale="1024"):
+    from test_resume import launch
+
+    args = ["--dataset_name", data, "--output_dir", out, *COMMON[:COMMON.index("--max_train_steps")],
+            "--max_train_steps", "6", "--train_batch_size", "8", "--gradient_accumulation_steps", "2",
+            "--checkpointing_steps", "100", "--mixed_precision", "fp16", "--logging_steps", "1", *extra]
+    return finish(launch(args, log, env={"FAIRFACE_TEST_CPU_GRAD_SCALER": scale}))
+
+
+def test_fp16_grad_scaler_survives_a_nonfinite_step(data160, tmp_path):
+    """fp16 with a grad scaler (a CPU torch.amp.GradScaler through the test hook), accumulation 2, step 3's loss
+    planted NaN: the step is skipped, the scaler updates, training goes on to the end (it raised "unscale_() has
+    already been called" at the next step)."""
+    code, output = _fp16_run(data160, tmp_path / "run", tmp_path / "run.log", "--inject_nonfinite_steps", "3")
+    assert code == 0, output[-4000:]
+    assert "step 3: non-finite loss/gradient, update skipped (1 in a row)" in output
+    assert "done: 6 steps" in output and "unscale_" not in output
+
+
+def test_fp16_overflows_count_towards_max_nonfinite_steps(data160, tmp_path):
+    """Steps the grad scaler skips (here: every step overflows at a scale of 2**100) are non-finite steps: the run
+    stops after --max_nonfinite_steps of them with its checkpoint (they counted as finite: it never stopped)."""
+    code, output = _fp16_run(data160, tmp_path / "run", tmp_path / "run.log", "--max_nonfinite_steps", "3",
+                             scale=str(2.0 ** 100))
+    assert code == 2, output[-4000:]
+    assert "3 non-finite steps in a row; stopped" in output.strip().splitlines()[-1]
+
+
+def test_finiteness_is_agreed_by_every_rank(tmp_path):
+    """A loss non-finite on rank 1 only is non-finite on both ranks (all-reduced), so the ranks' streaks never
+    drift apart into a lone checkpoint-and-stop (before, each rank judged fp16 steps by its own loss)."""
+    from test_resume import free_port
+
+    script = tmp_path / "agree.py"
+    script.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n"
+                      "import torch\nfrom accelerate import Accelerator\nfrom utils import nonfinite\n"
+                      "accelerator = Accelerator()\n"
+                      "rank = accelerator.process_index\n"
+                      "mine = torch.tensor(float('nan') if rank == 1 else 0.5)\n"
+                      "print(f'rank {rank}: bad {nonfinite.agreed_finite(accelerator, mine)} '\n"
+                      "      f'good {nonfinite.agreed_finite(accelerator, torch.tensor(0.5), 1.0)}', flush=True)\n")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0: bad False good True" in result.stdout and "rank 1: bad False good True" in result.stdout
+
+
+def test_step_loss_is_the_mean_of_its_micro_batches():
+    import torch
+
+    from utils.nonfinite import MicroBatchLoss
+
+    step_loss = MicroBatchLoss()
+    for value in (1.0, 2.0, 6.0):
+        step_loss.add(torch.tensor(value, requires_grad=True))
+    assert step_loss.take().item() == 3.0
+    step_loss.add(torch.tensor(5.0))
+    assert step_loss.take().item() == 5.0
