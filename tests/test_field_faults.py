@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from test_resume import finish, output_of, resumed_from, saving, wait_for
+from test_resume import COMMON, data160, finish, resumed_from, saving, wait_for  # noqa: F401 (data160: fixture)
 
 TINY_DEMO = ["--num_epochs", "1", "--max_train_steps", "4", "--checkpointing_steps", "2", "--report_to", "none",
              "--block_out_channels", "16", "32", "--cross_attention_dim", "16", "--num_inference_steps", "2"]
@@ -43,7 +43,7 @@ def test_quick_start_resumes_with_the_command_it_prints(tmp_path):
                              env={**env, "FAIRFACE_TEST_SAVE_FAULT": ""})
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-4000:]
-    assert resumed_from(output) == f"resumed from fairface-demo/checkpoint-2 at step 2"
+    assert resumed_from(output) == "resumed from fairface-demo/checkpoint-2 at step 2"
     assert "done: 4 steps" in output
 
 
@@ -127,7 +127,6 @@ def test_guidance_interval_to_inf_is_saved_as_strict_json(tmp_path):
     from diffusers import DDPMScheduler
 
     from utils import remote_code
-    from utils.cli import GuidanceInterval  # noqa: F401  (the flag's parser gives (0.0, inf))
     from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, load_pipeline
 
     torch.manual_seed(0)
@@ -200,7 +199,6 @@ def test_ema_loads_without_the_deprecated_from_config_path(tmp_path):
 # ------------------------------------------------------------------------------------------------ file systems
 FAKE_FLOCK = '''
 import errno, fcntl, os
-_real = fcntl.flock
 def flock(fd, operation):  # a file system that cannot lock (NFS without lockd): every flock fails ENOLCK
     raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 fcntl.flock = flock
@@ -344,8 +342,6 @@ def test_release_finishes_beside_an_old_release_it_cannot_remove(tmp_path, monke
 
 
 # ------------------------------------------------------------------------------------------------ resume settings
-from test_resume import COMMON, data160  # noqa: E402,F401  (the 160-image data set fixture)
-
 
 def test_resume_applies_new_optimizer_and_ema_settings_and_can_turn_ema_on(data160, tmp_path):
     """A run without EMA, resumed with --use_ema (--allow_resume_changes), a new --learning_rate, Adam settings and
@@ -418,6 +414,17 @@ def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_p
     assert code == 0 and "done: 2 steps" in output, output[-4000:]
 
 
+def _two_gloo_ranks(script):
+    """``script`` on two CPU processes (torchrun, gloo); requires exit 0, returns the CompletedProcess."""
+    from test_resume import free_port
+
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
     """What `latest` resolves to is decided on rank 0 and broadcast (utils.distributed.main_process_value)."""
     script = tmp_path / "decide.py"
@@ -426,12 +433,7 @@ def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
                       "accelerator = Accelerator()\n"
                       "seen = distributed.main_process_value(accelerator, f'checkpoint-seen-by-{accelerator.process_index}')\n"
                       "print(f'rank {accelerator.process_index}: {seen}', flush=True)\n")
-    from test_resume import free_port
-
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                             str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _two_gloo_ranks(script)
     assert "rank 0: checkpoint-seen-by-0" in result.stdout and "rank 1: checkpoint-seen-by-0" in result.stdout
 
 
@@ -467,8 +469,6 @@ def test_fp16_overflows_count_towards_max_nonfinite_steps(data160, tmp_path):
 def test_finiteness_is_agreed_by_every_rank(tmp_path):
     """A loss non-finite on rank 1 only is non-finite on both ranks (all-reduced), so the ranks' streaks never
     drift apart into a lone checkpoint-and-stop (before, each rank judged fp16 steps by its own loss)."""
-    from test_resume import free_port
-
     script = tmp_path / "agree.py"
     script.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n"
                       "import torch\nfrom accelerate import Accelerator\nfrom utils import nonfinite\n"
@@ -477,10 +477,7 @@ def test_finiteness_is_agreed_by_every_rank(tmp_path):
                       "mine = torch.tensor(float('nan') if rank == 1 else 0.5)\n"
                       "print(f'rank {rank}: bad {nonfinite.agreed_finite(accelerator, mine)} '\n"
                       "      f'good {nonfinite.agreed_finite(accelerator, torch.tensor(0.5), 1.0)}', flush=True)\n")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                             str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _two_gloo_ranks(script)
     assert "rank 0: bad False good True" in result.stdout and "rank 1: bad False good True" in result.stdout
 
 
