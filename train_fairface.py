@@ -27,9 +27,9 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, model_card, objective, remote_code,
-                   resume_check, run_folder, step_metrics, stop_signals)
-from utils.ema import build_emas, ema_variant, load_ema
+from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, model_card, nonfinite, objective,
+                   remote_code, resume_check, run_folder, step_metrics, stop_signals)
+from utils.ema import build_emas, ema_variant, load_emas, start_emas_from
 from utils.labels import FRAMINGS, decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
                        nonnegative_int, positive_float, positive_int, probability)
@@ -108,6 +108,9 @@ def parse_args(input_args=None):
         "on a CPU trains in float32 (accelerate has no fp16 autocast there; it says so); bf16 works on CPUs.")
     add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (no effect on a CPU).")
     add("--torch_compile", action="store_true", help="torch.compile the UNet.")
+    add("--ddp_timeout", type=positive_int, default=7200, help="Seconds the processes wait for each other (barriers, "
+        "collectives; transformers' flag). 7200: rank 0 alone builds the pixel cache (about 195k FairFace images) "
+        "and writes and pushes the release while the others wait; NCCL's default of 600 s ended such runs.")
     add("--seed", type=nonnegative_int, default=0, help="Seeds weights, data order and every random draw of training.")
     add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop (after a checkpoint) after this many "
         "non-finite losses in a row; isolated ones are skipped.")
@@ -176,14 +179,17 @@ def main(args):
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=None if args.report_to == "none" else args.report_to,
+        kwargs_handlers=[distributed.process_group_kwargs(args.ddp_timeout)],
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)))
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per file saved is noise
     run_folder.claim(accelerator, args.output_dir)  # one run per folder (else exit 2); tidies up after killed runs
+    checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
     flag_checks.warn_about_precision(accelerator, logger)
     run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
-    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes)
+    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes,
+                                                grad_scaler=accelerator.scaler is not None)
     distributed.use_available_cores(accelerator.device, logger)  # not accelerate launch's default of 1 thread
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -239,6 +245,7 @@ def main(args):
     # Stepped by us once per optimizer step (an accelerate-prepared scheduler steps once per process).
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=max_train_steps)
+    nonfinite.plant_cpu_grad_scaler(accelerator)  # test hook: fp16's grad scaler on a CPU
     unet, encoder, optimizer = accelerator.prepare(unet, encoder, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler)
     if args.torch_compile:
@@ -253,9 +260,10 @@ def main(args):
                 ema.save_pretrained(os.path.join(output_dir, folder))
         weights.clear()
 
+    missing_emas = []  # a run without --use_ema resumed with it (--allow_resume_changes)
+
     def load_model_hook(models, input_dir):
-        for folder, ema in ema_folders.items():
-            load_ema(ema, os.path.join(input_dir, folder))
+        missing_emas[:] = load_emas(ema_folders, input_dir)
         while models:
             model = models.pop()
             name = "unet" if isinstance(model, UNet2DConditionModel) else "condition_encoder"
@@ -278,6 +286,8 @@ def main(args):
             except (OSError, RuntimeError, ValueError, KeyError) as error:  # e.g. another --block_out_channels
                 fail(f"cannot resume from {checkpoint}: {str(error).strip().splitlines()[0]}")
             state = checkpoints.read_training_state(checkpoint)
+            start_emas_from(ema_folders, missing_emas, {"unet": unet, "condition_encoder": encoder}, logger.warning)
+            resume_check.apply_new_settings(args, lr_scheduler, emas, logger.warning)  # new LR, Adam, EMA values
             global_step, nonfinite_in_a_row = state["global_step"], state.get("nonfinite_in_a_row", 0)
             accelerator.print(f"resumed from {checkpoint} at step {global_step}")
             global_step = resume_check.go_on(state, resume_changes, steps_per_epoch, lr_scheduler, logger.warning)
@@ -325,6 +335,7 @@ def main(args):
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="training")
     metrics = step_metrics.StepMetrics(accelerator.device)  # read every --logging_steps: no per-step host sync
+    step_loss = nonfinite.MicroBatchLoss()
     # Resumed at an epoch's last step: that epoch's end again (a kill may have come before its snapshot).
     first_epoch = global_step // steps_per_epoch - (global_step > 0 and global_step % steps_per_epoch == 0)
     epoch, skipped = first_epoch, 0
@@ -361,20 +372,19 @@ def main(args):
                 if global_step + 1 in args.inject_nonfinite_steps:
                     loss = loss * float("nan")
                 accelerator.backward(loss)
+                step_loss.add(loss)
                 if not accelerator.sync_gradients:
                     continue
-                grad_norm = accelerator.clip_grad_norm_(list(unet.parameters()) + list(encoder.parameters()),
-                                                        args.max_grad_norm)
-                # A non-finite gradient (the same on every rank after all-reduce) skips the update; fp16's grad
-                # scaler skips overflowing steps itself. A skipped update steps neither the LR schedule nor EMA.
-                finite = bool(torch.isfinite(grad_norm if accelerator.scaler is None else loss))
+                loss = step_loss.take()  # the mean over the step's micro-batches, as logged
+                # Updated only if finite on every rank (all-reduced; fp16: overflows too), utils/nonfinite.py. A
+                # skipped update steps neither the LR schedule nor EMA.
+                grad_norm, finite = nonfinite.step(accelerator, optimizer, list(unet.parameters()) +
+                                                   list(encoder.parameters()), args.max_grad_norm, loss)
                 if finite:
-                    optimizer.step()
-                    if not optimizer.step_was_skipped:
-                        lr_scheduler.step()
-                        for group in (emas, *ema_variants.values()):
-                            for name, ema in group.items():
-                                ema.step((unet if name == "unet" else encoder).parameters())
+                    lr_scheduler.step()
+                    for group in (emas, *ema_variants.values()):
+                        for name, ema in group.items():
+                            ema.step((unet if name == "unet" else encoder).parameters())
                 optimizer.zero_grad(set_to_none=True)
             nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
             global_step += 1

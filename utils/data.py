@@ -5,7 +5,6 @@ file): the image column is read as raw bytes, and ``decode_image`` turns every o
 RGB square or ``None`` (skipped and counted). A real FairFace run lasts days; one bad JPEG must not end it.
 """
 
-import fcntl
 import hashlib
 import io
 import json
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from . import file_locks
 from .atomic_files import fsync_tree
 from .faults import fault_hook
 from .labels import ATTRIBUTES, CONFIG_FRAMING, UNKNOWN, check_dataset_labels
@@ -188,7 +188,7 @@ def build_pixel_cache(dataset, cache_root, resolution, num_workers=0, progress=T
     remove_abandoned_builds(cache_root)
     tmp = f"{folder}.tmp-{os.getpid()}"
     with open(f"{tmp}.lock", "w") as building:  # locked before the folder exists: no live lock, a dead build
-        fcntl.flock(building, fcntl.LOCK_EX)
+        file_locks.lock(building, blocking=True)
         _build(dataset, tmp, resolution, num_workers, progress)
         try:
             os.replace(tmp, folder)
@@ -232,11 +232,9 @@ def remove_abandoned_builds(cache_root):
         path = os.path.join(cache_root, name)
         if ".tmp-" not in name or name.endswith(".lock") or not os.path.isdir(path):
             continue
-        try:
-            with open(f"{path}.lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: its builder is dead
-        except BlockingIOError:
-            continue  # a live build (another run sharing this cache)
+        with open(f"{path}.lock", "a") as lock:
+            if not file_locks.lock(lock) or file_locks.locks_disabled():  # free: its builder is dead
+                continue  # a live build (another run sharing this cache), or no locks to tell
         shutil.rmtree(path, ignore_errors=True)
         os.remove(f"{path}.lock")
 

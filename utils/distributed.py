@@ -87,3 +87,24 @@ def in_writer_order(accelerator, build_or_load):
 def sum_over_ranks(accelerator, count):
     """An integer summed over all processes (every rank must call it)."""
     return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), "sum").item())
+
+
+def main_process_value(accelerator, value):
+    """The global main process's ``value`` on every rank (every rank must call it). For decisions that read a
+    shared file system, e.g. which checkpoint is ``latest``: on NFS after a requeue, attribute caching can show
+    ranks different folders, and replicas that load different checkpoints drift apart silently."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def process_group_kwargs(timeout_seconds):
+    """accelerate's kwargs handler that gives the process group's collectives (barriers included) this timeout:
+    NCCL's default of 600 s ends the run while rank 0 alone builds the pixel cache or pushes the release."""
+    from datetime import timedelta
+
+    from accelerate.utils import InitProcessGroupKwargs
+
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_seconds))

@@ -15,7 +15,7 @@ def fault_hook(where):
     its temporary folder), ``pixel-cache`` (after the first cached batch), ``release`` (the new release written,
     not yet committed) or ``release-moves`` (committed, moving into the root; ``utils/release.py``).
     ACTION: ``pause`` waits there until a stop signal (at most 60 s), ``hold`` waits 60 s whatever comes (to
-    kill the run there), ``wait:PATH`` until the file PATH exists (at most 300 s), ``kill`` SIGKILLs this
+    kill the run there), ``sleep:SECONDS`` that long, ``wait:PATH`` until the file PATH exists (at most 300 s), ``kill`` SIGKILLs this
     process at once, ``enospc`` fails like a full disk."""
     target, _, action = os.environ.get("FAIRFACE_TEST_SAVE_FAULT", "").partition(":")
     if target != where:
@@ -24,6 +24,9 @@ def fault_hook(where):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action.startswith("sleep:"):  # a slow step (a slow rank 0 while the others wait in a barrier)
+        time.sleep(float(action[6:]))
+        return
     deadline = time.monotonic() + (300 if action.startswith("wait:") else 60)
     while time.monotonic() < deadline and not (action == "pause" and StopRequest.received is not None):
         if action.startswith("wait:") and os.path.exists(action[5:]):

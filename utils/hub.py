@@ -188,7 +188,9 @@ def parse_args(input_args=None):
 
 
 def main(args):
-    if not os.path.isfile(os.path.join(args.output_dir, "model_index.json")):
+    # A release whose finish a kill interrupted is complete in .release-new (the first one: nothing at the root yet).
+    pending = os.path.isfile(os.path.join(args.output_dir, release.PENDING, "model_index.json"))
+    if not (pending or os.path.isfile(os.path.join(args.output_dir, "model_index.json"))):
         fail(f"{args.output_dir} holds no released pipeline (no model_index.json); train with train_fairface.py "
              "first", prog=PROG)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
@@ -196,6 +198,9 @@ def main(args):
         if os.access(args.output_dir, os.W_OK):  # (no run writes into a read-only folder)
             run_folder.lock(args.output_dir)
             release.finish(args.output_dir)
+        elif pending:
+            fail(f"{args.output_dir} holds an unfinished release ({release.PENDING}/) and is read-only; run this "
+                 "where it is writable, so the release is finished before it is uploaded", prog=PROG)
     except (run_folder.FolderInUse, OSError) as error:
         fail(str(error), prog=PROG)
     if args.hub_push_snapshots:

@@ -16,6 +16,7 @@ so the three attribute look-ups stay where they were. Encoders saved without ``f
 
 import inspect
 import json
+import math
 import os
 
 import diffusers
@@ -32,6 +33,10 @@ from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_frami
 
 # A release committed but not yet moved into the root of --output_dir (utils/release.py); loaded instead.
 PENDING_RELEASE = ".release-new"
+# The list of a release's entries, replaced last when a release moves into the root (utils/release.py): its
+# identity (inode, times) changes with every release, so a reader compares it before and after reading.
+RELEASE_MANIFEST = ".release-files.json"
+RELEASE_READ_ATTEMPTS = 5  # a reader that raced this many releases in a row gives up (one line)
 DEFAULT_SCHEDULER = "dpm++"  # saved with every snapshot/release, so from_pretrained samples fast by default
 # The files of a saved pipeline that load_pipeline reads: configs and safetensors, never code or pickles.
 PIPELINE_FILES = ["model_index.json", "unet/*.json", "unet/*.safetensors", "condition_encoder/*.json",
@@ -137,6 +142,18 @@ def resolve_conditions(condition_ids=None, age=None, gender=None, race=None):
     return [(parse_label("age", age), parse_label("gender", gender), parse_label("race", race))]
 
 
+def _strict_json_defaults(sampling_defaults, scheduler):
+    """Sampling defaults that strict JSON can hold: a guidance interval's ``inf`` (``--guidance_interval 0 inf``)
+    becomes the last training timestep, which guides the same steps; json.dump would write ``Infinity``, which
+    the Hub's and JavaScript's JSON parsers reject."""
+    interval = (sampling_defaults or {}).get("guidance_interval")
+    if interval is None or all(math.isfinite(float(v)) for v in interval):
+        return sampling_defaults
+    last = float(scheduler.config.num_train_timesteps - 1)
+    low, high = float(interval[0]), float(interval[1])
+    return {**sampling_defaults, "guidance_interval": [low, high if math.isfinite(high) else max(low, last)]}
+
+
 class FairFacePipeline(DiffusionPipeline):
     """Attribute-conditioned face generation: ``pipe(condition_ids=[42], num_inference_steps=25).images``."""
 
@@ -150,11 +167,32 @@ class FairFacePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, condition_encoder=condition_encoder)
         # Saved in model_index.json, so from_pretrained gets them; None (older releases): LEGACY_SAMPLING_DEFAULTS.
-        self.register_to_config(sampling_defaults=sampling_defaults)
+        self.register_to_config(sampling_defaults=_strict_json_defaults(sampling_defaults, scheduler))
 
     @property
     def labels(self):
         return self.condition_encoder.labels
+
+    # diffusers' callback convention (its pipelines and PipelineTesterMixin.test_callback_cfg): a
+    # callback_on_step_end reads these, and may change the guidance of the remaining steps by setting
+    # ``pipe._guidance_scale`` (diffusers' CFG cut-off callbacks set 0.0); each step reads it anew.
+    @property
+    def guidance_scale(self):
+        return getattr(self, "_guidance_scale", None)
+
+    @property
+    def do_classifier_free_guidance(self):
+        """As in diffusers: guidance only above 1 (1, or a callback's 0.0, gives the conditional prediction alone)."""
+        return self.guidance_scale is not None and self.guidance_scale > 1
+
+    @property
+    def num_timesteps(self):
+        return getattr(self, "_num_timesteps", None)
+
+    @property
+    def interrupt(self):
+        """Set ``pipe._interrupt = True`` in a callback to skip the remaining steps (diffusers' convention)."""
+        return getattr(self, "_interrupt", False)
 
     def set_scheduler(self, name, **options):
         """Swap in a sampler by name (a key of ``SCHEDULERS``), keeping the trained noise schedule;
@@ -194,8 +232,8 @@ class FairFacePipeline(DiffusionPipeline):
         ``race`` (any may be None = unknown), or directly as ``conditions`` [(age, gender, race), ...].
         ``framing``: "tight" or "wide" for every image (None: the model's choice; needs a model with framing).
         ``generator``: one torch.Generator, or a list with one per image (then each image depends only on its
-        own generator and condition, not on the rest of the batch). ``guidance_scale`` 1 disables
-        classifier-free guidance; otherwise the conditional and unconditional predictions come from one
+        own generator and condition, not on the rest of the batch). ``guidance_scale`` <= 1 disables
+        classifier-free guidance (as in diffusers); above 1 the conditional and unconditional predictions come from one
         batched UNet call, on the steps whose timestep t lies in ``guidance_interval`` (lo, hi), inclusive
         (0 = clean, 999 = pure noise for 1000 training timesteps; ``(0, inf)``: every step); the other steps
         compute only the conditional prediction. ``num_inference_steps``, ``guidance_scale`` and
@@ -203,6 +241,8 @@ class FairFacePipeline(DiffusionPipeline):
         ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
         ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as in diffusers: ``callback_kwargs`` holds
         the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``); returned ones replace them.
+        The callback may read ``pipe.num_timesteps``, ``pipe.guidance_scale``, ``pipe.do_classifier_free_guidance``
+        and set ``pipe._guidance_scale`` (later steps use it) or ``pipe._interrupt``.
         The progress bar follows ``set_progress_bar_config``; ``show_progress=False`` hides it for one call.
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
@@ -212,7 +252,8 @@ class FairFacePipeline(DiffusionPipeline):
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)}: valid: {self._callback_tensor_inputs}")
         settings = self.sampling_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                           guidance_interval=guidance_interval)
-        guidance_scale, (low, high) = settings["guidance_scale"], settings["guidance_interval"] or (0, float("inf"))
+        self._guidance_scale, self._interrupt = settings["guidance_scale"], False
+        low, high = settings["guidance_interval"] or (0, float("inf"))
         if conditions is None:
             conditions = resolve_conditions(condition_ids, age, gender, race)
         conditions = [c for c in conditions for _ in range(num_images_per_condition)]
@@ -239,9 +280,12 @@ class FairFacePipeline(DiffusionPipeline):
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         latents = latents * self.scheduler.init_noise_sigma
         timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
         for i, t in enumerate(self.progress_bar(timesteps) if show_progress else timesteps):
-            if guidance_scale != 1.0 and low <= t <= high:
-                prediction = self._guided_prediction(latents, t, tokens, null_tokens, guidance_scale)
+            if self.interrupt:
+                continue
+            if self.do_classifier_free_guidance and low <= t <= high:  # read each step: a callback may change it
+                prediction = self._guided_prediction(latents, t, tokens, null_tokens, self.guidance_scale)
             else:
                 prediction = denoise(self.unet, self.scheduler.scale_model_input(latents, t), t, tokens)
             latents = self.scheduler.step(prediction, t, latents, **step_kwargs).prev_sample
@@ -278,26 +322,60 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
     not a pipeline.
     """
     if os.path.isdir(model):
-        if os.path.isfile(os.path.join(model, PENDING_RELEASE, "model_index.json")):
-            model = os.path.join(model, PENDING_RELEASE)  # an interrupted release: the new one, whole
-        if has_pickled_weights_only(model):
-            raise ValueError(f"{model} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
-                             "Convert them to safetensors first.")
-        if not os.path.isfile(os.path.join(model, "model_index.json")):
-            raise ValueError(f"{model} is not a fairface-diffusion pipeline folder (no model_index.json)")
-        folder = model
-    else:
-        from huggingface_hub import snapshot_download
+        return _load_release_consistently(model, device, dtype, scheduler)
+    from huggingface_hub import snapshot_download
 
-        folder = snapshot_download(model, allow_patterns=PIPELINE_FILES)
-        if not os.path.isfile(os.path.join(folder, "model_index.json")):
-            raise ValueError(f"{model} is not a fairface-diffusion pipeline (no model_index.json)")
+    folder = snapshot_download(model, allow_patterns=PIPELINE_FILES)
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise ValueError(f"{model} is not a fairface-diffusion pipeline (no model_index.json)")
+    return _load_folder(folder, model, device, dtype, scheduler)
+
+
+def _release_state(root):
+    """Identity of the releases in a local folder: (its root manifest, a pending release's), None where absent."""
+    state = []
+    for path in (os.path.join(root, RELEASE_MANIFEST), os.path.join(root, PENDING_RELEASE, RELEASE_MANIFEST)):
+        try:
+            info = os.stat(path)
+            state.append((info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size))
+        except OSError:
+            state.append(None)
+    return tuple(state)
+
+
+def _load_release_consistently(root, device, dtype, scheduler):
+    """A local folder's pipeline, never a mix of two releases: a run may release into it while it is read
+    (utils/release.py). The release state is taken before and after the read; if it changed, the read is
+    repeated, and a read that failed because files moved under it counts as changed."""
+    for _ in range(RELEASE_READ_ATTEMPTS):
+        before = _release_state(root)
+        pending = os.path.join(root, PENDING_RELEASE)
+        # A committed release not yet moved into the root is the new one, whole (hard links: never rewritten).
+        folder = pending if os.path.isfile(os.path.join(pending, "model_index.json")) else root
+        try:
+            if has_pickled_weights_only(folder):
+                raise ValueError(f"{folder} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
+                                 "Convert them to safetensors first.")
+            if not os.path.isfile(os.path.join(folder, "model_index.json")):
+                raise ValueError(f"{folder} is not a fairface-diffusion pipeline folder (no model_index.json)")
+            pipe = _load_folder(folder, root if folder == pending else folder, device, dtype, scheduler)
+        except Exception:
+            if _release_state(root) == before:
+                raise  # nothing moved: a real error
+            continue
+        if _release_state(root) == before:
+            return pipe
+    raise ValueError(f"{root} changed {RELEASE_READ_ATTEMPTS} times while it was read (a run is releasing into "
+                     "it); try again when it is done")
+
+
+def _load_folder(folder, name, device, dtype, scheduler):
     with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
         index = json.load(f)
-    library, name = index.get("scheduler") or (None, None)
-    scheduler_class = getattr(diffusers, name, None) if library == "diffusers" else None
+    library, class_name = index.get("scheduler") or (None, None)
+    scheduler_class = getattr(diffusers, class_name, None) if library == "diffusers" else None
     if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
-        raise ValueError(f"{model}: model_index.json names no diffusers scheduler (scheduler: {library}.{name})")
+        raise ValueError(f"{name}: model_index.json names no diffusers scheduler (scheduler: {library}.{class_name})")
     # dtype at load time: a later .to(dtype) makes diffusers warn about "modules to keep in float32" on every load.
     components = dict(
         unet=UNet2DConditionModel.from_pretrained(folder, subfolder="unet", use_safetensors=True, dtype=dtype),
@@ -308,7 +386,7 @@ def load_pipeline(model, device=None, dtype=None, scheduler=None):
     parameters = inspect.signature(FairFacePipeline.__init__).parameters
     options = {k: v for k, v in index.items() if k in parameters and k not in components}
     pipe = FairFacePipeline(**components, **options)
-    pipe.register_to_config(_name_or_path=model)
+    pipe.register_to_config(_name_or_path=name)
     if scheduler:
         pipe.set_scheduler(scheduler)
     return pipe.to(device=device)

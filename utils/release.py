@@ -22,9 +22,8 @@ import os
 import shutil
 
 from . import atomic_files, faults
-from .pipeline import PENDING_RELEASE as PENDING
+from .pipeline import PENDING_RELEASE as PENDING, RELEASE_MANIFEST as MANIFEST
 
-MANIFEST = ".release-files.json"
 TEMPORARY = ".tmp-release"
 # The entries of a release written before the list existed (their names are all the previous version wrote).
 LEGACY_ENTRIES = ["model_index.json", "unet", "condition_encoder", "scheduler", "samples.png", "README.md"]
@@ -74,9 +73,7 @@ def finish(root):
             shutil.rmtree(pending)
         return False
     new = entries(pending)
-    aside = os.path.join(root, ".old-release")
-    shutil.rmtree(aside, ignore_errors=True)
-    os.makedirs(aside)
+    aside = _empty_folder(root, ".old-release")
     for name in sorted(set(entries(root)) | set(new)):
         target = os.path.join(root, name)
         if os.path.lexists(target):
@@ -87,13 +84,27 @@ def finish(root):
     _link_tree(os.path.join(pending, MANIFEST), os.path.join(root, MANIFEST + ".tmp"))
     os.replace(os.path.join(root, MANIFEST + ".tmp"), os.path.join(root, MANIFEST))
     atomic_files.fsync_dir(root)
-    done = os.path.join(root, ".old-release-new")
-    shutil.rmtree(done, ignore_errors=True)
+    done = _empty_folder(root, ".old-release-new", create=False)
     os.replace(pending, done)  # the root alone is the release now
     atomic_files.fsync_dir(root)
     shutil.rmtree(done, ignore_errors=True)
     shutil.rmtree(aside, ignore_errors=True)
     return True
+
+
+def _empty_folder(root, name, create=True):
+    """``root/name`` emptied (created when ``create``), or, where what is left there cannot be removed, another
+    fresh ``name-N``: on NFS a file that a reader still has open stays as ``.nfsXXXX`` until it is closed (the
+    old release's weights, say), and must not stop every later release. Leftovers are removed by the next start
+    (utils/run_folder.py: ``.old-*``)."""
+    for attempt in range(100):
+        path = os.path.join(root, name if attempt == 0 else f"{name}-{os.getpid()}-{attempt}")
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            if create:
+                os.makedirs(path)
+            return path
+    raise OSError(errno.EEXIST, f"cannot empty {os.path.join(root, name)} or make a fresh folder beside it")
 
 
 def _link_or_copy(source, target):

@@ -17,14 +17,24 @@ DATA_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps"
 MODEL_FLAGS = ["block_out_channels", "layers_per_block", "attention_levels", "cross_attention_dim",
                "condition_in_time_embedding", "framing_condition",
                "ema_variants"]  # ema_variants: the benchmark's EMAs, checkpointed
+PATH_FLAGS = ["dataset_name"]  # a local folder is recorded and compared as an absolute path
+
+
+def _normalised_path(value, local=False):
+    """A local folder (``local``: one the run will create, e.g. --demo's data) as an absolute path, so that the
+    record taken before the folder exists and the one taken after compare equal; a Hub id is left as it is."""
+    if isinstance(value, str) and (local or os.path.isdir(value)):
+        return os.path.abspath(value)
+    return value
 
 
 def record(args, num_processes):
     """The flags that define this run, as stored in each checkpoint's training_state.json (``run``)."""
     values = {flag: getattr(args, flag) for flag in DATA_FLAGS + MODEL_FLAGS if flag != "num_processes"}
     values["ema_variants"] = [list(variant) for variant in values["ema_variants"]]  # as JSON gives them back
-    if os.path.isdir(values["dataset_name"]):  # a local folder: the same one from any working directory
-        values["dataset_name"] = os.path.abspath(values["dataset_name"])
+    # A local folder: the same one from any working directory. --demo's data folder is local even before the
+    # first run has generated it (the record is taken before the data: a refusal comes at once).
+    values["dataset_name"] = _normalised_path(values["dataset_name"], local=getattr(args, "demo", False))
     values["num_processes"] = num_processes
     return values
 
@@ -42,6 +52,9 @@ def check(state, current, allow_changes, checkpoint):
     recorded = state.get("run")
     if recorded is None:
         return []
+    # Normalised like record() does: a checkpoint written before it did (a first --demo run recorded its data
+    # folder relative, as given) still matches the same folder.
+    recorded = {flag: _normalised_path(value) if flag in PATH_FLAGS else value for flag, value in recorded.items()}
     changed = [(flag, recorded[flag], current[flag]) for flag in DATA_FLAGS + MODEL_FLAGS
                if flag in recorded and recorded[flag] != current[flag]]
     for flag, old, new in changed:
@@ -56,13 +69,20 @@ def check(state, current, allow_changes, checkpoint):
     return changed
 
 
-def check_or_exit(checkpoint, current, allow_changes):
-    """``check`` for the checkpoint a run resumes from (None: a new run), exit 2 with its one line if refused."""
+def check_or_exit(checkpoint, current, allow_changes, grad_scaler=False):
+    """``check`` for the checkpoint a run resumes from (None: a new run), exit 2 with its one line if refused.
+
+    ``grad_scaler``: this run has fp16's grad scaler (fp16 on a GPU); a checkpoint written without one (bf16 or
+    float32) has no scaler state for accelerate to load: refused with one line, not a file error."""
     from .cli import fail
     from .checkpoints import read_training_state
 
     if checkpoint is None:
         return []
+    if grad_scaler and not os.path.isfile(os.path.join(checkpoint, "scaler.pt")):
+        fail(f"cannot resume from {checkpoint} with --mixed_precision fp16: it was trained without fp16's grad "
+             "scaler (bf16 or float32) and holds no scaler state; resume with the --mixed_precision it was "
+             "trained with, or start a new --output_dir")
     state = read_training_state(checkpoint)
     recorded = dict(state.get("run") or {})
     if "framing_condition" not in recorded:  # recorded before the flag existed: the saved encoder tells
@@ -134,3 +154,51 @@ def skipped_before(state, epoch, is_main_process):
     main process), so that the epoch's report after a mid-epoch resume covers the whole epoch."""
     saved_epoch, count = state.get("skipped_images", (None, 0))
     return count if saved_epoch == epoch and is_main_process else 0
+
+
+# Optimiser and EMA settings are no part of the run record: a resume applies the new values (logged), since
+# lowering --learning_rate and resuming is what a run stopped by non-finite losses is told to do
+# (train_fairface.py), and the checkpoint's optimizer, LR-schedule and EMA states would otherwise silently keep
+# the old ones.
+OPTIMIZER_SETTINGS = {"adam_beta1": ("betas", 0), "adam_beta2": ("betas", 1), "adam_epsilon": ("eps", None),
+                      "adam_weight_decay": ("weight_decay", None)}
+EMA_SETTINGS = {"ema_decay": "decay", "ema_power": "power"}
+
+
+def apply_new_settings(args, lr_scheduler, emas, warn):
+    """After loading a checkpoint: the command line's --learning_rate, Adam betas/eps/weight decay and
+    --ema_decay/--ema_power replace the checkpoint's, from this step on (the LR schedule keeps its position and
+    shape, scaled to the new peak); the changes are warned about and returned as [(flag, old, new)]."""
+    changes = []
+    groups = lr_scheduler.optimizer.param_groups
+    old_lr = lr_scheduler.base_lrs[0]
+    if old_lr != args.learning_rate:
+        lr_scheduler.base_lrs = [args.learning_rate] * len(groups)
+        for group in groups:
+            group["initial_lr"] = args.learning_rate
+        shift_lr_schedule(lr_scheduler, 0)  # this step's rate from the new peak
+        changes.append(("learning_rate", old_lr, args.learning_rate))
+    for flag, (key, index) in OPTIMIZER_SETTINGS.items():
+        new = getattr(args, flag)
+        for group in groups:
+            old = group[key] if index is None else group[key][index]
+            if old != new:
+                if index is None:
+                    group[key] = new
+                else:
+                    values = list(group[key])
+                    values[index] = new
+                    group[key] = tuple(values)
+                if (flag, old, new) not in changes:
+                    changes.append((flag, old, new))
+    for flag, attribute in EMA_SETTINGS.items():
+        new = getattr(args, flag)
+        for ema in emas.values():
+            old = getattr(ema, attribute)
+            if old != new:
+                setattr(ema, attribute, new)
+                if (flag, old, new) not in changes:
+                    changes.append((flag, old, new))
+    if changes:
+        warn(f"resuming with new settings, applied from this step on: {describe(changes)}")
+    return changes

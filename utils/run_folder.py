@@ -12,13 +12,14 @@ and finishes a release that a kill interrupted (``utils.release.finish``).
 """
 
 import datetime
-import fcntl
 import json
 import os
 import shlex
 import shutil
 import socket
 import sys
+
+from . import file_locks
 
 LOCK_FILE = ".run-lock"
 LEFTOVER_PREFIXES = (".tmp-", ".old-", ".write-test-")  # checkpoint/snapshot/release temporaries, rename-asides
@@ -36,8 +37,11 @@ def lock(output_dir):
         return
     handle = open(path, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        locked = file_locks.lock(handle)  # LocksUnavailable: a file system that cannot lock, said as such
+    except file_locks.LocksUnavailable:
+        handle.close()
+        raise
+    if not locked:
         handle.seek(0)
         holder = handle.read().strip()
         handle.close()
@@ -89,7 +93,7 @@ def claim(accelerator, output_dir):
     if accelerator.is_main_process:
         try:
             lock(output_dir)
-        except (FolderInUse, OSError) as error:
+        except (FolderInUse, file_locks.LocksUnavailable, OSError) as error:
             refusal = str(error)
     if refusal is None and accelerator.is_main_process:
         removed = remove_leftovers(output_dir)
