@@ -14,21 +14,19 @@ training state (resume with --resume_from_checkpoint latest), and the final pipe
 """
 
 import argparse
-import logging
 import math
 import os
 import sys
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, objective, remote_code, resume_check,
-                   run_folder, step_metrics, stop_signals)
+                   run_setup, step_metrics, stop_signals)
 from utils.ema import build_emas, ema_variant, load_ema
 from utils.labels import FRAMINGS, decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
@@ -155,33 +153,8 @@ def parse_args(input_args=None):
 
 def main(args):
     # ---------------------------------------------------------------------------------------- setup
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-        probe = os.path.join(args.output_dir, f".write-test-{os.uname().nodename}-{os.getpid()}")  # per process
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as error:
-        fail(f"output folder {args.output_dir!r} is not writable: {error.strerror or error}")
-    if args.push_to_hub:  # not logged in / no valid repo name: fail now, not after days of training
-        try:
-            hub.check_push_access(args)
-        except hub.PushError as error:
-            fail(str(error))
-    checkpoint = None
-    if args.resume_from_checkpoint:  # checked before the data: a wrong path fails at once
-        try:
-            checkpoint = checkpoints.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        except ValueError as error:
-            fail(str(error))
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        project_config=ProjectConfiguration(project_dir=args.output_dir,
-                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per file saved is noise
-    run_folder.claim(accelerator, args.output_dir)  # one run per folder (else exit 2); tidies up after killed runs
-    flag_checks.warn_about_precision(accelerator, logger)
+    checkpoint = run_setup.check_output_dir(args)
+    accelerator = run_setup.make_accelerator(args, logger)
     run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
     resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes)
     distributed.use_available_cores(accelerator.device, logger)  # not accelerate launch's default of 1 thread
@@ -190,25 +163,7 @@ def main(args):
     stop = stop_signals.StopRequest()
 
     # ---------------------------------------------------------------------------------------- data
-    def build_or_load_data():  # one writer per disk: the global main first (utils/distributed.py)
-        try:
-            if args.demo and not os.path.isdir(args.dataset_name):
-                from utils.demo_data import make_demo_dataset
-                make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
-            dataset = data.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
-                                         args.cache_dir)
-        except ValueError as error:
-            fail(str(error))
-        cache = None
-        try:
-            if args.preprocess_cache:
-                cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
-                                               args.dataloader_num_workers, accelerator.is_local_main_process)
-        except OSError as error:  # not a folder, disk full, ...
-            fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
-        return dataset, cache
-    dataset, cache = distributed.in_writer_order(accelerator, build_or_load_data)
-    images = data.FairFaceImages(dataset, args.resolution, cache)
+    _, images = run_setup.load_training_data(args, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_batches_per_epoch = len(images) // world // args.train_batch_size
     steps_per_epoch = micro_batches_per_epoch // args.gradient_accumulation_steps

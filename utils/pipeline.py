@@ -21,7 +21,7 @@ import os
 import diffusers
 import torch
 from diffusers import (DDIMScheduler, DDPMScheduler, DiffusionPipeline,
-                       DPMSolverMultistepScheduler, ImagePipelineOutput, ModelMixin, SchedulerMixin,
+                       DPMSolverMultistepScheduler, ImagePipelineOutput, LCMScheduler, ModelMixin, SchedulerMixin,
                        UNet2DConditionModel, UniPCMultistepScheduler)
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -42,6 +42,9 @@ PIPELINE_FILES = ["model_index.json", "unet/*.json", "unet/*.safetensors", "cond
 # models; guiding only t >= 450 lost age fidelity. guidance_interval: timesteps [lo, hi]
 # (0 = clean, num_train_timesteps - 1 = pure noise) whose steps get classifier-free guidance; the others make only
 # the conditional prediction, half the UNet work (Kynkaanniemi et al. 2024).
+# A distilled student (distill_fairface.py) saves guidance_scale 1 (one UNet evaluation per step: the teacher's
+# guidance is baked into its weights), its few-step sampler as the scheduler ("lcm"), and distilled_guidance_scale
+# (the teacher's guidance it learned), which __call__ does not read: guiding the student again would guide twice.
 SAMPLING_DEFAULTS = dict(num_inference_steps=6, guidance_scale=2.0, guidance_interval=None)
 # Pipelines saved before sampling defaults existed (no "sampling_defaults"): DPM-Solver++ 25, guidance 2 every step.
 LEGACY_SAMPLING_DEFAULTS = dict(num_inference_steps=25, guidance_scale=2.0, guidance_interval=None)
@@ -52,6 +55,7 @@ SCHEDULERS = {
     "unipc": UniPCMultistepScheduler,
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
+    "lcm": LCMScheduler,  # consistency sampling: for distilled students only (utils/consistency.py)
 }
 
 

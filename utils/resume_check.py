@@ -19,10 +19,13 @@ MODEL_FLAGS = ["block_out_channels", "layers_per_block", "attention_levels", "cr
                "ema_variants"]  # ema_variants: the benchmark's EMAs, checkpointed
 
 
-def record(args, num_processes):
-    """The flags that define this run, as stored in each checkpoint's training_state.json (``run``)."""
-    values = {flag: getattr(args, flag) for flag in DATA_FLAGS + MODEL_FLAGS if flag != "num_processes"}
-    values["ema_variants"] = [list(variant) for variant in values["ema_variants"]]  # as JSON gives them back
+def record(args, num_processes, flags=DATA_FLAGS + MODEL_FLAGS):
+    """The flags that define this run, as stored in each checkpoint's training_state.json (``run``).
+
+    ``flags``: train_fairface.py's by default; distill_fairface.py passes its own."""
+    values = {flag: getattr(args, flag) for flag in flags if flag != "num_processes"}
+    if "ema_variants" in values:
+        values["ema_variants"] = [list(variant) for variant in values["ema_variants"]]  # as JSON gives them back
     if os.path.isdir(values["dataset_name"]):  # a local folder: the same one from any working directory
         values["dataset_name"] = os.path.abspath(values["dataset_name"])
     values["num_processes"] = num_processes
@@ -34,7 +37,7 @@ def _show(flag, value):
     return f"the process count {text}" if flag == "num_processes" else f"--{flag} {text}"
 
 
-def check(state, current, allow_changes, checkpoint):
+def check(state, current, allow_changes, checkpoint, flags=DATA_FLAGS + MODEL_FLAGS):
     """The accepted changes ``[(flag, old, new)]`` between a checkpoint's record and ``current`` (``record()``).
 
     Raises ValueError with the one-line refusal. A checkpoint without a record (written by an older version)
@@ -42,7 +45,7 @@ def check(state, current, allow_changes, checkpoint):
     recorded = state.get("run")
     if recorded is None:
         return []
-    changed = [(flag, recorded[flag], current[flag]) for flag in DATA_FLAGS + MODEL_FLAGS
+    changed = [(flag, recorded[flag], current[flag]) for flag in flags
                if flag in recorded and recorded[flag] != current[flag]]
     for flag, old, new in changed:
         if flag in MODEL_FLAGS:
@@ -56,7 +59,7 @@ def check(state, current, allow_changes, checkpoint):
     return changed
 
 
-def check_or_exit(checkpoint, current, allow_changes):
+def check_or_exit(checkpoint, current, allow_changes, flags=DATA_FLAGS + MODEL_FLAGS):
     """``check`` for the checkpoint a run resumes from (None: a new run), exit 2 with its one line if refused."""
     from .cli import fail
     from .checkpoints import read_training_state
@@ -70,7 +73,7 @@ def check_or_exit(checkpoint, current, allow_changes):
         if framing is not None:
             recorded["framing_condition"] = framing
     try:
-        return check({**state, "run": recorded}, current, allow_changes, checkpoint)
+        return check({**state, "run": recorded}, current, allow_changes, checkpoint, flags)
     except ValueError as error:
         fail(str(error))
 
