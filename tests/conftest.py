@@ -57,3 +57,16 @@ def tiny_run(demo_dataset, tmp_path_factory):
                "1", "--checkpointing_steps", "1000", "--learning_rate", "1e-3", "--use_ema", "--random_flip",
                "--condition_in_time_embedding", "--framing_condition")
     return str(output_dir)
+
+
+@pytest.fixture(scope="session")
+def clean_python(tmp_path_factory):
+    """python of a venv with only torch, diffusers and safetensors: $FAIRFACE_CLEAN_VENV (.ci/run makes it once),
+    else one made here. Skipped, with pip's reason, only where pip cannot install them."""
+    from clean_venv import make_clean_venv
+
+    folder = os.environ.get("FAIRFACE_CLEAN_VENV") or str(tmp_path_factory.mktemp("venv") / "clean")
+    try:
+        return make_clean_venv(folder)
+    except RuntimeError as error:
+        pytest.skip(str(error))

@@ -17,6 +17,8 @@ read as epsilon gives noise (latent-consistency-model issue #65). tests/test_dis
 against ``DDIMScheduler.step`` and ``consistency_output`` against ``LCMScheduler.step``.
 """
 
+import inspect
+
 import torch
 from diffusers import DDPMScheduler, LCMScheduler
 
@@ -28,7 +30,9 @@ def lcm_scheduler(teacher_config, num_ddim_timesteps):
     """The student's sampler: LCMScheduler on the teacher's betas and prediction type, on the distillation grid.
 
     No x0 clipping: the student was trained on unclipped targets (the images are clamped at the end)."""
-    return LCMScheduler.from_config(teacher_config, original_inference_steps=num_ddim_timesteps,
+    accepted = inspect.signature(LCMScheduler.__init__).parameters  # the teacher's sampler has other options
+    config = {k: v for k, v in teacher_config.items() if k in accepted}
+    return LCMScheduler.from_config(config, original_inference_steps=num_ddim_timesteps,
                                     timestep_scaling=TIMESTEP_SCALING, clip_sample=False, thresholding=False)
 
 
