@@ -77,8 +77,8 @@ Do not pass a `guidance_scale` above 1: the guidance is already in the weights (
 ## Distillation
 
 - Method: consistency distillation (Song et al. 2023; Luo et al. 2023, LCM): a DDIM step of the guided teacher
-  on a {args.num_ddim_timesteps}-point grid of its {args.num_train_timesteps} training timesteps, a target network that is
-  an EMA (decay {args.ema_decay:g}) of the student, boundary conditions c_skip/c_out, pseudo-Huber loss; student
+  on a {args.num_ddim_timesteps}-point grid of its {args.num_train_timesteps} training timesteps, a target network
+  that is an EMA (decay {args.ema_decay:g}) of the student, boundary conditions c_skip/c_out, pseudo-Huber loss; student
   and target start from the teacher's weights; the condition encoder is the teacher's, frozen.
 - Data: {args.dataset_name if not os.path.isdir(args.dataset_name) else 'the teacher-style local data folder `'
   + os.path.basename(os.path.normpath(args.dataset_name)) + '`'} ({num_images:,} images), batch
