@@ -70,3 +70,17 @@ def clean_python(tmp_path_factory):
         return make_clean_venv(folder)
     except RuntimeError as error:
         pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    """The demo recipe (train_fairface.py --demo, with framing) stopped after 5 epochs (315 steps): it draws the
+    requested gender (tests/test_app.py's docstring). FAIRFACE_APP_TEST_MODEL names an already trained one."""
+    if os.environ.get("FAIRFACE_APP_TEST_MODEL"):
+        return os.environ["FAIRFACE_APP_TEST_MODEL"]
+    root = tmp_path_factory.mktemp("app-model")
+    run_script("train_fairface.py", "--demo", "--dataset_name", root / "data", "--output_dir", root / "demo",
+               "--preprocess_cache", root / "cache", "--num_epochs", "5", "--save_model_epochs", "5",
+               "--save_images_epochs", "5", "--checkpointing_steps", "100000", "--report_to", "none",
+               "--framing_condition")
+    return str(root / "demo")

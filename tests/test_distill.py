@@ -19,7 +19,7 @@ from utils import consistency
 from utils.demo_data import measure_attributes
 from utils.pipeline import generate, load_pipeline
 
-STEPS = 24  # distillation steps of the end-to-end run (batch 16)
+STEPS = 8  # distillation steps of the end-to-end runs (batch 16): the machinery, not the quality
 COMMON = ["--train_batch_size", "16", "--learning_rate", "1e-4", "--lr_warmup_steps", "5", "--logging_steps", "2"]
 
 
@@ -109,13 +109,24 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
     assert calls == [1]
 
 
-def test_student_draws_the_requested_gender(student):
-    pipe = load_pipeline(student)
+@pytest.fixture(scope="module")
+def demo_student(demo_model, demo_dataset, tmp_path_factory):
+    """The demo recipe's model (tests/conftest.py demo_model, which draws gender) distilled for 24 steps."""
+    output_dir = tmp_path_factory.mktemp("distilled") / "demo-student"
+    run_script("distill_fairface.py", "--teacher", demo_model, "--dataset_name", demo_dataset, "--output_dir",
+               output_dir, *COMMON, "--max_train_steps", "24", "--checkpointing_steps", "24")
+    return str(output_dir)
+
+
+def test_student_draws_the_requested_gender(demo_student):
+    """Its saved sampler (LCM, 4 steps, one evaluation each, no guidance) draws the gender asked for: a student
+    whose sampler read the v-prediction output as epsilon would draw noise."""
+    pipe = load_pipeline(demo_student)
     for gender in (0, 1):
         conditions = [(age, gender, race) for age in range(2, 8) for race in (0, 3)]
         images = generate(pipe, conditions, list(range(len(conditions))))
         read = measure_attributes(images)["gender"]
-        assert np.mean(read == gender) >= 0.75, (gender, read)
+        assert np.mean(read == gender) >= 0.9, (gender, read)
 
 
 def test_resume_is_bitwise_exact_and_checked(tiny_run, demo_dataset, student, tmp_path):
