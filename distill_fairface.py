@@ -29,7 +29,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from train_fairface import DEMO_DEFAULTS
-from utils import (atomic_files, checkpoints, consistency, data, distributed, hub, objective, release, remote_code,
+from utils import (checkpoints, consistency, data, distributed, hub, objective, release, remote_code,
                    resume_check, run_setup, step_metrics, stop_signals, student_card)
 from utils.cli import (DEFAULT_MODEL_DIR, beta, fail, nonnegative_int, positive_float, positive_int, probability)
 from utils.conditions import load_pipeline_or_exit
@@ -303,9 +303,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except atomic_files.SaveError as error:
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()
-        fail(str(error))
+    run_setup.run_main(main, parse_args)

@@ -399,9 +399,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except atomic_files.SaveError as error:  # disk full, ...: one line; earlier checkpoints and snapshots are intact
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()  # the error is the last line
-        fail(str(error))
+    run_setup.run_main(main, parse_args)

@@ -12,7 +12,7 @@ import os
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
-from . import checkpoints, data, distributed, flag_checks, hub, run_folder
+from . import atomic_files, checkpoints, data, distributed, flag_checks, hub, run_folder
 from .cli import fail
 
 
@@ -75,3 +75,16 @@ def load_training_data(args, accelerator):
         return dataset, cache
     dataset, cache = distributed.in_writer_order(accelerator, build_or_load_data)
     return dataset, data.FairFaceImages(dataset, args.resolution, cache)
+
+
+def run_main(main, parse_args):
+    """``main(parse_args())``; a SaveError (disk full, ...) ends it with one line and exit 2: the checkpoints,
+    snapshots and release written before are intact."""
+    from tqdm.auto import tqdm
+
+    try:
+        main(parse_args())
+    except atomic_files.SaveError as error:
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()  # the error is the last line
+        fail(str(error))
