@@ -122,8 +122,8 @@ def demo_student(demo_model, demo_dataset, tmp_path_factory):
 
 
 def test_student_draws_the_requested_gender(demo_student):
-    """Its saved sampler (LCM, 4 steps, one evaluation each, no guidance) draws the gender asked for: a student
-    whose sampler read the v-prediction output as epsilon would draw noise."""
+    """Its saved sampler (LCM, 4 steps, one evaluation each, no guidance) draws the gender asked for. (Measured on
+    the docs' demo student: 100 % both ways; with its sampler reading the v output as epsilon, 100 % and 75 %.)"""
     pipe = load_pipeline(demo_student)
     for gender in (0, 1):
         conditions = [(age, gender, race) for age in range(2, 8) for race in (0, 3)]
