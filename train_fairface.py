@@ -14,21 +14,19 @@ training state (resume with --resume_from_checkpoint latest), and the final pipe
 """
 
 import argparse
-import logging
 import math
 import os
 import sys
 
 import torch
-from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, model_card, nonfinite, objective,
-                   remote_code, resume_check, run_folder, step_metrics, stop_signals)
+                   remote_code, resume_check, run_setup, step_metrics, stop_signals)
 from utils.ema import build_emas, ema_variant, load_emas, start_emas_from
 from utils.labels import FRAMINGS, decode_condition
 from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
@@ -108,9 +106,7 @@ def parse_args(input_args=None):
         "on a CPU trains in float32 (accelerate has no fp16 autocast there; it says so); bf16 works on CPUs.")
     add("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs (no effect on a CPU).")
     add("--torch_compile", action="store_true", help="torch.compile the UNet.")
-    add("--ddp_timeout", type=positive_int, default=7200, help="Seconds the processes wait for each other (barriers, "
-        "collectives; transformers' flag). 7200: rank 0 alone builds the pixel cache (about 195k FairFace images) "
-        "and writes and pushes the release while the others wait; NCCL's default of 600 s ended such runs.")
+    run_setup.add_ddp_timeout_arg(parser)
     add("--seed", type=nonnegative_int, default=0, help="Seeds weights, data order and every random draw of training.")
     add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop (after a checkpoint) after this many "
         "non-finite losses in a row; isolated ones are skipped.")
@@ -158,35 +154,9 @@ def parse_args(input_args=None):
 
 def main(args):
     # ---------------------------------------------------------------------------------------- setup
-    try:
-        os.makedirs(args.output_dir, exist_ok=True)
-        probe = os.path.join(args.output_dir, f".write-test-{os.uname().nodename}-{os.getpid()}")  # per process
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as error:
-        fail(f"output folder {args.output_dir!r} is not writable: {error.strerror or error}")
-    if args.push_to_hub:  # not logged in / no valid repo name: fail now, not after days of training
-        try:
-            hub.check_push_access(args)
-        except hub.PushError as error:
-            fail(str(error))
-    checkpoint = None
-    if args.resume_from_checkpoint:  # checked before the data: a wrong path fails at once
-        try:
-            checkpoint = checkpoints.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
-        except ValueError as error:
-            fail(str(error))
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
-        kwargs_handlers=[distributed.process_group_kwargs(args.ddp_timeout)],
-        project_config=ProjectConfiguration(project_dir=args.output_dir,
-                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)))
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per file saved is noise
-    run_folder.claim(accelerator, args.output_dir)  # one run per folder (else exit 2); tidies up after killed runs
+    checkpoint = run_setup.check_output_dir(args)
+    accelerator = run_setup.make_accelerator(args, logger)
     checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
-    flag_checks.warn_about_precision(accelerator, logger)
     run_record = resume_check.record(args, accelerator.num_processes)  # checked before the data: fails at once
     resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes,
                                                 grad_scaler=accelerator.scaler is not None)
@@ -196,25 +166,7 @@ def main(args):
     stop = stop_signals.StopRequest()
 
     # ---------------------------------------------------------------------------------------- data
-    def build_or_load_data():  # one writer per disk: the global main first (utils/distributed.py)
-        try:
-            if args.demo and not os.path.isdir(args.dataset_name):
-                from utils.demo_data import make_demo_dataset
-                make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
-            dataset = data.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
-                                         args.cache_dir)
-        except ValueError as error:
-            fail(str(error))
-        cache = None
-        try:
-            if args.preprocess_cache:
-                cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
-                                               args.dataloader_num_workers, accelerator.is_local_main_process)
-        except OSError as error:  # not a folder, disk full, ...
-            fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
-        return dataset, cache
-    dataset, cache = distributed.in_writer_order(accelerator, build_or_load_data)
-    images = data.FairFaceImages(dataset, args.resolution, cache)
+    _, images = run_setup.load_training_data(args, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_batches_per_epoch = len(images) // world // args.train_batch_size
     steps_per_epoch = micro_batches_per_epoch // args.gradient_accumulation_steps
@@ -454,9 +406,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except atomic_files.SaveError as error:  # disk full, ...: one line; earlier checkpoints and snapshots are intact
-        for bar in list(getattr(tqdm, "_instances", ())):
-            bar.close()  # the error is the last line
-        fail(str(error))
+    run_setup.run_main(main, parse_args)

@@ -93,11 +93,9 @@ def wilson(hits, total, z=1.96):
 
 def sweep(model, args):
     """One model: every setting on the same images, interleaved batch by batch. Returns table rows."""
-    import torch
-
     from utils.demo_data import attribute_hits
     from utils.labels import NUM_CONDITIONS, decode_condition
-    from utils.pipeline import FairFacePipeline, generate, load_pipeline
+    from utils.pipeline import FairFacePipeline, load_pipeline
 
     base = load_pipeline(model, device=args.device)
     pipes = {}
@@ -105,27 +103,9 @@ def sweep(model, args):
         name, options, call = setting_call(spec)
         pipe = FairFacePipeline(base.unet, base.scheduler, base.condition_encoder).set_scheduler(name, **options)
         pipes[spec] = (pipe, call)
-    evaluated = [0]  # images through the UNet, counted by a forward hook
-    base.unet.register_forward_pre_hook(lambda module, inputs: evaluated.__setitem__(0, evaluated[0] + len(inputs[0])))
-
     pairs = [(c, 1000 + k * NUM_CONDITIONS + c) for k in range(args.seeds_per_condition) for c in range(NUM_CONDITIONS)]
     conditions, seeds = [decode_condition(c) for c, _ in pairs], [s for _, s in pairs]
-    for pipe, call in pipes.values():  # untimed warm-up
-        generate(pipe, conditions[:args.batch_size], seeds[:args.batch_size], args.batch_size,
-                 **dict(call, num_inference_steps=2))
-    images = {spec: [] for spec in pipes}
-    cpu, wall, evals = dict.fromkeys(pipes, 0.0), dict.fromkeys(pipes, 0.0), dict.fromkeys(pipes, 0)
-    for start in range(0, len(pairs), args.batch_size):
-        chunk = slice(start, start + args.batch_size)
-        for spec, (pipe, call) in pipes.items():
-            evaluated[0], cpu_start, wall_start = 0, time.process_time(), time.perf_counter()
-            images[spec] += generate(pipe, conditions[chunk], seeds[chunk], args.batch_size, output_type="np", **call)
-            if args.device != "cpu":
-                torch.cuda.synchronize()
-            cpu[spec] += time.process_time() - cpu_start
-            wall[spec] += time.perf_counter() - wall_start
-            evals[spec] += evaluated[0]
-        print(f"  {min(start + args.batch_size, len(pairs))}/{len(pairs)} images per setting", flush=True)
+    images, cpu, wall, evals = sample_interleaved(pipes, conditions, seeds, args.batch_size, args.device)
 
     reference = args.settings[0]
     rows = []
@@ -137,6 +117,35 @@ def sweep(model, args):
                     + [f"{hits[a].mean():.1%}" for a in ("age", "gender", "race")]
                     + [f"{cpu[reference] / cpu[spec]:.2f}x", f"{wall[reference] / wall[spec]:.2f}x"])
     return rows
+
+
+def sample_interleaved(pipes, conditions, seeds, batch_size, device="cpu"):
+    """{label: (pipeline, call kwargs)} on the same (condition, seed) pairs, batch by batch in turn, so machine
+    load hits them alike. Returns per label: images (float arrays), CPU seconds, wall seconds, UNet evaluations
+    (images through the UNet, counted by a forward hook on each pipeline's UNet)."""
+    import torch
+
+    from utils.pipeline import generate
+
+    evaluated = [0]
+    for unet in {id(pipe.unet): pipe.unet for pipe, _ in pipes.values()}.values():
+        unet.register_forward_pre_hook(lambda module, inputs: evaluated.__setitem__(0, evaluated[0] + len(inputs[0])))
+    for pipe, call in pipes.values():  # untimed warm-up
+        generate(pipe, conditions[:batch_size], seeds[:batch_size], batch_size, **dict(call, num_inference_steps=2))
+    images = {label: [] for label in pipes}
+    cpu, wall, evals = dict.fromkeys(pipes, 0.0), dict.fromkeys(pipes, 0.0), dict.fromkeys(pipes, 0)
+    for start in range(0, len(seeds), batch_size):
+        chunk = slice(start, start + batch_size)
+        for label, (pipe, call) in pipes.items():
+            evaluated[0], cpu_start, wall_start = 0, time.process_time(), time.perf_counter()
+            images[label] += generate(pipe, conditions[chunk], seeds[chunk], batch_size, output_type="np", **call)
+            if device != "cpu":
+                torch.cuda.synchronize()
+            cpu[label] += time.process_time() - cpu_start
+            wall[label] += time.perf_counter() - wall_start
+            evals[label] += evaluated[0]
+        print(f"  {min(start + batch_size, len(seeds))}/{len(seeds)} images per setting", flush=True)
+    return images, cpu, wall, evals
 
 
 def main(args):

@@ -57,3 +57,30 @@ def tiny_run(demo_dataset, tmp_path_factory):
                "1", "--checkpointing_steps", "1000", "--learning_rate", "1e-3", "--use_ema", "--random_flip",
                "--condition_in_time_embedding", "--framing_condition")
     return str(output_dir)
+
+
+@pytest.fixture(scope="session")
+def clean_python(tmp_path_factory):
+    """python of a venv with only torch, diffusers and safetensors: $FAIRFACE_CLEAN_VENV (.ci/run makes it once),
+    else one made here. Skipped, with pip's reason, only where pip cannot install them."""
+    from clean_venv import make_clean_venv
+
+    folder = os.environ.get("FAIRFACE_CLEAN_VENV") or str(tmp_path_factory.mktemp("venv") / "clean")
+    try:
+        return make_clean_venv(folder)
+    except RuntimeError as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    """The demo recipe (train_fairface.py --demo, with framing) stopped after 5 epochs (315 steps): it draws the
+    requested gender (tests/test_app.py's docstring). FAIRFACE_APP_TEST_MODEL names an already trained one."""
+    if os.environ.get("FAIRFACE_APP_TEST_MODEL"):
+        return os.environ["FAIRFACE_APP_TEST_MODEL"]
+    root = tmp_path_factory.mktemp("app-model")
+    run_script("train_fairface.py", "--demo", "--dataset_name", root / "data", "--output_dir", root / "demo",
+               "--preprocess_cache", root / "cache", "--num_epochs", "5", "--save_model_epochs", "5",
+               "--save_images_epochs", "5", "--checkpointing_steps", "100000", "--report_to", "none",
+               "--framing_condition")
+    return str(root / "demo")

@@ -38,18 +38,6 @@ TIGHT, WIDE = 0, 1
 
 
 @pytest.fixture(scope="module")
-def demo_model(tmp_path_factory):
-    if os.environ.get("FAIRFACE_APP_TEST_MODEL"):
-        return os.environ["FAIRFACE_APP_TEST_MODEL"]
-    root = tmp_path_factory.mktemp("app-model")
-    run_script("train_fairface.py", "--demo", "--dataset_name", root / "data", "--output_dir", root / "demo",
-               "--preprocess_cache", root / "cache", "--num_epochs", "5", "--save_model_epochs", "5",
-               "--save_images_epochs", "5", "--checkpointing_steps", "100000", "--report_to", "none",
-               "--framing_condition")
-    return str(root / "demo")
-
-
-@pytest.fixture(scope="module")
 def app(demo_model, tmp_path_factory):
     """``python app.py --model DEMO --port P`` running; yields (url, log path). Stopped at the end."""
     root = tmp_path_factory.mktemp("app")

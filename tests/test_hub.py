@@ -237,19 +237,6 @@ def test_card_snippet_samples_without_this_repository(pushed_run, hub_cache, tmp
 
 
 # ---------------------------------------------------------------------------------------------- plain diffusers
-@pytest.fixture(scope="session")
-def clean_python(tmp_path_factory):
-    """python of a venv with only torch, diffusers and safetensors: $FAIRFACE_CLEAN_VENV (.ci/run makes it once),
-    else one made here. Skipped, with pip's reason, only where pip cannot install them."""
-    from clean_venv import make_clean_venv
-
-    folder = os.environ.get("FAIRFACE_CLEAN_VENV") or str(tmp_path_factory.mktemp("venv") / "clean")
-    try:
-        return make_clean_venv(folder)
-    except RuntimeError as error:
-        pytest.skip(str(error))
-
-
 # The issue's snippets, and the card's first block when given, as a user without this repository runs them.
 PLAIN_DIFFUSERS = f"""
 import runpy, sys

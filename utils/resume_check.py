@@ -28,10 +28,13 @@ def _normalised_path(value, local=False):
     return value
 
 
-def record(args, num_processes):
-    """The flags that define this run, as stored in each checkpoint's training_state.json (``run``)."""
-    values = {flag: getattr(args, flag) for flag in DATA_FLAGS + MODEL_FLAGS if flag != "num_processes"}
-    values["ema_variants"] = [list(variant) for variant in values["ema_variants"]]  # as JSON gives them back
+def record(args, num_processes, flags=DATA_FLAGS + MODEL_FLAGS):
+    """The flags that define this run, as stored in each checkpoint's training_state.json (``run``).
+
+    ``flags``: train_fairface.py's by default; distill_fairface.py passes its own."""
+    values = {flag: getattr(args, flag) for flag in flags if flag != "num_processes"}
+    if "ema_variants" in values:
+        values["ema_variants"] = [list(variant) for variant in values["ema_variants"]]  # as JSON gives them back
     # A local folder: the same one from any working directory. --demo's data folder is local even before the
     # first run has generated it (the record is taken before the data: a refusal comes at once).
     values["dataset_name"] = _normalised_path(values["dataset_name"], local=getattr(args, "demo", False))
@@ -44,7 +47,7 @@ def _show(flag, value):
     return f"the process count {text}" if flag == "num_processes" else f"--{flag} {text}"
 
 
-def check(state, current, allow_changes, checkpoint):
+def check(state, current, allow_changes, checkpoint, flags=DATA_FLAGS + MODEL_FLAGS):
     """The accepted changes ``[(flag, old, new)]`` between a checkpoint's record and ``current`` (``record()``).
 
     Raises ValueError with the one-line refusal. A checkpoint without a record (written by an older version)
@@ -55,7 +58,7 @@ def check(state, current, allow_changes, checkpoint):
     # Normalised like record() does: a checkpoint written before it did (a first --demo run recorded its data
     # folder relative, as given) still matches the same folder.
     recorded = {flag: _normalised_path(value) if flag in PATH_FLAGS else value for flag, value in recorded.items()}
-    changed = [(flag, recorded[flag], current[flag]) for flag in DATA_FLAGS + MODEL_FLAGS
+    changed = [(flag, recorded[flag], current[flag]) for flag in flags
                if flag in recorded and recorded[flag] != current[flag]]
     for flag, old, new in changed:
         if flag in MODEL_FLAGS:
@@ -69,11 +72,12 @@ def check(state, current, allow_changes, checkpoint):
     return changed
 
 
-def check_or_exit(checkpoint, current, allow_changes, grad_scaler=False):
+def check_or_exit(checkpoint, current, allow_changes, flags=DATA_FLAGS + MODEL_FLAGS, grad_scaler=False):
     """``check`` for the checkpoint a run resumes from (None: a new run), exit 2 with its one line if refused.
 
-    ``grad_scaler``: this run has fp16's grad scaler (fp16 on a GPU); a checkpoint written without one (bf16 or
-    float32) has no scaler state for accelerate to load: refused with one line, not a file error."""
+    ``flags``: as for ``record``. ``grad_scaler``: this run has fp16's grad scaler (fp16 on a GPU); a checkpoint
+    written without one (bf16 or float32) has no scaler state for accelerate to load: refused with one line, not
+    a file error."""
     from .cli import fail
     from .checkpoints import read_training_state
 
@@ -90,7 +94,7 @@ def check_or_exit(checkpoint, current, allow_changes, grad_scaler=False):
         if framing is not None:
             recorded["framing_condition"] = framing
     try:
-        return check({**state, "run": recorded}, current, allow_changes, checkpoint)
+        return check({**state, "run": recorded}, current, allow_changes, checkpoint, flags)
     except ValueError as error:
         fail(str(error))
 

@@ -1,0 +1,309 @@
+"""Distil a trained fairface-diffusion model into a few-step student with its guidance baked in.
+
+    accelerate launch distill_fairface.py --teacher fairface-model --output_dir fairface-model-distilled
+    accelerate launch distill_fairface.py --demo     # the quick start's fairface-demo, minutes on a CPU
+
+Guided consistency distillation (the LCM recipe; utils/consistency.py): the teacher, with classifier-free
+guidance, takes one DDIM step on its own noise schedule and prediction type, an EMA target network of the student
+gives the target there, and the student (initialised from the teacher) learns to map every point of the path
+straight to the clean image. The student samples with LCMScheduler and one UNet evaluation per image per step;
+it is an ordinary release (safetensors, shipped pipeline code, a model card naming the teacher's weight hash),
+whose saved sampling defaults make every script of this repository use its few-step sampler.
+
+Outputs under --output_dir: checkpoint-{step}/ (resume with --resume_from_checkpoint latest) and the student at
+the root. The data flags must name the teacher's training data (or data like it): --dataset_name etc.
+"""
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+
+import torch
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from diffusers import UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from train_fairface import DEMO_DEFAULTS
+from utils import (checkpoints, consistency, data, distributed, hub, model_card, objective, release, remote_code,
+                   resume_check, run_setup, step_metrics, stop_signals, student_card)
+from utils.cli import (DEFAULT_MODEL_DIR, beta, fail, nonnegative_int, positive_float, positive_int, probability)
+from utils.conditions import load_pipeline_or_exit
+from utils.labels import UNKNOWN
+from utils.pipeline import FairFacePipeline, denoise
+
+logger = get_logger(__name__)
+
+DEMO = dict(teacher=DEMO_DEFAULTS["output_dir"], output_dir=DEMO_DEFAULTS["output_dir"] + "-distilled",
+            **{k: DEMO_DEFAULTS[k] for k in ("dataset_name", "preprocess_cache", "random_flip", "train_batch_size")},
+            max_train_steps=200, learning_rate=1e-4, checkpointing_steps=50,
+            num_ddim_timesteps=10)  # 10-point grid: the one measured (docs/distillation.md); 50 not, for CPU time
+# Flags whose change makes a resumed run another run (utils/resume_check.py); teacher_weights: its SHA-256.
+RUN_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name", "dataset_config_names",
+             "dataset_splits", "seed", "teacher_weights", "guidance_scale", "num_ddim_timesteps", "huber_c",
+             "ema_decay", "cond_drop_prob", "attr_drop_prob", "framing_drop_prob", "random_flip"]
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add = parser.add_argument
+    add("--teacher", default=None, help="The model to distil: a release folder, an epoch_N/ snapshot or a Hub id.")
+    add("--demo", action="store_true", help="Distil the quick start's fairface-demo on its generated data.")
+    # Data: the teacher's (as train_fairface.py)
+    add("--dataset_name", default="HuggingFaceM4/FairFace", help="Hub dataset id or local folder in the same layout.")
+    add("--dataset_config_names", nargs="+", default=["0.25", "1.25"], help="FairFace configs to merge.")
+    add("--dataset_splits", nargs="+", default=["train", "validation"], help="Splits to merge.")
+    add("--cache_dir", default=None, help="datasets cache directory.")
+    add("--preprocess_cache", default=None, help="Folder for the uint8 pixel cache (as train_fairface.py).")
+    add("--dataloader_num_workers", type=nonnegative_int, default=0)
+    add("--random_flip", action="store_true", help="Randomly mirror faces horizontally.")
+    add("--cond_drop_prob", type=probability, default=0.1, help="Distil the unconditioned output too.")
+    add("--attr_drop_prob", type=probability, default=0.1, help="Distil partial conditions too.")
+    add("--framing_drop_prob", type=probability, default=0.1, help="Distil the model's-choice framing too.")
+    # Distillation
+    add("--guidance_scale", type=positive_float, default=None, help="Guidance baked into the student "
+        "(default: the teacher's saved one).")
+    add("--num_ddim_timesteps", type=positive_int, default=50, help="Grid of the teacher's DDIM steps (LCM's 50).")
+    add("--huber_c", type=positive_float, default=None, help="Pseudo-Huber c (default 0.00054 * sqrt(pixels "
+        "per image), Song & Dhariwal 2023).")
+    add("--ema_decay", type=probability, default=0.95, help="EMA decay of the target network (LCM, CD: 0.95).")
+    add("--release_weights", choices=["target", "student"], default="target", help="Which network to release.")
+    add("--num_inference_steps", type=positive_int, default=4, help="The student's saved default steps.")
+    # Optimisation
+    add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
+    add("--max_train_steps", type=positive_int, default=4000)
+    add("--gradient_accumulation_steps", type=positive_int, default=1)
+    add("--learning_rate", type=positive_float, default=1e-5)
+    add("--lr_scheduler", default="constant_with_warmup", choices=["linear", "cosine", "constant",
+                                                                    "constant_with_warmup"])
+    add("--lr_warmup_steps", type=nonnegative_int, default=20)
+    add("--adam_beta1", type=beta, default=0.9)
+    add("--adam_beta2", type=beta, default=0.999)
+    add("--adam_weight_decay", type=float, default=0.0)
+    add("--adam_epsilon", type=positive_float, default=1e-8)
+    add("--max_grad_norm", type=positive_float, default=1.0)
+    add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
+    add("--seed", type=nonnegative_int, default=0)
+    add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop after this many non-finite steps in a row.")
+    # Outputs
+    add("--output_dir", default=DEFAULT_MODEL_DIR + "-distilled")
+    add("--checkpointing_steps", type=positive_int, default=500)
+    add("--checkpoints_total_limit", type=positive_int, default=None)
+    add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
+    add("--allow_resume_changes", action="store_true", help="Resume even though run flags differ.")
+    add("--logging_steps", type=positive_int, default=10)
+    add("--report_to", default="none", choices=["all", "none", "tensorboard", "wandb"])
+    add("--logging_dir", default="logs")
+    add("--push_to_hub", action="store_true")
+    add("--hub_model_id", type=hub.repo_id_arg, default=None)
+    run_setup.add_ddp_timeout_arg(parser)
+    add("--hub_private_repo", action="store_true")
+    args = parser.parse_args(input_args)
+    if args.demo:
+        parser.set_defaults(**DEMO)
+        args = parser.parse_args(input_args)
+    if args.teacher is None:
+        parser.error("--teacher DIR_OR_REPO is required (or --demo)")
+    return args
+
+
+def main(args):
+    # ---------------------------------------------------------------------------------------- setup
+    checkpoint = run_setup.check_output_dir(args)
+    teacher = load_pipeline_or_exit(args.teacher)
+    identity = student_card.teacher_identity(args.teacher)
+    config = teacher.scheduler.config
+    args.teacher_weights, args.num_train_timesteps = identity["weights_sha256"], config.num_train_timesteps
+    args.resolution = teacher.unet.config.sample_size
+    if args.guidance_scale is None:
+        args.guidance_scale = float(teacher.sampling_settings()["guidance_scale"])
+    if config.num_train_timesteps % args.num_ddim_timesteps:
+        fail(f"--num_ddim_timesteps {args.num_ddim_timesteps} must divide the teacher's {config.num_train_timesteps} "
+             "training timesteps")
+    args.huber_c = args.huber_c or 0.00054 * math.sqrt(3 * args.resolution ** 2)
+    accelerator = run_setup.make_accelerator(args, logger)
+    checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
+    run_record = resume_check.record(args, accelerator.num_processes, RUN_FLAGS)
+    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes, RUN_FLAGS)
+    distributed.use_available_cores(accelerator.device, logger)
+    stop = stop_signals.StopRequest()
+
+    # ---------------------------------------------------------------------------------------- data
+    _, images = run_setup.load_training_data(args, accelerator)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = len(images) // world // args.train_batch_size // args.gradient_accumulation_steps
+    if steps_per_epoch == 0:
+        fail(f"{len(images)} images are too few for {world} process(es) x batch {args.train_batch_size}")
+
+    # ---------------------------------------------------------------------------------------- models
+    set_seed(args.seed)
+    device = accelerator.device
+    teacher_unet, encoder = teacher.unet.to(device).requires_grad_(False), teacher.condition_encoder.to(device)
+    encoder.requires_grad_(False)
+    unet = copy.deepcopy(teacher_unet).requires_grad_(True)
+    target = copy.deepcopy(teacher_unet)  # EMA of the student, no gradients
+    alphas = consistency.teacher_alphas(config).to(device)
+    grid, skip = consistency.grid_timesteps(config.num_train_timesteps, args.num_ddim_timesteps)
+    grid, prediction_type = grid.to(device), config.prediction_type
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=args.max_train_steps)
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+
+    def save_model_hook(models, weights, output_dir):  # safetensors via save_pretrained
+        if accelerator.is_main_process:
+            models[0].save_pretrained(os.path.join(output_dir, "unet"))
+            target.save_pretrained(os.path.join(output_dir, "unet_target"))
+        weights.clear()
+
+    def load_model_hook(models, input_dir):
+        for model, name in ((models.pop(), "unet"), (target, "unet_target")):
+            loaded = UNet2DConditionModel.from_pretrained(input_dir, subfolder=name, use_safetensors=True)
+            model.load_state_dict(loaded.state_dict())
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    # ---------------------------------------------------------------------------------------- resume
+    global_step, nonfinite_in_a_row, state, saved, train_seconds = 0, 0, {}, {}, 0.0
+    if checkpoint is not None:
+        try:
+            accelerator.load_state(checkpoint)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            fail(f"cannot resume from {checkpoint}: {str(error).strip().splitlines()[0]}")
+        state = checkpoints.read_training_state(checkpoint)
+        nonfinite_in_a_row, train_seconds = state.get("nonfinite_in_a_row", 0), state.get("train_seconds", 0.0)
+        global_step = resume_check.go_on(state, resume_changes, steps_per_epoch, lr_scheduler, logger.warning)
+        accelerator.print(f"resumed from {checkpoint} at step {global_step}")
+        saved.update({} if resume_changes else {global_step: checkpoint})
+    change_history = resume_check.history(state, resume_changes, global_step)
+    started = time.perf_counter() - train_seconds  # the training time of the whole run, across resumes
+
+    def save_checkpoint():
+        if global_step not in saved:
+            extra = dict(nonfinite_in_a_row=nonfinite_in_a_row, run=run_record, steps_per_epoch=steps_per_epoch,
+                         resume_changes=change_history, train_seconds=time.perf_counter() - started)
+            saved[global_step] = checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, extra,
+                                                             args.checkpoints_total_limit)
+        return saved[global_step]
+
+    # ---------------------------------------------------------------------------------------- distil
+    def distillation_loss(batch, generator):
+        pixels, weights, attributes = (batch[k].to(device) for k in ("pixels", "weights", "attributes"))
+        clean, attributes = objective.prepare_batch(pixels, attributes, generator, args.random_flip,
+                                                    args.cond_drop_prob, args.attr_drop_prob, args.framing_drop_prob)
+        noise = torch.randn(clean.shape, generator=generator, device=device)
+        index = torch.randint(0, len(grid), (clean.shape[0],), generator=generator, device=device)
+        start, previous = grid[index], grid[index] - skip
+        noisy = consistency.add_noise(alphas, clean, noise, start)
+        tokens = encoder(attributes)
+        with accelerator.autocast():
+            output = denoise(unet, noisy, start, tokens)
+        prediction = consistency.consistency_output(output.float(), start, noisy, alphas, prediction_type)
+        with torch.no_grad():
+            null_tokens = encoder(torch.full_like(attributes, UNKNOWN))
+            uncond, cond = denoise(teacher_unet, torch.cat([noisy] * 2), torch.cat([start] * 2),
+                                   torch.cat([null_tokens, tokens])).float().chunk(2)
+            guided = uncond + args.guidance_scale * (cond - uncond)
+            x0, epsilon = consistency.predicted_original(guided, start, noisy, alphas, prediction_type)
+            stepped = consistency.ddim_step(x0, epsilon, previous, alphas)
+            at = previous.clamp(min=0)
+            target_output = consistency.consistency_output(denoise(target, stepped, at, tokens).float(), at, stepped,
+                                                           alphas, prediction_type)
+            goal = torch.where((previous < 0).view(-1, 1, 1, 1), stepped, target_output)  # f(x, 0) = x
+        per_image = consistency.pseudo_huber(prediction, goal, args.huber_c)
+        return (per_image * weights).sum() / weights.sum().clamp(min=1.0)
+
+    progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc="distilling")
+    metrics = step_metrics.StepMetrics(device)
+    logger.info(f"{len(images)} images, {steps_per_epoch} steps/epoch, {args.max_train_steps} steps, guidance "
+                f"{args.guidance_scale:g} baked in, teacher {identity['teacher']} ({identity['weights_sha256'][:12]})")
+    epoch = global_step // steps_per_epoch
+    while global_step < args.max_train_steps:
+        start_item = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps * args.train_batch_size
+        sampler = data.EpochSampler(len(images), args.seed, epoch, rank, world, start_item)
+        loader = torch.utils.data.DataLoader(
+            images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
+            num_workers=args.dataloader_num_workers, collate_fn=lambda items: data.collate(items, args.resolution),
+            worker_init_fn=data.ignore_stop_signals)
+        micro_step = 0
+        for batch in loader:
+            if global_step >= min((epoch + 1) * steps_per_epoch, args.max_train_steps):
+                break
+            generator = objective.step_generator(args.seed, global_step, micro_step, rank, device)
+            micro_step = (micro_step + 1) % args.gradient_accumulation_steps
+            with accelerator.accumulate(unet):
+                loss = distillation_loss(batch, generator)
+                accelerator.backward(loss)
+                if not accelerator.sync_gradients:
+                    continue
+                grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                finite = bool(torch.isfinite(grad_norm if accelerator.scaler is None else loss))
+                if finite:
+                    optimizer.step()
+                    if not optimizer.step_was_skipped:
+                        lr_scheduler.step()
+                        with torch.no_grad():  # the target follows the student (EMA)
+                            for t, s in zip(target.parameters(), accelerator.unwrap_model(unet).parameters()):
+                                t.lerp_(s, 1 - args.ema_decay)
+                optimizer.zero_grad(set_to_none=True)
+            nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
+            global_step += 1
+            progress.update(1)
+            metrics.add(loss, grad_norm, counted=finite)
+            logging_step = global_step % args.logging_steps == 0 or global_step == args.max_train_steps
+            if logging_step:
+                metrics.report(accelerator, progress, lr_scheduler.get_last_lr()[0], global_step)
+            if nonfinite_in_a_row >= args.max_nonfinite_steps:
+                path = save_checkpoint()
+                progress.close()
+                fail(f"{nonfinite_in_a_row} non-finite steps in a row; stopped. Checkpoint {path}; try a lower "
+                     "--learning_rate")
+            checkpointed = global_step % args.checkpointing_steps == 0
+            if checkpointed:
+                save_checkpoint()
+            if stop.agreed(accelerator, all_ranks_here=logging_step or checkpointed):
+                path = save_checkpoint()
+                progress.close()
+                accelerator.print(f"stopped at step {global_step} by {stop.name}; checkpoint {path}. Resume with "
+                                  "the same command plus --resume_from_checkpoint latest")
+                accelerator.end_training()
+                sys.exit(0)
+        epoch += 1
+
+    # ---------------------------------------------------------------------------------------- release
+    progress.close()
+    save_checkpoint()
+    train_seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        weights = target if args.release_weights == "target" else accelerator.unwrap_model(unet)
+        student = FairFacePipeline(
+            unet=weights, condition_encoder=encoder,
+            scheduler=consistency.lcm_scheduler(config, args.num_ddim_timesteps),
+            sampling_defaults=dict(num_inference_steps=args.num_inference_steps, guidance_scale=1.0,
+                                   guidance_interval=None, distilled_guidance_scale=args.guidance_scale))
+        card = student_card.build_card(args, identity, global_step, train_seconds, len(images),
+                                       model_card.card_repo_id(args))
+
+        def write(folder):
+            remote_code.save_pipeline(student, folder)
+            model_card.sample_grid(student).save(os.path.join(folder, "samples.png"))
+            card.save(os.path.join(folder, "README.md"))
+
+        release.publish(args.output_dir, write)
+        if args.push_to_hub:
+            hub.push_release(args)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    accelerator.print(f"done: {global_step} steps in {train_seconds:.0f} s; student in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_setup.run_main(main, parse_args)

@@ -1,0 +1,188 @@
+"""distill_fairface.py (issue 22): the solver and consistency maths against diffusers' own schedulers, and a tiny
+teacher distilled end to end on a CPU: the student is a release that samples with one UNet evaluation per image
+per step by default, draws the requested gender, loads with plain diffusers, and resumes bitwise exactly.
+
+The teacher is tests/conftest.py's tiny_run (3 epochs, with EMA, framing and the condition in the time embedding).
+"""
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+from safetensors.torch import load_file
+
+from conftest import run_script
+from utils import consistency
+from utils.demo_data import measure_attributes
+from utils.pipeline import generate, load_pipeline
+
+STEPS = 8  # distillation steps of the end-to-end runs (batch 16): the machinery, not the quality
+COMMON = ["--train_batch_size", "16", "--learning_rate", "1e-4", "--lr_warmup_steps", "5", "--logging_steps", "2"]
+
+
+def teacher_config(prediction_type):
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                         prediction_type=prediction_type).config
+
+
+# ---------------------------------------------------------------------------------------------- the maths
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+def test_solver_step_matches_ddim_scheduler_step(prediction_type):
+    """One batched ddim_step over grid points (the lowest one included, where DDIM steps to the clean image)
+    equals DDIMScheduler.step (eta 0) image by image; reading the output as the other type does not."""
+    config = teacher_config(prediction_type)
+    ddim = DDIMScheduler.from_config(config, clip_sample=False)
+    ddim.set_timesteps(50)
+    alphas = consistency.teacher_alphas(config)
+    grid, skip = consistency.grid_timesteps(1000, 50)
+    timesteps = grid[[0, 1, 12, 25, 37, 49]]
+    generator = torch.Generator().manual_seed(0)
+    sample, output = (torch.randn(len(timesteps), 3, 8, 8, generator=generator) for _ in range(2))
+    x0, epsilon = consistency.predicted_original(output, timesteps, sample, alphas, prediction_type)
+    mine = consistency.ddim_step(x0, epsilon, timesteps - skip, alphas)
+    theirs = torch.cat([ddim.step(output[i:i + 1], int(t), sample[i:i + 1], eta=0.0).prev_sample
+                        for i, t in enumerate(timesteps)])
+    assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+    other = "epsilon" if prediction_type == "v_prediction" else "v_prediction"
+    wrong = consistency.ddim_step(*consistency.predicted_original(output, timesteps, sample, alphas, other),
+                                  timesteps - skip, alphas)
+    assert not torch.allclose(wrong, theirs, atol=1e-2)
+
+
+def test_consistency_output_is_what_the_students_sampler_denoises_to():
+    """consistency_output (the student's training parametrisation) equals LCMScheduler.step's ``denoised`` at
+    every timestep of the student's sampler, and f(x, 0) = x (the boundary condition)."""
+    config = teacher_config("v_prediction")
+    alphas = consistency.teacher_alphas(config)
+    scheduler = consistency.lcm_scheduler(config, 50)
+    scheduler.set_timesteps(4)
+    generator = torch.Generator().manual_seed(1)
+    for t in scheduler.timesteps:
+        sample, output = (torch.randn(2, 3, 8, 8, generator=generator) for _ in range(2))
+        theirs = scheduler.step(output, t, sample, generator=generator).denoised
+        mine = consistency.consistency_output(output, t.repeat(2), sample, alphas, "v_prediction")
+        assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+    sample = torch.randn(2, 3, 8, 8, generator=generator)
+    at_zero = consistency.consistency_output(torch.randn_like(sample), torch.zeros(2, dtype=torch.long), sample,
+                                             alphas, "v_prediction")
+    assert torch.allclose(at_zero, sample)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def student(tiny_run, demo_dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("distilled") / "student"
+    run_script("distill_fairface.py", "--teacher", tiny_run, "--dataset_name", demo_dataset, "--output_dir",
+               output_dir, *COMMON, "--max_train_steps", STEPS, "--checkpointing_steps", STEPS // 2)
+    return str(output_dir)
+
+
+def count_unet_calls(pipe):
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda module, inputs: calls.append(len(inputs[0])))
+    return calls
+
+
+def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run):
+    for name in ("model_index.json", "README.md", "samples.png", "fairface_pipeline.py",
+                 "unet/diffusion_pytorch_model.safetensors", "condition_encoder/condition_encoder.py"):
+        assert os.path.isfile(os.path.join(student, name)), name
+    from utils.release import entries
+    paths = [os.path.join(student, name) for name in entries(student)]  # the release, not the checkpoints
+    released = [p for p in paths if os.path.isfile(p)] + [os.path.join(root, f) for p in paths
+                                                          for root, _, files in os.walk(p) for f in files]
+    assert released and not [f for f in released if f.endswith((".bin", ".pt", ".pkl"))]
+    card = open(os.path.join(student, "README.md"), encoding="utf-8").read()
+    from utils.student_card import teacher_identity
+    assert "distilled" in card and teacher_identity(tiny_run)["weights_sha256"] in card
+    pipe = load_pipeline(student)
+    settings = pipe.sampling_settings()
+    assert type(pipe.scheduler).__name__ == "LCMScheduler" and settings["guidance_scale"] == 1.0
+    assert settings["distilled_guidance_scale"] == load_pipeline(tiny_run).sampling_settings()["guidance_scale"]
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    calls = count_unet_calls(pipe)
+    images = generate(pipe, [(2, 0, 1), (3, 1, None), (None, None, None)], [0, 1, 2], output_type="np")
+    assert calls == [3] * settings["num_inference_steps"]  # one evaluation per image per step, no guidance
+    assert np.asarray(images).std() > 0.05  # pictures, not a flat field
+    calls.clear()
+    generate(pipe, [(2, 0, 1)], [0], num_inference_steps=1, framing="tight")
+    assert calls == [1]
+
+
+@pytest.fixture(scope="module")
+def demo_student(demo_model, demo_dataset, tmp_path_factory):
+    """The demo recipe's model (tests/conftest.py demo_model, which draws gender) distilled for 24 steps."""
+    output_dir = tmp_path_factory.mktemp("distilled") / "demo-student"
+    run_script("distill_fairface.py", "--teacher", demo_model, "--dataset_name", demo_dataset, "--output_dir",
+               output_dir, *COMMON, "--max_train_steps", "24", "--checkpointing_steps", "24")
+    return str(output_dir)
+
+
+def test_student_draws_the_requested_gender(demo_student):
+    """Its saved sampler (LCM, 4 steps, one evaluation each, no guidance) draws the gender asked for. (Measured on
+    the docs' demo student: 100 % both ways; with its sampler reading the v output as epsilon, 100 % and 75 %.)"""
+    pipe = load_pipeline(demo_student)
+    for gender in (0, 1):
+        conditions = [(age, gender, race) for age in range(2, 8) for race in (0, 3)]
+        images = generate(pipe, conditions, list(range(len(conditions))))
+        read = measure_attributes(images)["gender"]
+        assert np.mean(read == gender) >= 0.9, (gender, read)
+
+
+def test_resume_is_bitwise_exact_and_checked(tiny_run, demo_dataset, student, tmp_path):
+    """The first half, then --resume_from_checkpoint latest: the same weights, student and target, as the run
+    straight through; a resume with another guidance scale is refused (exit 2)."""
+    output_dir = tmp_path / "halves"
+    args = ["--teacher", tiny_run, "--dataset_name", demo_dataset, "--output_dir", output_dir, *COMMON,
+            "--checkpointing_steps", STEPS // 2]
+    run_script("distill_fairface.py", *args, "--max_train_steps", STEPS // 2)
+    refused = run_script("distill_fairface.py", *args, "--max_train_steps", STEPS, "--resume_from_checkpoint",
+                         "latest", "--guidance_scale", "3", check=False)
+    assert refused.returncode == 2 and "--guidance_scale" in refused.stderr.strip().splitlines()[-1]
+    resumed = run_script("distill_fairface.py", *args, "--max_train_steps", STEPS, "--resume_from_checkpoint",
+                         "latest")
+    assert f"checkpoint-{STEPS // 2} at step {STEPS // 2}" in resumed.stdout + resumed.stderr
+    for name in ("unet", "unet_target"):
+        path = os.path.join(f"checkpoint-{STEPS}", name, "diffusion_pytorch_model.safetensors")
+        expected, actual = load_file(os.path.join(student, path)), load_file(os.path.join(output_dir, path))
+        assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "--teacher"), (["--num_ddim_timesteps", "33"], "must divide"), (["--learning_rate", "-1"], "learning_rate")])
+def test_bad_flags_exit_2_with_one_line(tiny_run, tmp_path, flags, message):
+    teacher = [] if not flags else ["--teacher", tiny_run]
+    result = run_script("distill_fairface.py", *teacher, "--output_dir", tmp_path / "out", *flags, check=False)
+    assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+PLAIN = """
+import sys, numpy as np, torch
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+calls = []
+pipe.unet.register_forward_pre_hook(lambda module, inputs: calls.append(len(inputs[0])))
+images = pipe(condition_ids=[42, 58], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+              output_type="np").images
+mine = [n for n, m in sys.modules.items() if (getattr(m, "__file__", None) or "").startswith(sys.argv[3])]
+assert not mine, mine
+np.savez(sys.argv[2], images=images, calls=np.array(calls))
+"""
+
+
+def test_plain_diffusers_in_a_clean_venv_samples_the_student_as_we_do(student, clean_python, tmp_path):
+    (tmp_path / "plain.py").write_text(PLAIN)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([clean_python, "-I", "plain.py", student, "out.npz", os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    pipe = load_pipeline(student)
+    expected = pipe(condition_ids=[42, 58], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                    output_type="np").images
+    assert np.allclose(got["images"], expected, atol=1e-5)
+    assert list(got["calls"]) == [2] * pipe.sampling_settings()["num_inference_steps"]

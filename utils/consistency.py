@@ -1,0 +1,98 @@
+"""Guided consistency distillation (Song et al. 2023; the LCM recipe of diffusers' examples/consistency_distillation),
+written for the teacher's own prediction type and noise schedule.
+
+Timesteps live on a coarse grid of the teacher's training timesteps, ``k - 1, 2k - 1, ..., T - 1`` with
+``k = T // num_ddim_timesteps``: the grid ``LCMScheduler`` samples from (its ``original_inference_steps``), so the
+student is consistent exactly at the timesteps it is later sampled at. One distillation target:
+
+1. noise the data at a grid point t (``add_noise`` with the teacher's alphas);
+2. the teacher, with classifier-free guidance, predicts there; one DDIM step (eta 0) takes x_t to x_{t-k}
+   (``ddim_step``; at t - k < 0 the clean estimate itself, DDIMScheduler's ``set_alpha_to_one``);
+3. the target network (an EMA of the student) maps x_{t-k} to its clean estimate ``consistency_output``: the
+   boundary condition ``c_skip(t) x_t + c_out(t) x0(t)`` with LCMScheduler's scalings, so f(x, 0) = x;
+4. the student's ``consistency_output`` at x_t is pulled to it with a pseudo-Huber loss.
+
+Every conversion goes through ``predicted_original`` with the teacher's prediction type: a v-prediction teacher
+read as epsilon gives noise (latent-consistency-model issue #65). tests/test_distill.py checks ``ddim_step``
+against ``DDIMScheduler.step`` and ``consistency_output`` against ``LCMScheduler.step``.
+"""
+
+import inspect
+
+import torch
+from diffusers import DDPMScheduler, LCMScheduler
+
+SIGMA_DATA = 0.5  # LCMScheduler's boundary-condition constants
+TIMESTEP_SCALING = 10.0
+
+
+def lcm_scheduler(teacher_config, num_ddim_timesteps):
+    """The student's sampler: LCMScheduler on the teacher's betas and prediction type, on the distillation grid.
+
+    No x0 clipping: the student was trained on unclipped targets (the images are clamped at the end)."""
+    accepted = inspect.signature(LCMScheduler.__init__).parameters  # the teacher's sampler has other options
+    config = {k: v for k, v in teacher_config.items() if k in accepted}
+    return LCMScheduler.from_config(config, original_inference_steps=num_ddim_timesteps,
+                                    timestep_scaling=TIMESTEP_SCALING, clip_sample=False, thresholding=False)
+
+
+def grid_timesteps(num_train_timesteps, num_ddim_timesteps):
+    """The distillation grid (LCMScheduler's): k - 1, 2k - 1, ..., num_ddim_timesteps * k - 1."""
+    k = num_train_timesteps // num_ddim_timesteps
+    return torch.arange(1, num_ddim_timesteps + 1) * k - 1, k
+
+
+def _at(values, timesteps, like):
+    return values.to(like.device)[timesteps].float().view(-1, *([1] * (like.dim() - 1)))
+
+
+def predicted_original(model_output, timesteps, sample, alphas_cumprod, prediction_type):
+    """(x0, epsilon) from a model output of ``prediction_type`` at integer ``timesteps`` (one per image)."""
+    alpha = _at(alphas_cumprod, timesteps, sample)
+    a, s = alpha.sqrt(), (1 - alpha).sqrt()
+    if prediction_type == "v_prediction":
+        return a * sample - s * model_output, a * model_output + s * sample
+    if prediction_type == "epsilon":
+        return (sample - s * model_output) / a, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - a * model_output) / s
+    raise ValueError(f"unsupported prediction type {prediction_type!r}")
+
+
+def add_noise(alphas_cumprod, clean, noise, timesteps):
+    """x_t = sqrt(alpha_t) x0 + sqrt(1 - alpha_t) noise, as the teacher's DDPMScheduler.add_noise."""
+    alpha = _at(alphas_cumprod, timesteps, clean)
+    return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
+
+
+def ddim_step(x0, epsilon, previous_timesteps, alphas_cumprod):
+    """DDIM (eta 0) to ``previous_timesteps`` (one per image); those below 0 get alpha 1: x0 itself."""
+    safe = previous_timesteps.clamp(min=0)
+    alpha = torch.where(_at(previous_timesteps, slice(None), x0) >= 0, _at(alphas_cumprod, safe, x0), 1.0)
+    return alpha.sqrt() * x0 + (1 - alpha).sqrt() * epsilon
+
+
+def boundary_scalings(timesteps, like):
+    """LCMScheduler's (c_skip, c_out) at integer timesteps: c_skip(0) = 1, c_out(0) = 0, c_skip ~ 0 beyond."""
+    scaled = _at(timesteps, slice(None), like) * TIMESTEP_SCALING
+    c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
+    c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
+    return c_skip, c_out
+
+
+def consistency_output(model_output, timesteps, sample, alphas_cumprod, prediction_type):
+    """The consistency function f(x_t, t) = c_skip(t) x_t + c_out(t) x0(t): what LCMScheduler.step calls denoised."""
+    x0, _ = predicted_original(model_output, timesteps, sample, alphas_cumprod, prediction_type)
+    c_skip, c_out = boundary_scalings(timesteps, sample)
+    return c_skip * sample + c_out * x0
+
+
+def pseudo_huber(prediction, target, c):
+    """Per-image mean of sqrt(d^2 + c^2) - c (Song & Dhariwal 2023): L2 near 0, L1 for outliers."""
+    difference = (prediction.float() - target.float()) ** 2
+    return ((difference + c * c).sqrt() - c).mean(dim=tuple(range(1, prediction.dim())))
+
+
+def teacher_alphas(teacher_config):
+    """The teacher's alphas_cumprod (float64 -> float32 as the schedulers hold them)."""
+    return DDPMScheduler.from_config(teacher_config).alphas_cumprod

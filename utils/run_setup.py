@@ -1,0 +1,99 @@
+"""The start of a training run, shared by train_fairface.py and distill_fairface.py.
+
+``check_output_dir(args)``: the output folder is writable, the Hub is reachable when pushing, and the
+checkpoint to resume from exists, all before anything slow. ``make_accelerator(args)``: the Accelerator,
+logging, and the run lock on --output_dir (utils/run_folder.py). ``load_training_data(args, accelerator)``:
+the dataset (the demo's generated one when --demo) and its pixel cache, built once per disk.
+"""
+
+import logging
+import os
+
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
+
+from . import atomic_files, checkpoints, data, distributed, flag_checks, hub, run_folder
+from .cli import fail, positive_int
+
+
+def add_ddp_timeout_arg(parser):
+    """--ddp_timeout, the same for every script that trains on several processes."""
+    add = parser.add_argument
+    add("--ddp_timeout", type=positive_int, default=7200, help="Seconds the processes wait for each other (barriers, "
+        "collectives; transformers' flag). 7200: rank 0 alone builds the pixel cache (about 195k FairFace images) "
+        "and writes and pushes the release while the others wait; NCCL's default of 600 s ended such runs.")
+
+
+def check_output_dir(args):
+    """Fail (exit 2) at once on an unwritable --output_dir, a Hub push that cannot work or a wrong checkpoint
+    path; returns the checkpoint to resume from (None: a new run)."""
+    try:
+        os.makedirs(args.output_dir, exist_ok=True)
+        probe = os.path.join(args.output_dir, f".write-test-{os.uname().nodename}-{os.getpid()}")  # per process
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as error:
+        fail(f"output folder {args.output_dir!r} is not writable: {error.strerror or error}")
+    if args.push_to_hub:  # not logged in / no valid repo name: fail now, not after days of training
+        try:
+            hub.check_push_access(args)
+        except hub.PushError as error:
+            fail(str(error))
+    checkpoint = None
+    if args.resume_from_checkpoint:  # checked before the data: a wrong path fails at once
+        try:
+            checkpoint = checkpoints.resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+        except ValueError as error:
+            fail(str(error))
+    return checkpoint
+
+
+def make_accelerator(args, logger):
+    """The run's Accelerator (with --output_dir locked for this run) and the logging set up."""
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        kwargs_handlers=[distributed.process_group_kwargs(args.ddp_timeout)],
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)))
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)  # one line per file saved is noise
+    run_folder.claim(accelerator, args.output_dir)  # one run per folder (else exit 2); tidies up after killed runs
+    flag_checks.warn_about_precision(accelerator, logger)
+    return accelerator
+
+
+def load_training_data(args, accelerator):
+    """(dataset, FairFaceImages) of --dataset_name etc.; --demo generates the demo data if it is missing."""
+    def build_or_load_data():  # one writer per disk: the global main first (utils/distributed.py)
+        try:
+            if args.demo and not os.path.isdir(args.dataset_name):
+                from .demo_data import make_demo_dataset
+                make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
+            dataset = data.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
+                                         args.cache_dir)
+        except ValueError as error:
+            fail(str(error))
+        cache = None
+        try:
+            if args.preprocess_cache:
+                cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
+                                               args.dataloader_num_workers, accelerator.is_local_main_process)
+        except OSError as error:  # not a folder, disk full, ...
+            fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
+        return dataset, cache
+    dataset, cache = distributed.in_writer_order(accelerator, build_or_load_data)
+    return dataset, data.FairFaceImages(dataset, args.resolution, cache)
+
+
+def run_main(main, parse_args):
+    """``main(parse_args())``; a SaveError (disk full, ...) ends it with one line and exit 2: the checkpoints,
+    snapshots and release written before are intact."""
+    from tqdm.auto import tqdm
+
+    try:
+        main(parse_args())
+    except atomic_files.SaveError as error:
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()  # the error is the last line
+        fail(str(error))
