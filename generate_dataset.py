@@ -41,7 +41,7 @@ DEFAULT_SHARD_SIZE = 1000
 # Flags that decide the images (the dataset folder's record): a rerun must repeat them. Not --batch_size, --device,
 # process counts: they change at most float rounding.
 RECORDED_FLAGS = ["condition_ids", "counts", "framing", "seed", "shard_size", "scheduler", "num_inference_steps",
-                  "guidance_scale", "guidance_interval", "dtype", "verify", "keep", "max_attempts", "classifier",
+                  "guidance_scale", "guidance_interval", "dtype", "verify", "verify_attributes", "keep", "max_attempts", "classifier",
                   "age_classifier", "gender_classifier", "race_classifier"]
 
 
@@ -67,6 +67,9 @@ def parse_args(input_args=None):
         "p_race (probability of the requested label) and verified (all three recognised) columns.")
     add("--keep", choices=["all", "verified"], default="all", help="verified: replace images whose requested "
         "attributes are not recognised by images from the next seeds (implies --verify; default: all).")
+    add("--verify_attributes", nargs="+", choices=list(ATTRIBUTES), default=list(ATTRIBUTES), help="The requested "
+        "attributes an image must show to count as verified (default: all three; e.g. leave out age, which "
+        "classifiers read least reliably).")
     add("--max_attempts", type=positive_int, default=10, help="Images tried per row with --keep verified; a row "
         "still unverified after them keeps its last image, verified=false (default: %(default)s).")
     add_classifier_args(add)
@@ -157,12 +160,12 @@ def draw(pipe, plan, rows, attempt, args, settings, progress):
     return [image for _, image in sorted(images, key=lambda pair: pair[0])]
 
 
-def score(classifiers, images, condition_ids):
-    """Probabilities of the requested labels (n, 3) and whether all three are the classifier's top labels."""
+def score(classifiers, images, condition_ids, checked):
+    """Probabilities of the requested labels (n, 3) and whether the ``checked`` attributes' are the top labels."""
     requested = np.array([decode_condition(c) for c in condition_ids]).reshape(-1, 3)
     probabilities = predict_all(classifiers, images)
     p = np.stack([probabilities[a][np.arange(len(images)), requested[:, i]] for i, a in enumerate(ATTRIBUTES)], 1)
-    top = np.stack([probabilities[a].argmax(-1) == requested[:, i] for i, a in enumerate(ATTRIBUTES)], 1)
+    top = np.stack([probabilities[a].argmax(-1) == requested[:, i] for i, a in enumerate(ATTRIBUTES) if a in checked], 1)
     return p, top.all(axis=1)
 
 
@@ -173,14 +176,14 @@ def make_shard(pipe, plan, shard, args, settings, classifiers, progress):
     columns = {"age": attributes[:, 0].tolist(), "gender": attributes[:, 1].tolist(), "race": attributes[:, 2].tolist(),
                "framing": plan.framings[rows].tolist(), "condition_id": plan.condition_ids[rows].tolist()}
     if args.verify:
-        p, verified = score(classifiers, images, plan.condition_ids[rows])
+        p, verified = score(classifiers, images, plan.condition_ids[rows], args.verify_attributes)
         for attempt in range(1, args.max_attempts if args.keep == "verified" else 1):
             bad = np.flatnonzero(~verified)
             if not len(bad):
                 break
             progress.total += len(bad)
             redrawn = draw(pipe, plan, rows[bad], attempt, args, settings, progress)
-            p[bad], verified[bad] = score(classifiers, redrawn, plan.condition_ids[rows[bad]])
+            p[bad], verified[bad] = score(classifiers, redrawn, plan.condition_ids[rows[bad]], args.verify_attributes)
             for j, k in enumerate(bad):
                 images[k], seeds[k], attempts[k] = redrawn[j], plan.seeds([rows[k]], attempt)[0], attempt + 1
         columns.update(p_age=p[:, 0].tolist(), p_gender=p[:, 1].tolist(), p_race=p[:, 2].tolist(),
@@ -219,7 +222,7 @@ def main(args):
         done = sum(os.path.exists(plan.shard_path(args.output_dir, k)) for k in range(plan.num_shards))
         print(f"{plan.num_rows} images ({len(args.condition_ids)} conditions, {args.distribution}) in "
               f"{plan.num_shards} shard(s), {done} already done; on {state.num_processes} process(es); counts: " +
-              "; ".join(f"{a} " + ", ".join(f"{n} {c}" for n, c in counts.items())
+              "; ".join(f"{a} " + ", ".join(f"{n} {c}" for n, c in counts.items() if c)
                         for a, counts in plan.counts_by().items()))
     stop = StopRequest()
     progress = tqdm(total=sum(len(plan.shard_rows(k)) for k in mine), unit="img", desc="generating",

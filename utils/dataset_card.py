@@ -88,7 +88,8 @@ def write_card(output_dir, paths, plan, args, settings, record, command):
     datasets.info.DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     model = os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model
     interval = settings["guidance_interval"]
-    verified = (f"{_percent(labels['verified'])} of the images are recognised as all three requested labels "
+    verified = (f"{_percent(labels['verified'])} of the images are recognised as the requested "
+                f"{', '.join(args.verify_attributes)} "
                 f"({_percent(labels['attempts'] == 1)} on the first image)." if args.verify else
                 "Not verified (generated without `--verify`).")
     text = f"""---
@@ -110,7 +111,7 @@ ds.features["race"].int2str(ds[0]["race"])
 
 `image`; `age`, `gender`, `race`: ClassLabels with FairFace's names in `{FAIRFACE}`'s order, so the columns line
 up with it{", `framing` (tight = FairFace's 0.25 crops, wide = 1.25)" if args.framing else ""}; `condition_id`
-(age*14 + gender*7 + race); `seed` (the image's own seed){"; `p_age`, `p_gender`, `p_race`: the attribute classifier's probability of the requested label; `verified`: all three requested labels are its top labels; `attempts`: images drawn for this row" if args.verify else ""}.
+(age*14 + gender*7 + race); `seed` (the image's own seed){"; `p_age`, `p_gender`, `p_race`: the attribute classifier's probability of the requested label; `verified`: the requested labels of " + ", ".join(args.verify_attributes) + " are its top labels; `attempts`: images drawn for this row" if args.verify else ""}.
 
 **The labels are the requested ones, not perceived ones**: they say what the model was asked to draw. {verified}
 
