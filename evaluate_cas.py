@@ -13,6 +13,7 @@ Writes metrics.json and report.md (accuracy per attribute and per group, beside 
 """
 
 import argparse
+import io
 import json
 import os
 
@@ -75,8 +76,11 @@ def main(args):
         real_test = load_fairface(args.dataset_name, args.dataset_config_names, [args.test_split])
     except (ValueError, OSError, datasets.exceptions.DatasetNotFoundError) as error:
         fail(f"cannot load the data: {first_line(error)}")
-    first = decode_image(synthetic[0]["image"], 10_000) if args.resolution is None else None
-    resolution = args.resolution or (first.shape[0] if first is not None else 64)
+    if args.resolution is None:  # the synthetic images' own size
+        from PIL import Image
+
+        args.resolution = min(Image.open(io.BytesIO(synthetic[0]["image"]["bytes"])).size)
+    resolution = args.resolution
     synthetic_images, rows = decode_all(synthetic["image"], resolution)
     synthetic_labels = labels_of(synthetic, rows)
     if len(real_train) < len(synthetic_images):

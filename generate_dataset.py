@@ -123,10 +123,17 @@ def public_command(args):
 
 def prepare_folder(args, state, record):
     """Refuse a folder that holds something else or another command's dataset; lock it; record the command."""
-    recorded = plans.read_record(args.output_dir) if os.path.isdir(args.output_dir) else None
-    if recorded is None and os.path.isdir(args.output_dir) and set(os.listdir(args.output_dir)) - {run_folder.LOCK_FILE}:
-        fail(f"{args.output_dir} is not empty and holds no generated dataset; choose another --output_dir")
-    refusal = recorded and plans.check_record(recorded, record, args.output_dir)
+    refusal = None
+    if state.is_main_process:  # before any rank creates anything in the folder
+        recorded = plans.read_record(args.output_dir) if os.path.isdir(args.output_dir) else None
+        if recorded is None and os.path.isdir(args.output_dir) and \
+                set(os.listdir(args.output_dir)) - {run_folder.LOCK_FILE}:
+            refusal = f"{args.output_dir} is not empty and holds no generated dataset; choose another --output_dir"
+        refusal = refusal or (recorded and plans.check_record(recorded, record, args.output_dir)) or None
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal], from_process=0)[0]
     if refusal:
         fail(refusal)
     try:

@@ -90,18 +90,19 @@ def classification_accuracy_scores(training_sets, test_images, test_labels, step
 
 
 def cas_markdown(results, caption):
-    """Accuracy per attribute, then per group (the attribute's own accuracy within each of its groups and of
-    the other attributes' groups), one column per training set."""
+    """Accuracy per attribute, then each attribute's accuracy within each of its groups (per-class recall), one
+    column per training set; metrics.json has every attribute's accuracy within every group."""
     names = list(results)
     lines = [caption, "", "| test accuracy | " + " | ".join(f"trained on {n}" for n in names) + " |",
              "|---|" + "---:|" * len(names)]
     lines += [f"| {a} | " + " | ".join(fmt_percent(results[n]["accuracy"][a]) for n in names) + " |"
               for a in (*ATTRIBUTES, "all")]
     for group_by, labels in ATTRIBUTES.items():
-        lines += ["", f"Per {group_by} group (accuracy of all three attributes; n = real test images):", "",
+        lines += ["", f"{group_by.capitalize()} accuracy per {group_by} group (the recall of each label, Ravuri & "
+                  "Vinyals' per-class CAS; n = real test images):", "",
                   f"| {group_by} | n | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
         for label in labels:
-            cells = [results[n]["per_group"]["all"][f"by_{group_by}"][label] for n in names]
+            cells = [results[n]["per_group"][group_by][f"by_{group_by}"][label] for n in names]
             lines.append(f"| {label} | {cells[0]['count']} | " + " | ".join(fmt_percent(c["accuracy"]) for c in cells)
                          + " |")
     return "\n".join(lines) + "\n"
