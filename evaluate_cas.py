@@ -70,7 +70,8 @@ def main(args):
 
     rng = np.random.default_rng(args.seed)
     try:
-        synthetic = datasets.load_dataset(args.synthetic, split="train").cast_column("image", datasets.Image(decode=False))
+        synthetic = datasets.load_dataset(args.synthetic, split="train")
+        synthetic = synthetic.cast_column("image", datasets.Image(decode=False))
         check_dataset_labels(synthetic.features)
         real_train = load_fairface(args.dataset_name, args.dataset_config_names, [args.train_split])
         real_test = load_fairface(args.dataset_name, args.dataset_config_names, [args.test_split])

@@ -41,8 +41,8 @@ DEFAULT_SHARD_SIZE = 1000
 # Flags that decide the images (the dataset folder's record): a rerun must repeat them. Not --batch_size, --device,
 # process counts: they change at most float rounding.
 RECORDED_FLAGS = ["condition_ids", "counts", "framing", "seed", "shard_size", "scheduler", "num_inference_steps",
-                  "guidance_scale", "guidance_interval", "dtype", "verify", "verify_attributes", "keep", "max_attempts", "classifier",
-                  "age_classifier", "gender_classifier", "race_classifier"]
+                  "guidance_scale", "guidance_interval", "dtype", "verify", "verify_attributes", "keep", "max_attempts",
+                  "classifier", "age_classifier", "gender_classifier", "race_classifier"]
 
 
 def parse_args(input_args=None):
@@ -172,7 +172,8 @@ def score(classifiers, images, condition_ids, checked):
     requested = np.array([decode_condition(c) for c in condition_ids]).reshape(-1, 3)
     probabilities = predict_all(classifiers, images)
     p = np.stack([probabilities[a][np.arange(len(images)), requested[:, i]] for i, a in enumerate(ATTRIBUTES)], 1)
-    top = np.stack([probabilities[a].argmax(-1) == requested[:, i] for i, a in enumerate(ATTRIBUTES) if a in checked], 1)
+    top = np.stack([probabilities[a].argmax(-1) == requested[:, i]
+                    for i, a in enumerate(ATTRIBUTES) if a in checked], 1)
     return p, top.all(axis=1)
 
 

@@ -166,7 +166,8 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path):
         assert message in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr
     # A full disk at the second shard: one line, exit 2, the first shard kept; the rerun finishes.
     folder = tmp_path / "full"
-    result = generate(tiny_run, folder, check=False, env={"FAIRFACE_TEST_SAVE_FAULT": "train-00001-of-00004.parquet:enospc"})
+    result = generate(tiny_run, folder, check=False,
+                      env={"FAIRFACE_TEST_SAVE_FAULT": "train-00001-of-00004.parquet:enospc"})
     assert result.returncode == 2 and "No space left on device" in result.stderr and "rerun" in result.stderr
     assert sorted(os.listdir(folder / "data")) == ["train-00000-of-00004.parquet"]
 
@@ -212,7 +213,7 @@ def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run
     calls = [json.loads(line) for line in open(record / "calls.jsonl")]
     assert [(c["call"], c["repo_type"]) for c in calls] == [("create_repo", "dataset"), ("upload_folder", "dataset")]
     uploaded = record / "someone" / "tiny-synthetic"
-    assert files_under(uploaded) == {"README.md", *[f"data/train-{k:05d}-of-00004.parquet" for k in range(4)]}
+    assert files_under(uploaded) == {"README.md", "preview.png", *[f"data/train-{k:05d}-of-00004.parquet" for k in range(4)]}
     assert "pushed" in result.stdout
     # The upload laid out as the Hub cache: load_dataset("someone/tiny-synthetic") offline.
     home = tmp_path / "hf-home"
@@ -229,3 +230,35 @@ def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["12", "Latino_Hispanic", "[7,", "8,", "9]"]
     assert datasets  # the same library as the local load
+
+
+def test_exact_counts_and_seeds_of_the_plan():
+    from utils.dataset_plan import Plan, exact_counts
+
+    assert exact_counts([1, 1, 1], 10) == [4, 3, 3]  # largest remainder, ties to the earlier entry
+    assert exact_counts([3, 1], 6) == [5, 1] and sum(exact_counts([0.2, 0.7, 0.1], 1001)) == 1001
+    for bad in ([0, 0], [1, -1], [float("nan"), 1], []):
+        with pytest.raises(ValueError):
+            exact_counts(bad, 5)
+    plan = Plan([0, 42], [2, 1], ["tight", "wide"], seed=5, shard_size=4)
+    assert plan.condition_ids.tolist() == [0, 0, 0, 0, 42, 42] and plan.framings.tolist() == [0, 0, 1, 1, 0, 1]
+    assert plan.num_shards == 2 and plan.shard_rows(1).tolist() == [4, 5]
+    assert plan.seeds([0, 5]) == [5, 10] and plan.seeds([0, 5], attempt=2) == [17, 22]
+    assert plan.shards_of(0, 2) == [0] and plan.shards_of(1, 2) == [1] and plan.shards_of(0, 1) == [0, 1]
+
+
+def test_classification_accuracy_score_end_to_end(dataset, demo_dataset, tmp_path):
+    """Train on the tiny model's 12 images / 12 real / both, test on the demo data's validation split."""
+    output_dir = tmp_path / "cas"
+    result = run_script("evaluate_cas.py", "--synthetic", dataset[0], "--dataset_name", demo_dataset,
+                        "--dataset_config_names", "0.25", "1.25", "--train_steps", "6", "--batch_size", "8",
+                        "--output_dir", output_dir)
+    metrics = json.load(open(output_dir / "metrics.json"))
+    assert metrics["counts"] == {"synthetic": 12, "real": 12, "test": 100}  # 504 demo faces: 2 x 50 validation
+    assert set(metrics["cas"]) == {"synthetic", "real", "real+synthetic"}
+    for name, result_ in metrics["cas"].items():
+        assert result_["count"] == 100 and set(result_["accuracy"]) == {"age", "gender", "race", "all"}
+        assert sum(g["count"] for g in result_["per_group"]["race"]["by_race"].values()) == 100
+    report = open(output_dir / "report.md").read()
+    assert "| race | " in report and "| Latino_Hispanic | " in report and "trained on real+synthetic" in report
+    assert "12 synthetic, 12 real training images; 100 real test images" in result.stdout

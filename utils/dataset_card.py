@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from .labels import ATTRIBUTES, FRAMINGS
+from .labels import AGES, ATTRIBUTES, FRAMINGS, GENDERS, RACES
 
 FAIRFACE = "HuggingFaceM4/FairFace"
 
@@ -65,6 +65,28 @@ def _percent(values):
     return f"{100 * np.mean(values):.1f} %" if len(values) else "-"
 
 
+def write_preview(output_dir, paths, count=6):
+    """preview.png: ``count`` rows spread over the dataset, each captioned with its labels and seed."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from .grid import labelled_grid
+
+    rows = []
+    for path in [paths[round(k * (len(paths) - 1) / max(1, count - 1))] for k in range(count)]:
+        table = pq.read_table(path).to_pylist()
+        rows.append(table[len(rows) * 7 % len(table)])
+    images = [Image.open(io.BytesIO(row["image"]["bytes"])) for row in rows]
+    labels = [f"{AGES[r['age']]}, {GENDERS[r['gender']]}, {RACES[r['race']]}"
+              + (f", {FRAMINGS[r['framing']]}" if "framing" in r else "") + f"; seed {r['seed']}"
+              + ("" if "verified" in r and not r["verified"] else " (verified)" * ("verified" in r)) for r in rows]
+    grid = labelled_grid(images, 1, len(images), col_labels=labels)
+    grid.save(os.path.join(output_dir, ".tmp-preview.png"))
+    os.replace(os.path.join(output_dir, ".tmp-preview.png"), os.path.join(output_dir, "preview.png"))
+
+
 def write_card(output_dir, paths, plan, args, settings, record, command):
     """Write OUTPUT_DIR/README.md atomically; the counts come from the shards themselves."""
     import datasets
@@ -77,17 +99,30 @@ def write_card(output_dir, paths, plan, args, settings, record, command):
     labels = read_labels(paths, columns)
     num_rows = len(labels["age"])
     splits = datasets.SplitDict()
-    splits.add(datasets.SplitInfo(name="train", num_examples=num_rows, num_bytes=sum(os.path.getsize(p) for p in paths)))
+    num_bytes = sum(os.path.getsize(p) for p in paths)
+    splits.add(datasets.SplitInfo(name="train", num_examples=num_rows, num_bytes=num_bytes))
     info = datasets.DatasetInfo(features=shard_features, splits=splits)
     card_data = DatasetCardData(
         license="cc-by-4.0", task_categories=["image-classification"], tags=["synthetic", "faces", "fairface",
                                                                               "diffusers"],
-        source_datasets=[FAIRFACE], annotations_creators=["machine-generated"], size_categories=[size_category(num_rows)],
+        source_datasets=[FAIRFACE], annotations_creators=["machine-generated"],
+        size_categories=[size_category(num_rows)],
         pretty_name=f"Synthetic FairFace-labelled faces ({os.path.basename(os.path.normpath(output_dir))})",
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}])
     datasets.info.DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     model = os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model
     interval = settings["guidance_interval"]
+    framing_column = ", `framing` (tight = FairFace's 0.25 crops, wide = 1.25)" if args.framing else ""
+    verify_columns = ("; `p_age`, `p_gender`, `p_race`: the attribute classifier's probability of the requested "
+                      f"label; `verified`: the requested labels of {', '.join(args.verify_attributes)} are its top "
+                      "labels; `attempts`: images drawn for this row") if args.verify else ""
+    replaced = (f" an image replaced by `--keep verified` takes attempt r from seed {args.seed} + r x {num_rows} + i;"
+                if args.keep == "verified" else "")
+    classifiers = (f"classifier `{args.classifier}`" + "".join(
+        f", {a} `{getattr(args, a + '_classifier')}`" for a in ATTRIBUTES if getattr(args, a + "_classifier"))
+        if args.verify else "none")
+    guided = f"on timesteps {interval[0]:g}-{interval[1]:g}" if interval else "on every step"
+    dtype = str(args.torch_dtype).replace("torch.", "")
     verified = (f"{_percent(labels['verified'])} of the images are recognised as the requested "
                 f"{', '.join(args.verify_attributes)} "
                 f"({_percent(labels['attempts'] == 1)} on the first image)." if args.verify else
@@ -107,11 +142,13 @@ ds = load_dataset("REPO_OR_FOLDER", split="train")   # this repo id, or the loca
 ds.features["race"].int2str(ds[0]["race"])
 ```
 
+![A few rows with their labels](preview.png)
+
 ## Columns
 
 `image`; `age`, `gender`, `race`: ClassLabels with FairFace's names in `{FAIRFACE}`'s order, so the columns line
-up with it{", `framing` (tight = FairFace's 0.25 crops, wide = 1.25)" if args.framing else ""}; `condition_id`
-(age*14 + gender*7 + race); `seed` (the image's own seed){"; `p_age`, `p_gender`, `p_race`: the attribute classifier's probability of the requested label; `verified`: the requested labels of " + ", ".join(args.verify_attributes) + " are its top labels; `attempts`: images drawn for this row" if args.verify else ""}.
+up with it{framing_column}; `condition_id` (age*14 + gender*7 + race); `seed` (the image's own
+seed){verify_columns}.
 
 **The labels are the requested ones, not perceived ones**: they say what the model was asked to draw. {verified}
 
@@ -123,11 +160,11 @@ up with it{", `framing` (tight = FairFace's 0.25 crops, wide = 1.25)" if args.fr
 
 - Model: `{model}`, weights sha256 `{record["model_weights"]}` (UNet and condition encoder).
 - Sampler: {record["scheduler"]}, {settings["num_inference_steps"]} steps, guidance scale {settings["guidance_scale"]:g}
-  {f"on timesteps {interval[0]:g}-{interval[1]:g}" if interval else "on every step"}, dtype {str(args.torch_dtype).replace("torch.", "")}.
+  {guided}, dtype {dtype}.
 - Conditions: {len(args.condition_ids)}, distribution `{os.path.basename(args.distribution)}`.
 - Seeds: image i of the dataset (shard order) is drawn from seed {args.seed} + i with its own generator (EDM's
-  scheme), so the dataset does not depend on the number of processes;{" an image replaced by `--keep verified` takes attempt r from seed " + str(args.seed) + " + r x " + str(num_rows) + " + i;" if args.keep == "verified" else ""} `seed` holds the seed used.
-- Verification: {f"classifier `{args.classifier}`" + "".join(f", {a} `{getattr(args, a + '_classifier')}`" for a in ATTRIBUTES if getattr(args, a + "_classifier")) if args.verify else "none"}.
+  scheme), so the dataset does not depend on the number of processes;{replaced} `seed` holds the seed used.
+- Verification: {classifiers}.
 - Command: `{command}`
 
 ## Uses
@@ -150,6 +187,7 @@ Gender, and Age for Bias Measurement and Mitigation. WACV 2021. The images are s
 trained on FairFace.
 """
     DatasetCard(text)  # parses the YAML, or raises
+    write_preview(output_dir, paths)
     path = os.path.join(output_dir, "README.md")
     with open(f"{path}.tmp", "w", encoding="utf-8") as f:
         f.write(text)

@@ -297,7 +297,7 @@ def push_release(args):
     return str(url)
 
 
-DATASET_PATTERNS = ["README.md", "data/*.parquet"]  # a generated dataset: the card and the shards, nothing else
+DATASET_PATTERNS = ["README.md", "preview.png", "data/*.parquet"]  # a generated dataset: card, picture, shards
 
 
 def push_dataset(output_dir, repo_id, private=False):
