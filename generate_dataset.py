@@ -201,9 +201,11 @@ def make_shard(pipe, plan, shard, args, settings, classifiers, progress):
 
 def main(args):
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    # cpu: gloo (PartialState, unlike Accelerator, does not read ACCELERATE_USE_CPU itself).
+    state = PartialState(cpu=args.device.type == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
     device = state.device if args.device.type == state.device.type else args.device  # cuda:RANK per process
     pipe = load_pipeline_or_exit(args.model, device=device, dtype=args.torch_dtype, scheduler=args.scheduler)
     for framing in args.framing or []:
