@@ -225,7 +225,10 @@ def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run
     shutil.copytree(uploaded, repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    code = ("import datasets; ds = datasets.load_dataset('someone/tiny-synthetic', split='train'); "
+    # Offline, datasets 5 answers a Hub id only from its own cache of an earlier online load; the Hub cache is read
+    # through huggingface_hub (as a user offline does): the snapshot folder, then load_dataset on it.
+    code = ("import datasets, huggingface_hub; folder = huggingface_hub.snapshot_download('someone/tiny-synthetic', "
+            "repo_type='dataset'); ds = datasets.load_dataset(folder, split='train'); "
             "print(len(ds), ds.features['race'].names[5], ds['seed'][:3])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
                             env={**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
