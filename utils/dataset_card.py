@@ -53,7 +53,8 @@ def counts_tables(labels, verify):
             mask = labels[attribute] == value
             row = [int(mask.sum())]
             if verify:
-                row += [_percent(labels["attempts"][mask] == 1), _percent(labels["verified"][mask]),
+                first = (labels["attempts"][mask] == 1) & labels["verified"][mask]
+                row += [_percent(first), _percent(labels["verified"][mask]),
                         f"{labels['attempts'][mask].mean():.2f}" if mask.any() else "-"]
             rows.append((name, row))
         header = ["images"] + (["accepted first try", "verified", "images drawn per row"] if verify else [])
@@ -125,7 +126,7 @@ def write_card(output_dir, paths, plan, args, settings, record, command):
     dtype = str(args.torch_dtype).replace("torch.", "")
     verified = (f"{_percent(labels['verified'])} of the images are recognised as the requested "
                 f"{', '.join(args.verify_attributes)} "
-                f"({_percent(labels['attempts'] == 1)} on the first image)." if args.verify else
+                f"({_percent((labels['attempts'] == 1) & labels['verified'])} on the first image)." if args.verify else
                 "Not verified (generated without `--verify`).")
     text = f"""---
 {card_data.to_yaml()}
