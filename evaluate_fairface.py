@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from utils import evaluation as ev
-from utils.cli import DEFAULT_MODEL_DIR, fail, positive_int
+from utils.cli import DEFAULT_MODEL_DIR, fail, first_line, load_or_fail, positive_int
 from utils.conditions import (add_sampling_args, condition_from_id, framing_or_exit, load_pipeline_or_exit,
                               parse_condition_ids, resolve_device_dtype, sample_filename, sampling_settings)
 from utils.data import decode_image, load_fairface
@@ -62,12 +62,7 @@ def parse_args(input_args=None):
     add("--resolution", type=positive_int, default=None,
         help="Size real images are decoded at (default: the generated images' size, so both are resized alike).")
     add = parser.add_argument_group("classifiers and features").add_argument
-    add("--classifier", default="openai/clip-vit-large-patch14",
-        help="CLIP model (Hub id or folder) for zero-shot age/gender/race classification.")
-    add("--age_classifier", default=None, help="AutoModelForImageClassification checkpoint with FairFace age labels "
-        "(id2label names such as '0-2', 'more than 70'); replaces CLIP for age.")
-    add("--gender_classifier", default=None, help="Same, gender ('Male'/'Female', 'man'/'woman', ...).")
-    add("--race_classifier", default=None, help="Same, race ('East Asian', 'Latino_Hispanic', ...).")
+    ev.add_classifier_args(add)
     add("--feature_model", default="facebook/dinov2-base", help="Vision backbone (AutoModel) whose pooled/CLS "
         "features are used for Fréchet distance, diversity and nearest neighbours.")
     add = parser.add_argument_group("real data and memorisation").add_argument
@@ -113,21 +108,6 @@ def parse_args(input_args=None):
     return args
 
 
-def first_line(error):
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def load_or_fail(what, name, loader):
-    """Run ``loader()``; a missing or unusable model becomes a one-line error (exit 2)."""
-    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
-        fail(f"cannot load {what} {name!r}: no such folder")
-    try:
-        return loader()
-    except (OSError, ValueError, KeyError, ImportError) as error:
-        fail(f"cannot load {what} {name!r}: {first_line(error)}")
-
-
 def main(args):
     # ---------------------------------------------------------------------------------------- setup
     try:
@@ -140,21 +120,7 @@ def main(args):
     device = args.torch_device
     pipe = None if args.samples_dir else load_pipeline_or_exit(args.model, device, args.torch_dtype, args.scheduler)
     framings = [framing_or_exit(pipe, f, args.model) for f in args.framing] if args.framing else [None]
-    classifiers = {}
-    for attribute, name in (("age", args.age_classifier), ("gender", args.gender_classifier),
-                            ("race", args.race_classifier)):
-        if name:
-            classifiers[attribute] = load_or_fail(f"{attribute} classifier", name, lambda: ev.ImageClassifierAttribute(
-                name, attribute, device, args.batch_size))
-    zero_shot = [attribute for attribute in ATTRIBUTES if attribute not in classifiers]
-    if zero_shot:  # CLIP for the attributes without their own classifier, loaded once
-        clip = load_or_fail("classifier", args.classifier, lambda: ev.CLIPAttributeClassifier(
-            args.classifier, zero_shot, device, args.batch_size))
-        classifiers.update({attribute: clip for attribute in zero_shot})
-    classifiers = {attribute: classifiers[attribute] for attribute in ATTRIBUTES}
-    for classifier in set(classifiers.values()):
-        if getattr(classifier, "missing", None):
-            print(f"warning: {classifier.model_id} cannot predict {', '.join(classifier.missing)}")
+    classifiers = ev.load_classifiers(args, device, load_or_fail)
     extractor = load_or_fail("feature model", args.feature_model,
                              lambda: ev.FeatureExtractor(args.feature_model, device, args.batch_size))
 

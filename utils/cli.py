@@ -14,6 +14,23 @@ def fail(message, prog=None):
     raise SystemExit(2)
 
 
+def first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_or_fail(what, name, loader):
+    """Run ``loader()``; a missing or unusable model becomes a one-line error (exit 2)."""
+    import os
+
+    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        fail(f"cannot load {what} {name!r}: no such folder")
+    try:
+        return loader()
+    except (OSError, ValueError, KeyError, ImportError) as error:
+        fail(f"cannot load {what} {name!r}: {first_line(error)}")
+
+
 def parse_seeds(text):
     """EDM-style seed list: ``"0-7,12"`` -> [0, 1, ..., 7, 12]."""
     seeds = []

@@ -155,6 +155,27 @@ def push_release(args):
     return str(url)
 
 
+DATASET_PATTERNS = ["README.md", "preview.png", "data/*.parquet"]  # a generated dataset: card, picture, shards
+
+
+def push_dataset(output_dir, repo_id, private=False):
+    """Upload a generate_dataset.py folder as a *dataset* repo in one commit: the card and data/*.parquet only
+    (stale shards of an older push are deleted). ``repo_id`` "" = the folder's name under the account. Rerun to
+    retry: files the Hub already holds are not sent again (content-addressed LFS). Raises PushError (one line)."""
+    repo_id = repo_id or os.path.basename(os.path.normpath(os.path.abspath(output_dir)))
+    try:
+        url = huggingface_hub.create_repo(repo_id, repo_type="dataset", private=True if private else None,
+                                          exist_ok=True)
+        huggingface_hub.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=output_dir,
+                                      allow_patterns=DATASET_PATTERNS, delete_patterns=["data/*"],
+                                      commit_message="Generated dataset: shards and card")
+    except Exception as error:  # whatever huggingface_hub raises (HTTP, login, offline mode, ...)
+        raise PushError(f"could not upload {output_dir} to the Hub as dataset {repo_id} ({_error_text(error)}); the "
+                        f"dataset is intact: rerun the same command to retry") from error
+    print(f"pushed {output_dir} to {url}")
+    return str(url)
+
+
 def check_push_access(args):
     """Before a --push_to_hub run trains: PushError now, instead of after training, when the push cannot work
     (not logged in, or an output folder name that is no valid repo name). Reads no token, only whether one exists."""

@@ -17,8 +17,9 @@ DINOv2 feature model) are thin wrappers around ``transformers`` ``from_pretraine
 """
 
 # flake8: noqa: F401 -- the package's interface: everything evaluate_fairface.py and the tests use, as ev.<name>
-from .classifiers import (CLIPAttributeClassifier, ImageClassifierAttribute, classify, describe_classifiers,
-                          label_mapping)
+from .classifiers import (CLIPAttributeClassifier, DemoAttributeClassifier, ImageClassifierAttribute,
+                          add_classifier_args, classify, describe_classifiers, label_mapping, load_classifiers,
+                          predict_all)
 from .diversity import diversity_by_condition, mean_pairwise_cosine_distance, summarise_diversity
 from .drawing import SHORT_NAMES, bar_panels, confusion_heatmap, hstack, pair_grid
 from .features import FeatureExtractor, from_pretrained_safetensors, record_features

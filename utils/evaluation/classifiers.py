@@ -151,14 +151,65 @@ class ImageClassifierAttribute:
         return {attribute: np.concatenate(out) if out else np.zeros((0, num_labels))}
 
 
-def classify(classifiers, images):
-    """{attribute: predicted label indices (N,)}, each shared classifier run once over the images."""
-    predictions, done = {}, {}
+class DemoAttributeClassifier:
+    """``--classifier demo``: reads age, gender and race from utils/demo_data.py's drawn faces by their colours
+    (``measure_attributes``), as one-hot probabilities. Only meaningful for models trained on demo data."""
+
+    kind, model_id, attributes = "demo faces read by pixels", "demo", tuple(ATTRIBUTES)
+
+    def predict(self, images):
+        from ..demo_data import measure_attributes
+
+        measured = measure_attributes(to_pil(images)) if len(images) else {a: np.zeros(0, int) for a in ATTRIBUTES}
+        return {a: np.eye(len(names))[measured[a]].reshape(-1, len(names)) for a, names in ATTRIBUTES.items()}
+
+
+def add_classifier_args(add):
+    """The classifier flags of evaluate_fairface.py and generate_dataset.py (``add``: an argument group's
+    add_argument)."""
+    add("--classifier", default="openai/clip-vit-large-patch14",
+        help="CLIP model (Hub id or folder) for zero-shot age/gender/race classification ('demo': read the drawn "
+             "faces of --demo models by their colours).")
+    add("--age_classifier", default=None, help="AutoModelForImageClassification checkpoint with FairFace age labels "
+        "(id2label names such as '0-2', 'more than 70'); replaces CLIP for age.")
+    add("--gender_classifier", default=None, help="Same, gender ('Male'/'Female', 'man'/'woman', ...).")
+    add("--race_classifier", default=None, help="Same, race ('East Asian', 'Latino_Hispanic', ...).")
+
+
+def load_classifiers(args, device, load):
+    """{attribute: classifier} for add_classifier_args' flags; ``load(what, name, loader)`` runs a loader with a
+    one-line error (utils.cli.load_or_fail). Attributes without their own classifier share one CLIP (or demo)."""
+    classifiers = {}
+    for attribute in ATTRIBUTES:
+        name = getattr(args, f"{attribute}_classifier")
+        if name:
+            classifiers[attribute] = load(f"{attribute} classifier", name, lambda: ImageClassifierAttribute(
+                name, attribute, device, args.batch_size))
+    zero_shot = [attribute for attribute in ATTRIBUTES if attribute not in classifiers]
+    if zero_shot:  # CLIP for the attributes without their own classifier, loaded once
+        shared = DemoAttributeClassifier() if args.classifier == "demo" else load(
+            "classifier", args.classifier, lambda: CLIPAttributeClassifier(args.classifier, zero_shot, device,
+                                                                           args.batch_size))
+        classifiers.update({attribute: shared for attribute in zero_shot})
+    for classifier in set(classifiers.values()):
+        if getattr(classifier, "missing", None):
+            print(f"warning: {classifier.model_id} cannot predict {', '.join(classifier.missing)}")
+    return {attribute: classifiers[attribute] for attribute in ATTRIBUTES}
+
+
+def predict_all(classifiers, images):
+    """{attribute: probabilities (N, labels)}, each shared classifier run once over the images."""
+    probabilities, done = {}, {}
     for attribute, classifier in classifiers.items():
         if id(classifier) not in done:
             done[id(classifier)] = classifier.predict(images)
-        predictions[attribute] = done[id(classifier)][attribute].argmax(-1).astype(np.int64)
-    return predictions
+        probabilities[attribute] = done[id(classifier)][attribute]
+    return probabilities
+
+
+def classify(classifiers, images):
+    """{attribute: predicted label indices (N,)}, each shared classifier run once over the images."""
+    return {a: p.argmax(-1).astype(np.int64) for a, p in predict_all(classifiers, images).items()}
 
 
 def describe_classifiers(classifiers):

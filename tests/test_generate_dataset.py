@@ -1,0 +1,270 @@
+"""generate_dataset.py (issue 19): a tiny trained model's synthetic dataset through datasets.load_dataset, the same
+bytes from 1 and 2 processes and after kill -9s, refused changes, --keep verified, the card, the push."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO, run_script
+from test_hub import fake_hub_env, files_under
+from test_resume import free_port
+
+# 3 conditions x 2 framings x 2 images = 12 rows in 4 shards of 3; 2 sampler steps keep each run in seconds.
+COMMON = ["--conditions", "0", "42", "125", "--images_per_condition", "2", "--framing", "tight", "wide",
+          "--shard_size", "3", "--num_inference_steps", "2", "--batch_size", "2", "--device", "cpu", "--seed", "7"]
+NUM_ROWS, NUM_SHARDS = 12, 4
+
+
+def generate(model, output_dir, *extra, check=True, env=None):
+    return run_script("generate_dataset.py", "--model", model, "--output_dir", output_dir, *COMMON, *extra,
+                      check=check, env=env)
+
+
+def shard_bytes(folder):
+    paths = sorted(glob.glob(os.path.join(folder, "data", "*")))
+    return {os.path.basename(p): open(p, "rb").read() for p in paths}
+
+
+def load(folder):
+    import datasets
+
+    return datasets.load_dataset(str(folder), split="train")
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_run, tmp_path_factory):
+    """The uninterrupted reference: one process, from the tiny run."""
+    output_dir = tmp_path_factory.mktemp("synthetic") / "tiny-synthetic"
+    result = generate(tiny_run, output_dir)
+    return str(output_dir), result.stdout
+
+
+def test_features_exact_counts_and_seeds_through_load_dataset(dataset):
+    from utils.labels import AGES, GENDERS, RACES
+
+    folder, stdout = dataset
+    assert "12 images (3 conditions, uniform) in 4 shard(s)" in stdout
+    assert sorted(shard_bytes(folder)) == [f"train-{k:05d}-of-00004.parquet" for k in range(NUM_SHARDS)]
+    ds = load(folder)
+    assert list(ds.features) == ["image", "age", "gender", "race", "framing", "condition_id", "seed"]
+    assert (tuple(ds.features["age"].names), tuple(ds.features["gender"].names),
+            tuple(ds.features["race"].names)) == (AGES, GENDERS, RACES)
+    assert ds.features["framing"].names == ["tight", "wide"]
+    assert len(ds) == NUM_ROWS and ds["seed"] == list(range(7, 7 + NUM_ROWS))  # image i: seed --seed + i
+    rows = list(zip(ds["condition_id"], ds["framing"]))
+    assert {pair: rows.count(pair) for pair in rows} == {(c, f): 2 for c in (0, 42, 125) for f in (0, 1)}
+    assert [(a, g, r) for a, g, r in zip(ds["age"], ds["gender"], ds["race"])] == \
+        [(c // 14, c % 14 // 7, c % 7) for c in ds["condition_id"]]
+    image = ds[0]["image"]
+    assert image.size == (32, 32) and np.asarray(image).std() > 0
+
+
+def test_card_yaml_parses_and_its_counts_match(dataset):
+    from huggingface_hub import DatasetCard
+
+    folder, _ = dataset
+    card = DatasetCard.load(os.path.join(folder, "README.md"))
+    data = card.data.to_dict()
+    assert data["license"] == "cc-by-4.0" and "synthetic" in data["tags"]
+    assert data["annotations_creators"] == ["machine-generated"] and data["task_categories"] == ["image-classification"]
+    assert data["configs"][0]["data_files"][0]["path"] == "data/train-*"
+    assert data["dataset_info"]["splits"][0]["num_examples"] == NUM_ROWS
+    features = {f["name"]: f["dtype"] for f in data["dataset_info"]["features"]}
+    assert features["race"]["class_label"]["names"]["5"] == "Latino_Hispanic"
+    ds = load(folder)
+    for attribute in ("age", "gender", "race", "framing"):
+        names = ds.features[attribute].names
+        for value, name in enumerate(names):
+            assert f"| {name} | {ds[attribute].count(value)} |" in card.text, (attribute, name)
+    assert "weights sha256" in card.text and "generate_dataset.py --model" in card.text
+    assert "/tmp" not in card.content and "Kärkkäinen" in card.text
+
+
+def test_rerun_of_a_finished_dataset_changes_nothing(dataset, tiny_run):
+    folder, _ = dataset
+    before, card = shard_bytes(folder), open(os.path.join(folder, "README.md"), "rb").read()
+    mtimes = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(folder, "data", "*"))}
+    generate(tiny_run, folder)
+    assert shard_bytes(folder) == before and open(os.path.join(folder, "README.md"), "rb").read() == card
+    assert {p: os.path.getmtime(p) for p in mtimes} == mtimes  # skipped, not rewritten
+
+
+def test_two_processes_write_the_same_bytes(dataset, tiny_run, tmp_path):
+    """torchrun, 2 CPU processes on gloo: shards k % 2 each, the same dataset bitwise."""
+    output_dir = tmp_path / "tiny-synthetic"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), os.path.join(REPO, "generate_dataset.py"), "--model", tiny_run, "--output_dir",
+               str(output_dir), *COMMON]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "on 2 process(es)" in result.stdout
+    assert shard_bytes(output_dir) == shard_bytes(dataset[0])
+    assert open(output_dir / "README.md").read() == open(os.path.join(dataset[0], "README.md")).read()
+
+
+def test_kill_storm_then_rerun_equals_the_uninterrupted_dataset(dataset, tiny_run, tmp_path):
+    folder = str(tmp_path / "tiny-synthetic")
+    # A kill -9 inside a shard's write (flushed, not yet renamed): shard 0 done, shard 1 a temporary file only.
+    result = generate(tiny_run, folder, check=False,
+                      env={"FAIRFACE_TEST_SAVE_FAULT": "train-00001-of-00004.parquet:kill"})
+    assert result.returncode == -signal.SIGKILL
+    assert sorted(os.listdir(os.path.join(folder, "data"))) == [".tmp-train-00001-of-00004.parquet",
+                                                                "train-00000-of-00004.parquet"]
+    # Then kill -9s at seeded random moments (loading, drawing, writing), each run going on from the last.
+    rng = np.random.default_rng(19)
+    script = [sys.executable, os.path.join(REPO, "generate_dataset.py"), "--model", tiny_run, "--output_dir", folder]
+    for delay in rng.uniform(4, 14, size=3):
+        process = subprocess.Popen(script + COMMON, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+        time.sleep(delay)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    result = generate(tiny_run, folder)
+    assert shard_bytes(folder) == shard_bytes(dataset[0])  # image bytes included
+    assert not [n for n in os.listdir(os.path.join(folder, "data")) if n.startswith(".")]
+
+
+def test_changed_command_and_foreign_folder_are_refused(dataset, tiny_run, tmp_path):
+    folder, _ = dataset
+    before = shard_bytes(folder)
+    assert COMMON[-2:] == ["--seed", "7"]
+    for args, flag in ((COMMON[:-1] + ["8"], "--seed 7, now 8"), (COMMON + ["--guidance_scale", "3"],
+                                                                 "--guidance_scale 2")):
+        result = run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, *args, check=False)
+        assert result.returncode == 2 and flag in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert shard_bytes(folder) == before
+    other = tmp_path / "holiday-photos"
+    other.mkdir()
+    (other / "beach.jpg").write_bytes(b"not ours")
+    result = generate(tiny_run, other, check=False)
+    assert result.returncode == 2 and "holds no generated dataset" in result.stderr
+    assert os.listdir(other) == ["beach.jpg"]
+
+
+def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path):
+    cases = [(["--conditions", "200"], "invalid condition"), (["--distribution", "zipf"], "not uniform, fairface"),
+             (["--images_per_condition", "0"], "positive integer")]
+    for text, message in (("{not json", "cannot read JSON"), ('{"age": {"20-29": 0}}', "not all 0"),
+                          ('{"colour": {"red": 1}}', "expected")):
+        path = tmp_path / f"w{len(cases)}.json"
+        path.write_text(text)
+        cases.append((["--distribution", str(path)], message))
+    for args, message in cases:
+        result = run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", tmp_path / "out", *args,
+                            check=False)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert message in result.stderr.strip().splitlines()[-1] and "Traceback" not in result.stderr
+    # A full disk at the second shard: one line, exit 2, the first shard kept; the rerun finishes.
+    folder = tmp_path / "full"
+    result = generate(tiny_run, folder, check=False,
+                      env={"FAIRFACE_TEST_SAVE_FAULT": "train-00001-of-00004.parquet:enospc"})
+    assert result.returncode == 2 and "No space left on device" in result.stderr and "rerun" in result.stderr
+    assert sorted(os.listdir(folder / "data")) == ["train-00000-of-00004.parquet"]
+
+
+def test_distribution_file_gives_exact_counts(tiny_run, tmp_path):
+    weights = tmp_path / "weights.json"
+    weights.write_text(json.dumps({"gender": {"female": 3, "male": 1}}))  # conditions 0-13: 7 male, 7 female
+    folder = tmp_path / "weighted"
+    result = run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "0-13",
+                        "--images_per_condition", "2", "--distribution", weights, "--num_inference_steps", "1",
+                        "--batch_size", "8", "--shard_size", "28")
+    assert "gender Male 7, Female 21" in result.stdout  # printed before generation
+    ds = load(folder)
+    assert len(ds) == 28 and ds["gender"].count(1) == 21  # 28 x 3/4, 3 per female condition
+    assert sorted({c: ds["condition_id"].count(c) for c in range(14)}.values()) == [1] * 7 + [3] * 7
+
+
+def test_keep_verified_fills_every_condition(tiny_run, tmp_path):
+    """--keep verified with the demo faces' pixel reader, checking gender: unrecognised images are replaced from
+    the next seeds until every row is verified; the card reports the first-try acceptance per group. Female
+    conditions: the 3-epoch model's blurry faces are read as Female often but not always (as Male rarely)."""
+    folder = tmp_path / "verified"
+    run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "7", "63", "125",
+               "--images_per_condition", "6", "--num_inference_steps", "2", "--batch_size", "18", "--shard_size",
+               "18", "--keep", "verified", "--classifier", "demo", "--verify_attributes", "gender",
+               "--max_attempts", "40")
+    ds = load(folder)
+    assert {c: ds["condition_id"].count(c) for c in (7, 63, 125)} == {7: 6, 63: 6, 125: 6}
+    assert all(ds["verified"]) and all(p == 1.0 for p in ds["p_gender"])  # demo reader: one-hot
+    for row, (seed, attempts) in enumerate(zip(ds["seed"], ds["attempts"])):
+        assert seed == (attempts - 1) * 18 + row  # attempt r of row i: seed + r * N + i
+    from utils.demo_data import measure_attributes
+
+    assert (measure_attributes([r["image"] for r in ds])["gender"] == 1).all()
+    card = open(folder / "README.md").read()
+    first_try = np.mean(np.asarray(ds["attempts"]) == 1)
+    assert f"| Female | 18 | {100 * first_try:.1f} % | 100.0 % |" in card
+    print(f"first-try acceptance {first_try:.2f}, most images drawn for a row {max(ds['attempts'])}")
+
+
+def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run, tmp_path):
+    import datasets
+
+    folder, record = shutil.copytree(dataset[0], tmp_path / "tiny-synthetic"), tmp_path / "record"
+    result = generate(tiny_run, folder, "--push_to_hub", "someone/tiny-synthetic", env=fake_hub_env(record))
+    calls = [json.loads(line) for line in open(record / "calls.jsonl")]
+    assert [(c["call"], c["repo_type"]) for c in calls] == [("create_repo", "dataset"), ("upload_folder", "dataset")]
+    uploaded = record / "someone" / "tiny-synthetic"
+    assert files_under(uploaded) == {"README.md", "preview.png", *[f"data/train-{k:05d}-of-00004.parquet" for k in range(4)]}
+    assert "pushed" in result.stdout
+    # The upload laid out as the Hub cache: load_dataset("someone/tiny-synthetic") offline.
+    home = tmp_path / "hf-home"
+    repo = home / "hub" / "datasets--someone--tiny-synthetic"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(uploaded, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    # Offline, datasets 5 answers a Hub id only from its own cache of an earlier online load; the Hub cache is read
+    # through huggingface_hub (as a user offline does): the snapshot folder, then load_dataset on it.
+    code = ("import datasets, huggingface_hub; folder = huggingface_hub.snapshot_download('someone/tiny-synthetic', "
+            "repo_type='dataset'); ds = datasets.load_dataset(folder, split='train'); "
+            "print(len(ds), ds.features['race'].names[5], ds['seed'][:3])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                            env={**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
+                                 "HF_DATASETS_CACHE": str(home / "datasets"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["12", "Latino_Hispanic", "[7,", "8,", "9]"]
+    assert datasets  # the same library as the local load
+
+
+def test_exact_counts_and_seeds_of_the_plan():
+    from utils.dataset_plan import Plan, exact_counts
+
+    assert exact_counts([1, 1, 1], 10) == [4, 3, 3]  # largest remainder, ties to the earlier entry
+    assert exact_counts([3, 1], 6) == [5, 1] and sum(exact_counts([0.2, 0.7, 0.1], 1001)) == 1001
+    for bad in ([0, 0], [1, -1], [float("nan"), 1], []):
+        with pytest.raises(ValueError):
+            exact_counts(bad, 5)
+    plan = Plan([0, 42], [2, 1], ["tight", "wide"], seed=5, shard_size=4)
+    assert plan.condition_ids.tolist() == [0, 0, 0, 0, 42, 42] and plan.framings.tolist() == [0, 0, 1, 1, 0, 1]
+    assert plan.num_shards == 2 and plan.shard_rows(1).tolist() == [4, 5]
+    assert plan.seeds([0, 5]) == [5, 10] and plan.seeds([0, 5], attempt=2) == [17, 22]
+    assert plan.shards_of(0, 2) == [0] and plan.shards_of(1, 2) == [1] and plan.shards_of(0, 1) == [0, 1]
+
+
+def test_classification_accuracy_score_end_to_end(dataset, demo_dataset, tmp_path):
+    """Train on the tiny model's 12 images / 12 real / both, test on the demo data's validation split."""
+    output_dir = tmp_path / "cas"
+    result = run_script("evaluate_cas.py", "--synthetic", dataset[0], "--dataset_name", demo_dataset,
+                        "--dataset_config_names", "0.25", "1.25", "--train_steps", "6", "--batch_size", "8",
+                        "--output_dir", output_dir)
+    metrics = json.load(open(output_dir / "metrics.json"))
+    assert metrics["counts"] == {"synthetic": 12, "real": 12, "test": 100}  # 504 demo faces: 2 x 50 validation
+    assert set(metrics["cas"]) == {"synthetic", "real", "real+synthetic"}
+    for name, result_ in metrics["cas"].items():
+        assert result_["count"] == 100 and set(result_["accuracy"]) == {"age", "gender", "race", "all"}
+        assert sum(g["count"] for g in result_["per_group"]["race"]["by_race"].values()) == 100
+    report = open(output_dir / "report.md").read()
+    assert "| race | " in report and "| Latino_Hispanic | " in report and "trained on real+synthetic" in report
+    assert "12 synthetic, 12 real training images; 100 real test images" in result.stdout

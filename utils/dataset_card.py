@@ -1,0 +1,195 @@
+"""The dataset card (README.md with the Hub's dataset-card YAML) of a generated dataset, and its provenance.
+
+The YAML carries license, task_categories, tags (synthetic), source_datasets, annotations_creators
+(machine-generated), size_categories, ``configs`` (data/train-*) and ``dataset_info`` (the features with their
+ClassLabel names, the split sizes). The text says where the images came from (model, a hash of its weights,
+sampler settings, seed scheme, the exact command), the counts per age, gender, race and framing read back from
+the shards, what the labels mean, the verification rates per group, uses, biases and FairFace's attribution.
+The card has no timestamps: the same dataset gives the same card, byte for byte.
+"""
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+
+from .labels import AGES, ATTRIBUTES, FRAMINGS, GENDERS, RACES
+
+FAIRFACE = "HuggingFaceM4/FairFace"
+
+
+def weights_sha256(pipe):
+    """sha256 of the UNet's and the condition encoder's weights (names, dtypes, bytes): identifies the model
+    whether it came from a folder or the Hub."""
+    digest = hashlib.sha256()
+    for module in (pipe.unet, pipe.condition_encoder):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def size_category(n):
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return name
+    return "1M<n<10M"
+
+
+def _table(title, rows, header):
+    lines = [f"| {title} | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
+    return "\n".join(lines + [f"| {name} | " + " | ".join(map(str, values)) + " |" for name, values in rows])
+
+
+def counts_tables(labels, verify):
+    """Markdown: count per age, gender, race (and framing) group; with --verify also the share recognised on the
+    first image, the share verified in the end and the mean images drawn per row."""
+    out = []
+    groups = list(ATTRIBUTES.items()) + ([("framing", FRAMINGS)] if "framing" in labels else [])
+    for attribute, names in groups:
+        rows = []
+        for value, name in enumerate(names):
+            mask = labels[attribute] == value
+            row = [int(mask.sum())]
+            if verify:
+                first = (labels["attempts"][mask] == 1) & labels["verified"][mask]
+                row += [_percent(first), _percent(labels["verified"][mask]),
+                        f"{labels['attempts'][mask].mean():.2f}" if mask.any() else "-"]
+            rows.append((name, row))
+        header = ["images"] + (["accepted first try", "verified", "images drawn per row"] if verify else [])
+        out.append(_table(attribute, rows, header))
+    return "\n\n".join(out)
+
+
+def _percent(values):
+    return f"{100 * np.mean(values):.1f} %" if len(values) else "-"
+
+
+def write_preview(output_dir, paths, count=6):
+    """preview.png: ``count`` rows spread over the dataset, each captioned with its labels and seed."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from .grid import labelled_grid
+
+    rows = []
+    for path in [paths[round(k * (len(paths) - 1) / max(1, count - 1))] for k in range(count)]:
+        table = pq.read_table(path).to_pylist()
+        rows.append(table[len(rows) * 7 % len(table)])
+    images = [Image.open(io.BytesIO(row["image"]["bytes"])) for row in rows]
+    labels = [f"{AGES[r['age']]}, {GENDERS[r['gender']]}, {RACES[r['race']]}"
+              + (f", {FRAMINGS[r['framing']]}" if "framing" in r else "") + f"; seed {r['seed']}"
+              + ("" if "verified" in r and not r["verified"] else " (verified)" * ("verified" in r)) for r in rows]
+    grid = labelled_grid(images, 1, len(images), col_labels=labels)
+    grid.save(os.path.join(output_dir, ".tmp-preview.png"))
+    os.replace(os.path.join(output_dir, ".tmp-preview.png"), os.path.join(output_dir, "preview.png"))
+
+
+def write_card(output_dir, paths, plan, args, settings, record, command):
+    """Write OUTPUT_DIR/README.md atomically; the counts come from the shards themselves."""
+    import datasets
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from .dataset_shards import VERIFY_COLUMNS, features, read_labels
+
+    shard_features = features(framing=bool(args.framing), verify=args.verify)
+    columns = [*ATTRIBUTES, *(["framing"] if args.framing else []), *(VERIFY_COLUMNS if args.verify else [])]
+    labels = read_labels(paths, columns)
+    num_rows = len(labels["age"])
+    splits = datasets.SplitDict()
+    num_bytes = sum(os.path.getsize(p) for p in paths)
+    splits.add(datasets.SplitInfo(name="train", num_examples=num_rows, num_bytes=num_bytes))
+    info = datasets.DatasetInfo(features=shard_features, splits=splits)
+    card_data = DatasetCardData(
+        license="cc-by-4.0", task_categories=["image-classification"], tags=["synthetic", "faces", "fairface",
+                                                                              "diffusers"],
+        source_datasets=[FAIRFACE], annotations_creators=["machine-generated"],
+        size_categories=[size_category(num_rows)],
+        pretty_name=f"Synthetic FairFace-labelled faces ({os.path.basename(os.path.normpath(output_dir))})",
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}])
+    datasets.info.DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    model = os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model
+    interval = settings["guidance_interval"]
+    framing_column = ", `framing` (tight = FairFace's 0.25 crops, wide = 1.25)" if args.framing else ""
+    verify_columns = ("; `p_age`, `p_gender`, `p_race`: the attribute classifier's probability of the requested "
+                      f"label; `verified`: the requested labels of {', '.join(args.verify_attributes)} are its top "
+                      "labels; `attempts`: images drawn for this row") if args.verify else ""
+    replaced = (f" an image replaced by `--keep verified` takes attempt r from seed {args.seed} + r x {num_rows} + i;"
+                if args.keep == "verified" else "")
+    classifiers = (f"classifier `{args.classifier}`" + "".join(
+        f", {a} `{getattr(args, a + '_classifier')}`" for a in ATTRIBUTES if getattr(args, a + "_classifier"))
+        if args.verify else "none")
+    guided = f"on timesteps {interval[0]:g}-{interval[1]:g}" if interval else "on every step"
+    dtype = str(args.torch_dtype).replace("torch.", "")
+    verified = (f"{_percent(labels['verified'])} of the images are recognised as the requested "
+                f"{', '.join(args.verify_attributes)} "
+                f"({_percent((labels['attempts'] == 1) & labels['verified'])} on the first image)." if args.verify else
+                "Not verified (generated without `--verify`).")
+    text = f"""---
+{card_data.to_yaml()}
+---
+
+# Synthetic faces with FairFace labels
+
+{num_rows:,} **synthetic** face images, each drawn by the diffusion model `{model}` for a requested age group,
+gender and race (FairFace's label set). No image shows a real person; none is a FairFace photograph.
+
+```python
+from datasets import load_dataset
+ds = load_dataset("REPO_OR_FOLDER", split="train")   # this repo id, or the local folder
+ds.features["race"].int2str(ds[0]["race"])
+```
+
+![A few rows with their labels](preview.png)
+
+## Columns
+
+`image`; `age`, `gender`, `race`: ClassLabels with FairFace's names in `{FAIRFACE}`'s order, so the columns line
+up with it{framing_column}; `condition_id` (age*14 + gender*7 + race); `seed` (the image's own
+seed){verify_columns}.
+
+**The labels are the requested ones, not perceived ones**: they say what the model was asked to draw. {verified}
+
+## Counts
+
+{counts_tables(labels, args.verify)}
+
+## Provenance
+
+- Model: `{model}`, weights sha256 `{record["model_weights"]}` (UNet and condition encoder).
+- Sampler: {record["scheduler"]}, {settings["num_inference_steps"]} steps, guidance scale {settings["guidance_scale"]:g}
+  {guided}, dtype {dtype}.
+- Conditions: {len(args.condition_ids)}, distribution `{os.path.basename(args.distribution)}`.
+- Seeds: image i of the dataset (shard order) is drawn from seed {args.seed} + i with its own generator (EDM's
+  scheme), so the dataset does not depend on the number of processes;{replaced} `seed` holds the seed used.
+- Verification: {classifiers}.
+- Command: `{command}`
+
+## Uses
+
+Intended: training and auditing face-attribute classifiers with a known, controlled demographic distribution;
+measuring per-group behaviour (check the Classification Accuracy Score with `evaluate_cas.py` first: a
+classifier trained on these images may serve some groups worse than real data does). Out of scope: identifying or
+verifying people, inferring anyone's real age, gender or race, and any use presenting these faces as real.
+
+## Biases and limitations
+
+The model learned from FairFace, whose labels are perceived (by annotators), binary for gender and coarse for
+race and age; FairFace is balanced by race but skewed in age. The model adds its own errors: it draws some groups
+less faithfully than others (see the verification rates above). A balanced count is not a balanced quality.
+
+## License and attribution
+
+CC BY 4.0, as FairFace: Kärkkäinen, K., & Joo, J. (2021). FairFace: Face Attribute Dataset for Balanced Race,
+Gender, and Age for Bias Measurement and Mitigation. WACV 2021. The images are synthetic, generated by a model
+trained on FairFace.
+"""
+    DatasetCard(text)  # parses the YAML, or raises
+    write_preview(output_dir, paths)
+    path = os.path.join(output_dir, "README.md")
+    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(f"{path}.tmp", path)
