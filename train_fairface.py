@@ -7,7 +7,7 @@ The UNet (diffusers UNet2DConditionModel) sees the condition as three cross-atte
 ConditionEncoder (utils/pipeline.py) that has an "unknown" entry per attribute; dropping the whole condition
 (--cond_drop_prob) trains the null condition for classifier-free guidance, dropping single attributes
 (--attr_drop_prob) lets users leave any attribute out when sampling. The framing (FairFace config 0.25 tight,
-1.25 wide) is a fourth such token (--framing_drop_prob). Framing and EMA: on by default, off with --demo (README).
+1.25 wide) is a fourth such token (--framing_drop_prob). Framing and EMA: on by default, off with --demo (docs/training.md).
 
 Outputs under --output_dir: epoch_{E}/ pipeline snapshots, sample_epoch_{E}_{i}.png, checkpoint-{step}/
 training state (resume with --resume_from_checkpoint latest), and the final pipeline at the root.
@@ -37,7 +37,7 @@ from utils.pipeline import (ConditionEncoder, FairFacePipeline, build_unet, deno
 logger = get_logger(__name__)
 
 # --demo: a tiny model on procedurally drawn faces (utils/demo_data.py); flags given explicitly still win. No EMA
-# and no framing: at the demo's 1008 steps they cost fidelity, at 4x that budget they did not (README).
+# and no framing: at the demo's 1008 steps they cost fidelity, at 4x that budget they did not (docs/measurements.md).
 DEMO_DATA_DIR = os.path.join("demo_data", "fairface-synthetic")
 DEMO_DEFAULTS = dict(
     dataset_name=DEMO_DATA_DIR, resolution=32, output_dir="fairface-demo", block_out_channels=[32, 64, 64],
@@ -69,18 +69,18 @@ def parse_args(input_args=None):
     add("--cross_attention_dim", type=positive_int, default=512, help="Width of the condition tokens.")
     add("--condition_in_time_embedding", action=argparse.BooleanOptionalAction, default=False,
         help="Also add the condition to the timestep embedding (every ResNet block sees it). Off: on the demo data "
-        "cross-attention alone reached the fidelity target sooner (README: measured).")
+        "cross-attention alone reached the fidelity target sooner (docs/measurements.md).")
     add("--cond_drop_prob", type=probability, default=0.1, help="Drop the whole condition (classifier-free guidance).")
     add("--attr_drop_prob", type=probability, default=0.1, help="Drop each attribute on its own (partial conditions).")
     add("--framing_condition", action=argparse.BooleanOptionalAction, default=True, help="Condition on the framing "
-        "(0.25 = tight, 1.25 = wide; SDXL micro-conditioning). --demo: off (README: Framing and EMA).")
+        "(0.25 = tight, 1.25 = wide; SDXL micro-conditioning). --demo: off (docs/measurements.md: Framing and EMA).")
     add("--framing_drop_prob", type=probability, default=0.1, help="Drop the framing on its own (model's choice).")
     # Diffusion objective
     add("--num_train_timesteps", type=positive_int, default=1000)
     add("--beta_schedule", default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2",
         "sigmoid"], help="Cosine schedule: better than linear at small sizes.")
     add("--prediction_type", choices=["epsilon", "v_prediction"], default="v_prediction",
-        help="v: fast samplers stay stable at high noise (epsilon + cosine gave noise at 25 steps; README).")
+        help="v: fast samplers stay stable at high noise (epsilon + cosine gave noise at 25 steps; docs/measurements.md).")
     add("--snr_gamma", type=finite_float, default=5.0, help="Min-SNR loss weighting gamma; <=0 turns it off.")
     # Optimisation
     add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
@@ -117,7 +117,7 @@ def parse_args(input_args=None):
     add("--save_model_epochs", type=positive_int, default=10, help="Write epoch_{E}/ pipeline snapshots this often.")
     add("--save_images_epochs", type=positive_int, default=10, help="Write sample_epoch_{E}_{i}.png this often.")
     # Sampler of the samples, saved with every snapshot and the release as its defaults (FairFacePipeline
-    # sampling_defaults); the defaults are the sweep's best (utils/pipeline.py SAMPLING_DEFAULTS, README).
+    # sampling_defaults); the defaults are the sweep's best (utils/pipeline.py SAMPLING_DEFAULTS, docs/distillation.md).
     add("--num_inference_steps", type=positive_int, default=SAMPLING_DEFAULTS["num_inference_steps"],
         help="DPM-Solver++ steps for the samples (default: %(default)s).")
     add("--guidance_scale", type=nonnegative_float, default=SAMPLING_DEFAULTS["guidance_scale"],

@@ -69,7 +69,7 @@ def sample_filename(condition, seed, framing=None):
 
 # The one framing of grids and the demo app for models trained with framing: asked for wide, the 1008-step demo
 # models recovered all three attributes in 92.1 % / 97.6 % of samples (seeds 0 / 1), asked for tight 85.7 % / 91.3 %
-# (README, "Framing and EMA"); both framings were drawn 100 % of the time.
+# (docs/measurements.md, "Framing and EMA"); both framings were drawn 100 % of the time.
 GRID_FRAMING = "wide"
 
 
