@@ -29,8 +29,8 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from train_fairface import DEMO_DEFAULTS
-from utils import (checkpoints, consistency, data, distributed, hub, model_card, objective, release, remote_code,
-                   resume_check, run_setup, step_metrics, stop_signals, student_card)
+from utils import (checkpoints, consistency, data, distributed, hub, model_card, objective, resume_check, run_setup,
+                   step_metrics, stop_signals, student_card)
 from utils.cli import (DEFAULT_MODEL_DIR, beta, fail, nonnegative_int, positive_float, positive_int, probability)
 from utils.conditions import load_pipeline_or_exit
 from utils.labels import UNKNOWN
@@ -291,13 +291,7 @@ def main(args):
                                    guidance_interval=None, distilled_guidance_scale=args.guidance_scale))
         card = student_card.build_card(args, identity, global_step, train_seconds, len(images),
                                        model_card.card_repo_id(args))
-
-        def write(folder):
-            remote_code.save_pipeline(student, folder)
-            model_card.sample_grid(student).save(os.path.join(folder, "samples.png"))
-            card.save(os.path.join(folder, "README.md"))
-
-        release.publish(args.output_dir, write)
+        model_card.save_release(student, args, len(images), global_step, card=card)
         if args.push_to_hub:
             hub.push_release(args)
     accelerator.wait_for_everyone()

@@ -48,14 +48,16 @@ def card_repo_id(args):
 
 
 # ------------------------------------------------------------------------------------------------ release
-def save_release(pipeline, args, num_images, global_step):
+def save_release(pipeline, args, num_images, global_step, card=None):
     """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, replacing the previous
-    release as a whole (utils/release.py)."""
+    release as a whole (utils/release.py). ``card``: a ready card (a distilled student's); default: the
+    trained model's card built here."""
+    card = card or build_model_card(pipeline, args, num_images, global_step)
 
     def write(folder):
         remote_code.save_pipeline(pipeline, folder)  # + the code plain diffusers loads it with
         sample_grid(pipeline).save(os.path.join(folder, "samples.png"))
-        build_model_card(pipeline, args, num_images, global_step).save(os.path.join(folder, "README.md"))
+        card.save(os.path.join(folder, "README.md"))
 
     release.publish(args.output_dir, write)
 
