@@ -52,7 +52,8 @@ def save_release(pipeline, args, num_images, global_step, card=None):
     """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, replacing the previous
     release as a whole (utils/release.py). ``card``: a ready card (a distilled student's); default: the
     trained model's card built here."""
-    card = card or build_model_card(pipeline, args, num_images, global_step)
+    if card is None:
+        card = build_model_card(pipeline, args, num_images, global_step)
 
     def write(folder):
         remote_code.save_pipeline(pipeline, folder)  # + the code plain diffusers loads it with
