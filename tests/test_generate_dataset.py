@@ -21,11 +21,14 @@ from test_resume import free_port
 COMMON = ["--conditions", "0", "42", "125", "--images_per_condition", "2", "--framing", "tight", "wide",
           "--shard_size", "3", "--num_inference_steps", "2", "--batch_size", "2", "--device", "cpu", "--seed", "7"]
 NUM_ROWS, NUM_SHARDS = 12, 4
+# One thread per process in every run here: on a CPU the thread count changes float rounding (1 vs 2 threads give
+# other pixels for the tiny model), and torchrun's processes below run with one each.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
 def generate(model, output_dir, *extra, check=True, env=None):
     return run_script("generate_dataset.py", "--model", model, "--output_dir", output_dir, *COMMON, *extra,
-                      check=check, env=env)
+                      check=check, env={**ONE_THREAD, **(env or {})})
 
 
 def shard_bytes(folder):
@@ -104,7 +107,7 @@ def test_two_processes_write_the_same_bytes(dataset, tiny_run, tmp_path):
                str(free_port()), os.path.join(REPO, "generate_dataset.py"), "--model", tiny_run, "--output_dir",
                str(output_dir), *COMMON]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+                            env={**os.environ, **ONE_THREAD, "ACCELERATE_USE_CPU": "true"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
     assert shard_bytes(output_dir) == shard_bytes(dataset[0])
@@ -124,7 +127,7 @@ def test_kill_storm_then_rerun_equals_the_uninterrupted_dataset(dataset, tiny_ru
     script = [sys.executable, os.path.join(REPO, "generate_dataset.py"), "--model", tiny_run, "--output_dir", folder]
     for delay in rng.uniform(4, 14, size=3):
         process = subprocess.Popen(script + COMMON, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True)
+                                   start_new_session=True, env={**os.environ, **ONE_THREAD})
         time.sleep(delay)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
