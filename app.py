@@ -136,11 +136,15 @@ def make_atlas(pipe, max_images):
 
 
 def sampling_controls(pipe, prefix=""):
-    """Guidance and steps sliders starting at the model's saved sampling defaults, and the framing choice
-    (GRID_FRAMING, wide, by default, as make_grid.py, for a model with framing; only "any" for one without)."""
+    """Guidance and steps sliders starting at the model's saved sampling defaults (guidance fixed at 1 for a
+    distilled student), and the framing choice (GRID_FRAMING, wide, by default, as make_grid.py, for a model with
+    framing; only "any" for one without)."""
     defaults = pipe.sampling_settings()
-    guidance = gr.Slider(1, 6, value=defaults["guidance_scale"], step=0.5, label="guidance scale",
-                         elem_id=f"{prefix}guidance")
+    # A distilled student has its teacher's guidance in its weights: guiding it again would guide twice.
+    distilled = defaults.get("distilled_guidance_scale")
+    guidance = gr.Slider(1, 6, value=1 if distilled else defaults["guidance_scale"], step=0.5,
+                         label=f"guidance scale (distilled in: {distilled:g})" if distilled else "guidance scale",
+                         interactive=not distilled, elem_id=f"{prefix}guidance")
     steps = gr.Slider(1, 100, value=defaults["num_inference_steps"], step=1, label="steps", elem_id=f"{prefix}steps")
     has_framing = bool(pipe.condition_encoder.config.framings)
     framing = gr.Dropdown([ANY, *FRAMINGS] if has_framing else [ANY], value=GRID_FRAMING if has_framing else ANY,

@@ -63,24 +63,15 @@ def parse_args(input_args=None):
         help="Size real images are decoded at (default: the generated images' size, so both are resized alike).")
     add = parser.add_argument_group("classifiers and features").add_argument
     ev.add_classifier_args(add)
-    add("--feature_model", default="facebook/dinov2-base", help="Vision backbone (AutoModel) whose pooled/CLS "
-        "features are used for Fréchet distance, diversity and nearest neighbours.")
     add = parser.add_argument_group("real data and memorisation").add_argument
     add("--dataset_name", default="HuggingFaceM4/FairFace", help="Hub dataset id or local folder in its layout.")
-    add("--dataset_config_names", nargs="+", default=["0.25", "1.25"], help="FairFace configs the model saw.")
-    add("--train_splits", nargs="+", default=["train", "validation"],
-        help="Splits the model was trained on (train_fairface.py's --dataset_splits): the training pool.")
+    ev.add_memorisation_args(add)
     add("--heldout_split", default=None, help="A split the model did NOT see, as memorisation reference. Default: "
         "leave-one-out (training images against the pool minus themselves and their other-padding copy).")
     add("--cache_dir", default=None, help="datasets cache directory.")
     add("--real_per_condition", type=positive_int, default=None,
         help="Real images per condition for the classifier ceiling and the Fréchet distance (default: "
              "--num_images_per_condition).")
-    add("--max_train_pool", type=positive_int, default=None,
-        help="Search nearest neighbours in a seeded random subset of this many training images (default: all).")
-    add("--num_heldout", type=positive_int, default=1000, help="Reference images for the memorisation threshold.")
-    add("--memorisation_percentile", type=float, default=5.0,
-        help="Threshold = this percentile of the reference images' nearest-training-image distances.")
     add("--num_pairs", type=positive_int, default=16, help="Closest generated/training pairs drawn.")
     add = parser.add_argument_group("output and speed").add_argument
     add("--output_dir", default="evaluation", help="Where metrics.json, report.md and the plots go.")
@@ -98,8 +89,6 @@ def parse_args(input_args=None):
     if args.heldout_split in args.train_splits:
         parser.error(f"--heldout_split {args.heldout_split!r} is one of --train_splits; give a split the model did "
                      "not see, or leave it out for leave-one-out")
-    if not 0 < args.memorisation_percentile < 100:
-        parser.error("--memorisation_percentile must be between 0 and 100")
     if args.samples_dir and args.framing:
         parser.error("--framing is for sampling from --model; --samples_dir images are evaluated as they are")
     if args.samples_dir and not os.path.isdir(args.samples_dir):
@@ -227,20 +216,15 @@ def main(args):
                                        args.dataloader_num_workers, progress=True, desc="training pool features")
     generated_distance, generated_nearest = ev.nearest_neighbours(generated_features, pool_features,
                                                                   device=device)
+    heldout_features = None
     if args.heldout_split:
         chosen = np.sort(rng.choice(len(heldout), size=min(args.num_heldout, len(heldout)), replace=False))
         heldout_features = ev.record_features(extractor, heldout, chosen, resolution, args.batch_size,
                                               args.dataloader_num_workers, progress=True, desc="held-out features")
-        reference_distance, _ = ev.nearest_neighbours(heldout_features, pool_features, device=device)
-        reference_kind = f"{len(chosen)} images of the held-out split {args.heldout_split!r}"
-    else:  # leave-one-out: a training image against the pool without itself and its copy at the other padding
-        chosen = np.sort(rng.choice(len(pool_index), size=min(args.num_heldout, len(pool_index)), replace=False))
-        keys = pool.keys[pool_index]
-        exclude = [np.flatnonzero(keys == keys[position]) for position in chosen]
-        reference_distance, _ = ev.nearest_neighbours(pool_features[chosen], pool_features, exclude,
-                                                      device=device)
-        reference_kind = (f"leave-one-out: {len(chosen)} training images, each against the pool without itself"
-                          + (" and its copy at the other padding" if pool.aligned else ""))
+    reference_distance, reference_kind = ev.reference_distances(pool, pool_index, pool_features, args.num_heldout,
+                                                                rng, heldout, heldout_features, device)
+    if args.heldout_split:
+        reference_kind += f" {args.heldout_split!r}"
     memo = ev.memorisation(generated_distance, reference_distance, args.memorisation_percentile)
     memo["reference_kind"] = reference_kind
     order = [int(k) for k in np.argsort(np.nan_to_num(generated_distance, nan=np.inf))[:args.num_pairs]

@@ -20,7 +20,6 @@ crash, a kill or a stop signal (SIGTERM/SIGINT: stops after the shard) and it fi
 
 import argparse
 import os
-import shlex
 import sys
 
 import numpy as np
@@ -30,7 +29,8 @@ from utils.atomic_files import SaveError, write_json_atomic
 from utils.cli import DEFAULT_MODEL_DIR, fail, load_or_fail, positive_int
 from utils.conditions import (add_condition_args, add_sampling_args, conditions_from_args, framing_or_exit,
                               load_pipeline_or_exit, resolve_device_dtype, sampling_settings)
-from utils.evaluation.classifiers import add_classifier_args, load_classifiers, predict_all
+from utils.evaluation.classifiers import add_classifier_args, load_classifiers, requested_label_scores
+from utils.evaluation.memorisation import add_memorisation_args, load_near_copy_check
 from utils.labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition
 from utils.pipeline import generate
 from utils.stop_signals import StopRequest
@@ -38,11 +38,15 @@ from utils.stop_signals import StopRequest
 # Shard size: 1000 images of 128 px are ~30 MB of PNG (well under the Hub's 500 MB parquet default) and keep a
 # rerun's lost work to one shard per process; memory holds one shard of images per process, whatever the total.
 DEFAULT_SHARD_SIZE = 1000
-# Flags that decide the images (the dataset folder's record): a rerun must repeat them. Not --batch_size, --device,
+MEMORISATION_CACHE = ".memorisation.npz"  # the training pool's features and the threshold (never pushed)
+# Flags that decide the rows (the dataset folder's record): a rerun must repeat them. Not --batch_size, --device,
 # process counts: they change at most float rounding.
 RECORDED_FLAGS = ["condition_ids", "counts", "framing", "seed", "shard_size", "scheduler", "num_inference_steps",
                   "guidance_scale", "guidance_interval", "dtype", "verify", "verify_attributes", "keep", "max_attempts",
-                  "classifier", "age_classifier", "gender_classifier", "race_classifier"]
+                  "classifier", "age_classifier", "gender_classifier", "race_classifier", "check_memorisation"]
+MEMORISATION_FLAGS = ["feature_model", "dataset_config_names", "train_splits", "max_train_pool", "num_heldout",
+                      "memorisation_percentile"]
+RECORDED_FLAGS += MEMORISATION_FLAGS
 
 
 def parse_args(input_args=None):
@@ -55,8 +59,9 @@ def parse_args(input_args=None):
     add("--images_per_condition", type=positive_int, default=100, help="Images per condition (and framing) on "
         "average; exactly this many each with --distribution uniform (default: %(default)s).")
     add("--distribution", default="uniform", help="uniform (default), fairface, or a JSON file of weights.")
-    add("--dataset_name", default="HuggingFaceM4/FairFace", help="Where --distribution fairface counts labels "
-        "(its 0.25 train split; a Hub id or a local folder in its layout).")
+    add("--dataset_name", default="HuggingFaceM4/FairFace", help="The model's training data (a Hub id or a local "
+        "folder in its layout): --distribution fairface counts labels in its 0.25 train split, "
+        "--check_memorisation compares with its images.")
     add("--framing", nargs="+", choices=FRAMINGS, default=None, help="Draw every condition in each of these "
         "framings (models trained with framing); adds a framing column (default: the model's choice, no column).")
     add("--seed", type=int, default=0, help="Image i uses seed SEED + i (default: %(default)s).")
@@ -73,6 +78,11 @@ def parse_args(input_args=None):
     add("--max_attempts", type=positive_int, default=10, help="Images tried per row with --keep verified; a row "
         "still unverified after them keeps its last image, verified=false (default: %(default)s).")
     add_classifier_args(add)
+    add = parser.add_argument_group("memorisation check").add_argument
+    add("--check_memorisation", action="store_true", help="Add nearest_train_distance and near_copy columns: each "
+        "image's distance to its nearest training image (of --dataset_name) and whether it is closer than "
+        "--memorisation_percentile %% of real images the model did not see (evaluate_fairface.py's check).")
+    add_memorisation_args(add)
     add_sampling_args(parser, batch_size=64)
     add = parser.add_argument_group("output").add_argument
     add("--output_dir", default="fairface-synthetic", help="The dataset folder (default: %(default)s/).")
@@ -97,28 +107,6 @@ def parse_args(input_args=None):
         args.counts = [args.images_per_condition] * len(args.condition_ids)
     args.verify = args.verify or args.keep == "verified"
     return args
-
-
-def fairface_counts(args):
-    from utils.data import load_fairface
-
-    try:
-        train = load_fairface(args.dataset_name, ["0.25"], ["train"])
-    except (ValueError, OSError) as error:
-        fail(f"--distribution fairface: cannot count labels in {args.dataset_name!r}: {error}")
-    labels = np.stack([np.asarray(train[a]) for a in ATTRIBUTES], axis=1)
-    try:
-        return plans.exact_counts(plans.dataset_weights(labels, args.condition_ids),
-                                  args.images_per_condition * len(args.condition_ids))
-    except ValueError as error:
-        fail(f"--distribution fairface: {error}")
-
-
-def public_command(args):
-    """The command as run, local folders by name only (the card holds no local paths)."""
-    local = {args.model: os.path.basename(os.path.normpath(args.model))} if os.path.isdir(args.model) else {}
-    local[args.output_dir] = os.path.basename(os.path.normpath(args.output_dir))
-    return "generate_dataset.py " + shlex.join(local.get(a, a) for a in sys.argv[1:])
 
 
 def prepare_folder(args, state, record):
@@ -167,35 +155,29 @@ def draw(pipe, plan, rows, attempt, args, settings, progress):
     return [image for _, image in sorted(images, key=lambda pair: pair[0])]
 
 
-def score(classifiers, images, condition_ids, checked):
-    """Probabilities of the requested labels (n, 3) and whether the ``checked`` attributes' are the top labels."""
-    requested = np.array([decode_condition(c) for c in condition_ids]).reshape(-1, 3)
-    probabilities = predict_all(classifiers, images)
-    p = np.stack([probabilities[a][np.arange(len(images)), requested[:, i]] for i, a in enumerate(ATTRIBUTES)], 1)
-    top = np.stack([probabilities[a].argmax(-1) == requested[:, i]
-                    for i, a in enumerate(ATTRIBUTES) if a in checked], 1)
-    return p, top.all(axis=1)
-
-
-def make_shard(pipe, plan, shard, args, settings, classifiers, progress):
+def make_shard(pipe, plan, shard, args, settings, classifiers, near_copies, progress):
     rows = plan.shard_rows(shard)
     images, seeds, attempts = draw(pipe, plan, rows, 0, args, settings, progress), plan.seeds(rows), np.ones(len(rows))
     attributes = np.array([decode_condition(c) for c in plan.condition_ids[rows]]).reshape(-1, 3)
     columns = {"age": attributes[:, 0].tolist(), "gender": attributes[:, 1].tolist(), "race": attributes[:, 2].tolist(),
                "framing": plan.framings[rows].tolist(), "condition_id": plan.condition_ids[rows].tolist()}
     if args.verify:
-        p, verified = score(classifiers, images, plan.condition_ids[rows], args.verify_attributes)
+        p, verified = requested_label_scores(classifiers, images, plan.condition_ids[rows], args.verify_attributes)
         for attempt in range(1, args.max_attempts if args.keep == "verified" else 1):
             bad = np.flatnonzero(~verified)
             if not len(bad):
                 break
             progress.total += len(bad)
             redrawn = draw(pipe, plan, rows[bad], attempt, args, settings, progress)
-            p[bad], verified[bad] = score(classifiers, redrawn, plan.condition_ids[rows[bad]], args.verify_attributes)
+            p[bad], verified[bad] = requested_label_scores(classifiers, redrawn, plan.condition_ids[rows[bad]],
+                                                           args.verify_attributes)
             for j, k in enumerate(bad):
                 images[k], seeds[k], attempts[k] = redrawn[j], plan.seeds([rows[k]], attempt)[0], attempt + 1
         columns.update(p_age=p[:, 0].tolist(), p_gender=p[:, 1].tolist(), p_race=p[:, 2].tolist(),
                        verified=verified.tolist(), attempts=attempts.astype(int).tolist())
+    if near_copies is not None:
+        distances, near = near_copies(images)
+        columns.update(nearest_train_distance=distances.tolist(), near_copy=near.tolist())
     return {**columns, "image": images, "seed": seeds}
 
 
@@ -213,19 +195,30 @@ def main(args):
     pipe.set_progress_bar_config(disable=True)
     settings = sampling_settings(pipe, args)
     if args.distribution == "fairface":
-        args.counts = fairface_counts(args)
+        try:
+            args.counts = plans.exact_counts(plans.fairface_weights(args.dataset_name, args.condition_ids),
+                                             args.images_per_condition * len(args.condition_ids))
+        except (ValueError, OSError) as error:
+            fail(f"--distribution fairface: cannot count labels in {args.dataset_name!r}: {error}")
     if sum(args.counts) == 0:
         fail("the distribution gives 0 images; raise --images_per_condition")
     plan = plans.Plan(args.condition_ids, args.counts, args.framing, args.seed, args.shard_size)
     classifiers = load_classifiers(args, device, load_or_fail) if args.verify else None
     record = {flag: getattr(args, flag, None) for flag in RECORDED_FLAGS}
+    if args.check_memorisation:  # the training images compared with (a local folder by its absolute path)
+        record["dataset_name"] = os.path.abspath(args.dataset_name) if os.path.isdir(args.dataset_name) else \
+            args.dataset_name
+    else:
+        record.update({flag: None for flag in MEMORISATION_FLAGS})
     record.update(settings, model=os.path.abspath(args.model) if os.path.isdir(args.model) else args.model,
                   model_weights=dataset_card.weights_sha256(pipe), guidance_interval=settings["guidance_interval"] and
                   list(settings["guidance_interval"]), scheduler=type(pipe.scheduler).__name__)
     prepare_folder(args, state, record)
+    near_copies = load_near_copy_check(args, state, device, pipe.unet.config.sample_size, os.path.join(
+        args.output_dir, MEMORISATION_CACHE)) if args.check_memorisation else None
 
     # Generate: this process's missing shards, each written whole, one process per shard.
-    shard_features = shards.features(framing=bool(args.framing), verify=args.verify)
+    shard_features = shards.features(framing=bool(args.framing), verify=args.verify, memorisation=bool(near_copies))
     mine = [k for k in plan.shards_of(state.process_index, state.num_processes)
             if not os.path.exists(plan.shard_path(args.output_dir, k))]
     if state.is_main_process:
@@ -234,13 +227,13 @@ def main(args):
               f"{plan.num_shards} shard(s), {done} already done; on {state.num_processes} process(es); counts: " +
               "; ".join(f"{a} " + ", ".join(f"{n} {c}" for n, c in counts.items() if c)
                         for a, counts in plan.counts_by().items()))
-    stop = StopRequest()
+    stop = StopRequest(after="this shard (finished shards are kept)")
     progress = tqdm(total=sum(len(plan.shard_rows(k)) for k in mine), unit="img", desc="generating",
                     disable=not state.is_main_process, smoothing=0.1)
     for written, shard in enumerate(mine):
         if stop.signal is not None:
             break
-        columns = make_shard(pipe, plan, shard, args, settings, classifiers, progress)
+        columns = make_shard(pipe, plan, shard, args, settings, classifiers, near_copies, progress)
         try:
             shards.write_shard(plan.shard_path(args.output_dir, shard), columns, shard_features)
         except SaveError as error:
@@ -257,7 +250,8 @@ def main(args):
                   "to finish")
         return None
     if state.is_main_process:
-        dataset_card.write_card(args.output_dir, paths, plan, args, settings, record, public_command(args))
+        dataset_card.write_card(args.output_dir, paths, plan, args, settings, record,
+                                dataset_card.public_command(sys.argv[1:]), near_copies)
         print(f"wrote {plan.num_rows} images in {plan.num_shards} shard(s) to {args.output_dir}/ "
               f"(load with datasets.load_dataset({args.output_dir!r}))")
         if args.push_to_hub is not None:

@@ -110,6 +110,15 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
     calls.clear()
     generate(pipe, [(2, 0, 1)], [0], num_inference_steps=1, framing="tight")
     assert calls == [1]
+    # The demo app: the guidance slider sits at 1, fixed (the teacher's guidance is in the weights).
+    import gradio as gr
+
+    import app
+    with gr.Blocks():
+        guidance, _, _ = app.sampling_controls(pipe)
+        teacher_guidance, _, _ = app.sampling_controls(load_pipeline(tiny_run))
+    assert guidance.value == 1 and guidance.interactive is False and "distilled in: 2" in guidance.label
+    assert teacher_guidance.value == 2 and teacher_guidance.interactive is not False
 
 
 @pytest.fixture(scope="module")

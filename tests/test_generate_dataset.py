@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_script
+from test_evaluate import tiny_models  # noqa: F401 (fixture: a tiny DINOv2 feature model)
 from test_hub import fake_hub_env, files_under
 from test_resume import free_port
 
@@ -189,26 +190,76 @@ def test_distribution_file_gives_exact_counts(tiny_run, tmp_path):
 
 
 def test_keep_verified_fills_every_condition(tiny_run, tmp_path):
-    """--keep verified with the demo faces' pixel reader, checking gender: unrecognised images are replaced from
-    the next seeds until every row is verified; the card reports the first-try acceptance per group. Female
-    conditions: the 3-epoch model's blurry faces are read as Female often but not always (as Male rarely)."""
+    """--keep verified with the demo faces' pixel reader, checking gender and age: unrecognised images are replaced
+    from the next seeds until every row is verified; the card reports the first-try acceptance. Condition 63
+    (40-49, Female, East Asian): the 3-epoch model's blurry faces are read as 40-49 often but not always (seeds
+    24-35: rows 1 and 2 are not, at 1 thread)."""
     folder = tmp_path / "verified"
-    run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "7", "63", "125",
-               "--images_per_condition", "6", "--num_inference_steps", "2", "--batch_size", "18", "--shard_size",
-               "18", "--keep", "verified", "--classifier", "demo", "--verify_attributes", "gender",
-               "--max_attempts", "40")
+    run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "63",
+               "--images_per_condition", "12", "--num_inference_steps", "2", "--batch_size", "12", "--shard_size",
+               "12", "--keep", "verified", "--classifier", "demo", "--verify_attributes", "gender", "age",
+               "--max_attempts", "40", "--seed", "24", env=ONE_THREAD)
     ds = load(folder)
-    assert {c: ds["condition_id"].count(c) for c in (7, 63, 125)} == {7: 6, 63: 6, 125: 6}
-    assert all(ds["verified"]) and all(p == 1.0 for p in ds["p_gender"])  # demo reader: one-hot
-    for row, (seed, attempts) in enumerate(zip(ds["seed"], ds["attempts"])):
-        assert seed == (attempts - 1) * 18 + row  # attempt r of row i: seed + r * N + i
+    assert ds["condition_id"] == [63] * 12 and all(ds["verified"])
+    assert all(p == 1.0 for p in ds["p_gender"]) and all(p == 1.0 for p in ds["p_age"])  # demo reader: one-hot
+    attempts = list(ds["attempts"])
+    assert max(attempts) > 1, "no image was replaced: the test no longer exercises --keep verified"
+    for row, (seed, attempt) in enumerate(zip(ds["seed"], attempts)):
+        assert seed == 24 + (attempt - 1) * 12 + row  # attempt r of row i: seed + r * N + i
     from utils.demo_data import measure_attributes
 
-    assert (measure_attributes([r["image"] for r in ds])["gender"] == 1).all()
+    read = measure_attributes([r["image"] for r in ds])
+    assert (read["gender"] == 1).all() and (read["age"] == 4).all()
     card = open(folder / "README.md").read()
-    first_try = np.mean(np.asarray(ds["attempts"]) == 1)
-    assert f"| Female | 18 | {100 * first_try:.1f} % | 100.0 % |" in card
-    print(f"first-try acceptance {first_try:.2f}, most images drawn for a row {max(ds['attempts'])}")
+    first_try = np.mean(np.asarray(attempts) == 1)
+    assert f"| Female | 12 | {100 * first_try:.1f} % | 100.0 % |" in card
+    print(f"first-try acceptance {first_try:.2f}, most images drawn for a row {max(attempts)}")
+
+
+def test_memorisation_check_flags_rows_closer_than_unseen_images(tiny_run, demo_dataset,
+                                                                 tiny_models, tmp_path):  # noqa: F811
+    """--check_memorisation: every row's distance to its nearest training image and the flag past the threshold;
+    a training image itself, through the same check, is flagged (distance 0)."""
+    from utils import evaluation as ev
+    from utils.data import decode_image, load_fairface
+    from utils.evaluation.features import FeatureExtractor
+
+    folder = tmp_path / "checked"
+    run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "0", "42",
+               "--images_per_condition", "2", "--num_inference_steps", "2", "--batch_size", "4", "--shard_size", "4",
+               "--check_memorisation", "--feature_model", tiny_models["dinov2"], "--dataset_name", demo_dataset,
+               "--num_heldout", "40", env=ONE_THREAD)
+    ds = load(folder)
+    assert list(ds.features)[-2:] == ["nearest_train_distance", "near_copy"]
+    saved = np.load(folder / ".memorisation.npz")
+    threshold, distances = float(saved["threshold"]), np.asarray(ds["nearest_train_distance"])
+    assert np.isfinite(distances).all() and (distances >= 0).all() and threshold > 0
+    assert list(ds["near_copy"]) == (distances < threshold).tolist()
+    card = open(folder / "README.md").read()
+    assert f"are flagged `near_copy`: closer to their nearest training image (cosine distance {threshold:.4f}" in card
+    assert "/tmp" not in card and ".memorisation" not in card
+    # The same check (from the folder's saved pool features) on a training image: distance ~0, flagged.
+    check = ev.NearCopyCheck(FeatureExtractor(tiny_models["dinov2"]), None, None, 5.0, 40,
+                             cache_path=str(folder / ".memorisation.npz"))
+    training_image = decode_image(load_fairface(demo_dataset, ["0.25"], ["train"])[0]["image"], 32)
+    copy_distance, copy_flag = check([training_image])
+    assert copy_distance[0] < 1e-4 < threshold and copy_flag[0]
+
+
+def test_fairface_distribution_counts_the_training_labels(tiny_run, demo_dataset, tmp_path):
+    import datasets
+
+    from utils.dataset_plan import exact_counts
+
+    folder = tmp_path / "as-fairface"
+    run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "0-13",
+               "--images_per_condition", "2", "--distribution", "fairface", "--dataset_name", demo_dataset,
+               "--num_inference_steps", "1", "--batch_size", "28", "--shard_size", "28")
+    train = datasets.load_dataset(demo_dataset, "0.25", split="train")
+    frequency = np.bincount(np.asarray(train["age"]) * 14 + np.asarray(train["gender"]) * 7 +
+                            np.asarray(train["race"]), minlength=126)[:14]
+    ds = load(folder)
+    assert [ds["condition_id"].count(c) for c in range(14)] == exact_counts(frequency, 28)
 
 
 def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run, tmp_path):
@@ -221,24 +272,26 @@ def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run
     uploaded = record / "someone" / "tiny-synthetic"
     assert files_under(uploaded) == {"README.md", "preview.png", *[f"data/train-{k:05d}-of-00004.parquet" for k in range(4)]}
     assert "pushed" in result.stdout
-    # The upload laid out as the Hub cache: load_dataset("someone/tiny-synthetic") offline.
+    # load_dataset("someone/tiny-synthetic"): first online from a read-only Hub on 127.0.0.1 serving what was
+    # pushed (datasets' real Hub code path), then offline with the server gone, from datasets' own cache (datasets
+    # 5 answers a Hub id offline only from an earlier online load; the Hub cache alone is not enough).
+    from fake_hub.read_server import HubReadServer
+
     home = tmp_path / "hf-home"
-    repo = home / "hub" / "datasets--someone--tiny-synthetic"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    shutil.copytree(uploaded, repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    # Offline, datasets 5 answers a Hub id only from its own cache of an earlier online load; the Hub cache is read
-    # through huggingface_hub (as a user offline does): the snapshot folder, then load_dataset on it.
-    code = ("import datasets, huggingface_hub; folder = huggingface_hub.snapshot_download('someone/tiny-synthetic', "
-            "repo_type='dataset'); ds = datasets.load_dataset(folder, split='train'); "
-            "print(len(ds), ds.features['race'].names[5], ds['seed'][:3])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
-                            env={**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-                                 "HF_DATASETS_CACHE": str(home / "datasets"), "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["12", "Latino_Hispanic", "[7,", "8,", "9]"]
-    assert datasets  # the same library as the local load
+    code = ("import datasets; ds = datasets.load_dataset('someone/tiny-synthetic', split='train'); "
+            "print(len(ds), ds.features['race'].names[5], ds['seed'][:3], ds.info.splits['train'].num_examples)")
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
+           "HF_DATASETS_CACHE": str(home / "datasets")}
+    with HubReadServer({"someone/tiny-synthetic": str(uploaded)}) as endpoint:
+        online = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                                env={**env, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"})
+    offline = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                             env={**env, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1"})
+    for result in (online, offline):
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.split() == ["12", "Latino_Hispanic", "[7,", "8,", "9]", "12"]
+    assert "cached dataset" in offline.stderr
+    assert datasets.load_dataset(str(folder), split="train")["seed"] == list(range(7, 19))
 
 
 def test_exact_counts_and_seeds_of_the_plan():

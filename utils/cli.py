@@ -63,6 +63,7 @@ positive_float = _number("positive_float", float, lambda v: v > 0, "a positive n
 nonnegative_float = _number("nonnegative_float", float, lambda v: v >= 0, "0 or more")
 finite_float = _number("finite_float", float, lambda v: True, "a finite number")
 probability = _number("probability", float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
+percentile = _number("percentile", float, lambda v: 0.0 < v < 100.0, "between 0 and 100")
 beta = _number("beta", float, lambda v: 0.0 <= v < 1.0, "at least 0 and below 1")  # an Adam beta
 
 

@@ -88,15 +88,40 @@ def write_preview(output_dir, paths, count=6):
     os.replace(os.path.join(output_dir, ".tmp-preview.png"), os.path.join(output_dir, "preview.png"))
 
 
-def write_card(output_dir, paths, plan, args, settings, record, command):
-    """Write OUTPUT_DIR/README.md atomically; the counts come from the shards themselves."""
+def memorisation_paragraph(labels, near_copies):
+    """The card's sentence on near copies of training images (--check_memorisation), from the shards' columns."""
+    if near_copies is None:
+        return "Not checked for near copies of training images (generated without `--check_memorisation`)."
+    flagged, features = labels["near_copy"], near_copies.extractor.model_id
+    features = os.path.basename(os.path.normpath(features)) if os.path.isdir(features) else features  # no local paths
+    percentile = f"{near_copies.percentile:g} %"
+    return (f"{_percent(flagged)} of the images ({int(flagged.sum())}) are flagged `near_copy`: closer to their "
+            f"nearest training image (cosine distance {near_copies.threshold:.4f} in `{features}` space) than "
+            f"{percentile} of real images the model did not see ({near_copies.reference_kind}). A model that draws "
+            f"new faces flags about {percentile}; look at flagged rows (or drop them) before publishing.")
+
+
+def public_command(argv):
+    """generate_dataset.py's command as run, every local file or folder (model, output, training data, feature
+    model, classifiers, weights file) by its name only: the card holds no local paths."""
+    import shlex
+
+    return "generate_dataset.py " + shlex.join(os.path.basename(os.path.normpath(a)) if os.path.exists(a) else a
+                                               for a in argv)
+
+
+def write_card(output_dir, paths, plan, args, settings, record, command, near_copies=None):
+    """Write OUTPUT_DIR/README.md atomically; the counts come from the shards themselves. ``near_copies``: the
+    NearCopyCheck of --check_memorisation (its threshold and reference)."""
     import datasets
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from .dataset_shards import VERIFY_COLUMNS, features, read_labels
+    from .dataset_shards import MEMORISATION_COLUMNS, VERIFY_COLUMNS, features, read_labels
 
-    shard_features = features(framing=bool(args.framing), verify=args.verify)
-    columns = [*ATTRIBUTES, *(["framing"] if args.framing else []), *(VERIFY_COLUMNS if args.verify else [])]
+    memorisation = near_copies is not None
+    shard_features = features(framing=bool(args.framing), verify=args.verify, memorisation=memorisation)
+    columns = [*ATTRIBUTES, *(["framing"] if args.framing else []), *(VERIFY_COLUMNS if args.verify else []),
+               *(MEMORISATION_COLUMNS if memorisation else [])]
     labels = read_labels(paths, columns)
     num_rows = len(labels["age"])
     splits = datasets.SplitDict()
@@ -117,6 +142,8 @@ def write_card(output_dir, paths, plan, args, settings, record, command):
     verify_columns = ("; `p_age`, `p_gender`, `p_race`: the attribute classifier's probability of the requested "
                       f"label; `verified`: the requested labels of {', '.join(args.verify_attributes)} are its top "
                       "labels; `attempts`: images drawn for this row") if args.verify else ""
+    verify_columns += ("; `nearest_train_distance`: cosine distance to the nearest training image; `near_copy`: "
+                       "closer than the memorisation threshold" if memorisation else "")
     replaced = (f" an image replaced by `--keep verified` takes attempt r from seed {args.seed} + r x {num_rows} + i;"
                 if args.keep == "verified" else "")
     classifiers = (f"classifier `{args.classifier}`" + "".join(
@@ -152,6 +179,8 @@ up with it{framing_column}; `condition_id` (age*14 + gender*7 + race); `seed` (t
 seed){verify_columns}.
 
 **The labels are the requested ones, not perceived ones**: they say what the model was asked to draw. {verified}
+
+{memorisation_paragraph(labels, near_copies)}
 
 ## Counts
 

@@ -69,6 +69,15 @@ def dataset_weights(label_counts, condition_ids):
     return [float(counts[c]) for c in condition_ids]
 
 
+def fairface_weights(dataset_name, condition_ids):
+    """FairFace's own frequencies: how often each condition occurs in ``dataset_name``'s 0.25 train split (a Hub
+    id or a local folder in its layout). ValueError/OSError when it cannot be read."""
+    from .data import load_fairface
+
+    train = load_fairface(dataset_name, ["0.25"], ["train"])
+    return dataset_weights(np.stack([np.asarray(train[a]) for a in ATTRIBUTES], axis=1), condition_ids)
+
+
 def exact_counts(weights, total):
     """Integer counts summing to ``total`` in proportion to ``weights`` (largest remainder; ties go to the
     earlier entry). ValueError for negative, non-finite or all-zero weights."""

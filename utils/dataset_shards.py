@@ -14,11 +14,13 @@ from .labels import ATTRIBUTES, FRAMINGS
 
 TMP_PREFIX = ".tmp-"
 VERIFY_COLUMNS = ["p_age", "p_gender", "p_race", "verified", "attempts"]
+MEMORISATION_COLUMNS = ["nearest_train_distance", "near_copy"]
 
 
-def features(framing=False, verify=False):
+def features(framing=False, verify=False, memorisation=False):
     """datasets.Features of a generated dataset: image, age/gender/race (FairFace's ClassLabels, in FairFace's
-    order), framing (when asked), condition_id, seed, and the verification columns with --verify."""
+    order), framing (when asked), condition_id, seed, the verification columns with --verify and the memorisation
+    columns with --check_memorisation."""
     import datasets
 
     columns = {"image": datasets.Image()}
@@ -30,6 +32,8 @@ def features(framing=False, verify=False):
         columns.update(p_age=datasets.Value("float32"), p_gender=datasets.Value("float32"),
                        p_race=datasets.Value("float32"), verified=datasets.Value("bool"),
                        attempts=datasets.Value("int16"))
+    if memorisation:  # cosine distance to the nearest training image; near_copy = below the evaluation's threshold
+        columns.update(nearest_train_distance=datasets.Value("float32"), near_copy=datasets.Value("bool"))
     return datasets.Features(columns)
 
 

@@ -13,8 +13,9 @@ class StopRequest:
 
     received = None  # the first signal's number, for code without the instance (the save test hook)
 
-    def __init__(self):
+    def __init__(self, after="this step and saving a checkpoint"):
         self.signal = StopRequest.received = None
+        self.after = after  # what the run finishes before it stops, for the message
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
@@ -23,8 +24,8 @@ class StopRequest:
             sys.stderr.write(f"\nsecond {signal.Signals(signum).name}: exiting now without saving\n")
             os._exit(128 + signum)
         self.signal = StopRequest.received = signum
-        sys.stderr.write(f"\n{signal.Signals(signum).name} received: stopping after this step and saving a "
-                         "checkpoint (send it again to exit at once)\n")
+        sys.stderr.write(f"\n{signal.Signals(signum).name} received: stopping after {self.after} (send it again "
+                         "to exit at once)\n")
 
     @property
     def name(self):

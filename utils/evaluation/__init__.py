@@ -25,6 +25,7 @@ from .drawing import SHORT_NAMES, bar_panels, confusion_heatmap, hstack, pair_gr
 from .features import FeatureExtractor, from_pretrained_safetensors, record_features
 from .fidelity import accuracy, confusion_matrix, fidelity_metrics, group_accuracy
 from .frechet import feature_statistics, frechet_by_group, frechet_distance, frechet_distance_between
-from .memorisation import memorisation, nearest_neighbours
+from .memorisation import (NearCopyCheck, add_memorisation_args, memorisation, nearest_neighbours,
+                           reference_distances)
 from .report import fmt_number, fmt_percent, report_markdown
 from .samples import RealPool, attribute_arrays, find_samples, sample_per_condition

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from ..labels import ATTRIBUTES, parse_label
+from ..labels import ATTRIBUTES, decode_condition, parse_label
 from .features import batches, from_pretrained_safetensors, to_pil
 
 
@@ -219,3 +219,13 @@ def describe_classifiers(classifiers):
         missing = getattr(c, "missing", None)
         out[attribute] = f"{c.model_id} ({c.kind}" + (f"; cannot predict {', '.join(missing)})" if missing else ")")
     return out
+
+
+def requested_label_scores(classifiers, images, condition_ids, checked):
+    """Probabilities of the requested labels (n, 3) and whether the ``checked`` attributes' are the top labels."""
+    requested = np.array([decode_condition(c) for c in condition_ids]).reshape(-1, 3)
+    probabilities = predict_all(classifiers, images)
+    p = np.stack([probabilities[a][np.arange(len(images)), requested[:, i]] for i, a in enumerate(ATTRIBUTES)], 1)
+    top = np.stack([probabilities[a].argmax(-1) == requested[:, i]
+                    for i, a in enumerate(ATTRIBUTES) if a in checked], 1)
+    return p, top.all(axis=1)
