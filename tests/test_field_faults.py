@@ -437,6 +437,28 @@ def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
     assert "rank 0: checkpoint-seen-by-0" in result.stdout and "rank 1: checkpoint-seen-by-0" in result.stdout
 
 
+def test_ranks_that_see_different_latest_resume_from_rank_0s(data160, tmp_path):
+    """A requeued 2-process run on NFS: rank 1's stale directory cache lacks checkpoint-4 (the test hook
+    FAIRFACE_TEST_STALE_LISTING=1 hides the newest checkpoint from rank 1's listing), so rank 1 alone resolves
+    `latest` to checkpoint-2. Both ranks resume from rank 0's checkpoint-4 and end bitwise like a straight run
+    (with each rank deciding, rank 1 loaded checkpoint-2: its replica and its step count drifted from rank 0's)."""
+    import shutil
+
+    from test_resume import assert_same_run, run
+
+    args = [*COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "6", "--train_batch_size", "8",
+            "--checkpointing_steps", "2", "--ddp_timeout", "120"]  # a rank left behind fails, not hangs for 2 h
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    run(["--dataset_name", data160, "--output_dir", reference, *args], tmp_path / "reference.log", nproc=2)
+    for step in (2, 4):  # the folder as the requeued job finds it: killed while writing checkpoint-6
+        shutil.copytree(reference / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    output = run(["--dataset_name", data160, "--output_dir", out, *args, "--resume_from_checkpoint", "latest"],
+                 tmp_path / "resumed.log", env={"FAIRFACE_TEST_STALE_LISTING": "1"}, nproc=2)
+    assert "test hook: rank 1 does not see checkpoint-4" in output, "the hook must reach rank 1's listing"
+    assert resumed_from(output) == f"resumed from {out}/checkpoint-4 at step 4"
+    assert_same_run(str(reference), str(out), step=6)  # rank 1's gradients are in every step's all-reduce
+
+
 # ------------------------------------------------------------------------------------------------ fp16
 def _fp16_run(data, out, log, *extra, scale="1024"):
     from test_resume import launch
