@@ -398,14 +398,14 @@ def test_bf16_checkpoint_resumed_with_fp16_grad_scaler_is_one_line(tmp_path, cap
 
 # ------------------------------------------------------------------------------------------------ several ranks
 def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_path):
-    """Two gloo processes; rank 0 alone builds the pixel cache, slowly (about 12 s), while rank 1 waits in a
+    """Two gloo processes; rank 0 alone assembles the pixel cache, slowly (12 s), while rank 1 waits in a
     barrier: with --ddp_timeout 3 the wait ends the run (the timeout reaches the process group), with the
     default the run goes through."""
     from test_resume import launch
 
     args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
             "--train_batch_size", "8", "--checkpointing_steps", "100"]
-    slow = {"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache:sleep:4"}
+    slow = {"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache-parts:sleep:12"}
     code, output = finish(launch([*args, "--output_dir", tmp_path / "short", "--preprocess_cache", tmp_path / "c1",
                                   "--ddp_timeout", "3"], tmp_path / "short.log", env=slow, nproc=2))
     assert code != 0 and "timed out" in output.lower(), output[-4000:]
@@ -457,6 +457,57 @@ def test_ranks_that_see_different_latest_resume_from_rank_0s(data160, tmp_path):
     assert "test hook: rank 1 does not see checkpoint-4" in output, "the hook must reach rank 1's listing"
     assert resumed_from(output) == f"resumed from {out}/checkpoint-4 at step 4"
     assert_same_run(str(reference), str(out), step=6)  # rank 1's gradients are in every step's all-reduce
+
+
+def test_pixel_cache_in_parts_is_byte_for_byte_the_one_process_build(tmp_path):
+    """Parts of uneven size, encoded in any order (as processes finish) and assembled, give the files of a
+    one-process build, byte for byte, over records that decode, are skipped or come in unusual modes."""
+    from utils import data
+    from utils.demo_data import make_demo_dataset
+
+    dataset = data.load_fairface(make_demo_dataset(str(tmp_path / "odd"), num_images=40, resolution=32,
+                                                   broken_images=True))
+    one = data.build_pixel_cache(dataset, str(tmp_path / "one"), 24, progress=False)["folder"]
+    for parts in (2, 4):  # 54 records: 27 + 27, 13 + 14 + 13 + 14
+        folder = data.pixel_cache_folder(dataset, str(tmp_path / f"{parts}-parts"), 24)
+        with data.pixel_cache_build(folder) as tmp:
+            for part in reversed(range(parts)):
+                data.encode_part(dataset, tmp, 24, part, parts, progress=False)
+            data.assemble_parts(tmp, parts, 24)
+        assert sorted(os.listdir(folder)) == sorted(os.listdir(one)) == ["meta.json", "pixels.npy", "valid.npy"]
+        for name in os.listdir(one):
+            with open(os.path.join(one, name), "rb") as a, open(os.path.join(folder, name), "rb") as b:
+                assert a.read() == b.read(), f"{parts} parts: {name} differs"
+        assert os.listdir(os.path.dirname(folder)) == [os.path.basename(folder)], "temporaries left"
+
+
+def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
+    """torchrun, 2 gloo processes: each decodes half of the images into part files of its own, rank 0 assembles
+    them. Rank 0 SIGKILLed with both parts written and nothing assembled leaves no cache that loads, only a
+    temporary folder; the next run removes it, builds the cache byte for byte as one process does, and trains
+    from it exactly as a run without a cache."""
+    from test_resume import assert_same_run, launch, run
+    from utils import data
+
+    args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
+            "--train_batch_size", "8", "--checkpointing_steps", "100"]
+    cache = tmp_path / "cache"
+    code, output = finish(launch([*args, "--output_dir", tmp_path / "killed", "--preprocess_cache", cache],
+                                 tmp_path / "killed.log", env={"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache-parts:kill"},
+                                 nproc=2))
+    assert code != 0, output[-3000:]
+    (left,) = [name for name in os.listdir(cache) if (cache / name).is_dir()]
+    assert ".tmp-" in left and sorted(os.listdir(cache / left)) == [
+        f"part-{part}-of-2-{kind}.npy" for part in (0, 1) for kind in ("pixels", "valid")], os.listdir(cache / left)
+
+    run([*args, "--output_dir", tmp_path / "run", "--preprocess_cache", cache], tmp_path / "run.log", nproc=2)
+    one = data.build_pixel_cache(data.load_fairface(data160), str(tmp_path / "one"), 32, progress=False)["folder"]
+    assert os.listdir(cache) == [os.path.basename(one)], os.listdir(cache)
+    for name in os.listdir(one):
+        assert (cache / os.path.basename(one) / name).read_bytes() == open(os.path.join(one, name), "rb").read(), name
+
+    run([*args, "--output_dir", tmp_path / "no-cache"], tmp_path / "no-cache.log", nproc=2)
+    assert_same_run(str(tmp_path / "no-cache"), str(tmp_path / "run"), step=2)
 
 
 # ------------------------------------------------------------------------------------------------ fp16
