@@ -1,5 +1,6 @@
 """Faults where users run (issue 21): the quick start's own resume command, diffusers' callback convention,
-strict JSON, fp16 grad scaling, shared file systems, `latest` and the process-group timeout across ranks.
+strict JSON, fp16 grad scaling, shared file systems, `latest` and the process-group timeout across ranks, the
+pixel cache built by every rank.
 
 Runs are real subprocesses (tests/test_resume.py's helpers); a fault is planted through the test hook
 ``FAIRFACE_TEST_SAVE_FAULT`` (utils/faults.py) or a stand-in for the operating-system call that fails.
@@ -481,13 +482,23 @@ def test_pixel_cache_in_parts_is_byte_for_byte_the_one_process_build(tmp_path):
         assert os.listdir(os.path.dirname(folder)) == [os.path.basename(folder)], "temporaries left"
 
 
+def assert_one_process_build(cache_root, dataset_name, work):
+    """``cache_root`` holds exactly the cache of ``dataset_name`` at 32 px, byte for byte the one-process build."""
+    from utils import data
+
+    one = data.build_pixel_cache(data.load_fairface(dataset_name), str(work), 32, progress=False)["folder"]
+    assert os.listdir(cache_root) == [os.path.basename(one)], os.listdir(cache_root)
+    for name in os.listdir(one):
+        with open(os.path.join(one, name), "rb") as f:
+            assert (cache_root / os.path.basename(one) / name).read_bytes() == f.read(), name
+
+
 def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
     """torchrun, 2 gloo processes: each decodes half of the images into part files of its own, rank 0 assembles
     them. Rank 0 SIGKILLed with both parts written and nothing assembled leaves no cache that loads, only a
     temporary folder; the next run removes it, builds the cache byte for byte as one process does, and trains
     from it exactly as a run without a cache."""
     from test_resume import assert_same_run, launch, run
-    from utils import data
 
     args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
             "--train_batch_size", "8", "--checkpointing_steps", "100"]
@@ -501,13 +512,57 @@ def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
         f"part-{part}-of-2-{kind}.npy" for part in (0, 1) for kind in ("pixels", "valid")], os.listdir(cache / left)
 
     run([*args, "--output_dir", tmp_path / "run", "--preprocess_cache", cache], tmp_path / "run.log", nproc=2)
-    one = data.build_pixel_cache(data.load_fairface(data160), str(tmp_path / "one"), 32, progress=False)["folder"]
-    assert os.listdir(cache) == [os.path.basename(one)], os.listdir(cache)
-    for name in os.listdir(one):
-        assert (cache / os.path.basename(one) / name).read_bytes() == open(os.path.join(one, name), "rb").read(), name
+    assert_one_process_build(cache, data160, tmp_path / "one")
 
     run([*args, "--output_dir", tmp_path / "no-cache"], tmp_path / "no-cache.log", nproc=2)
     assert_same_run(str(tmp_path / "no-cache"), str(tmp_path / "run"), step=2)
+
+
+NODE_CACHE_SCRIPT = """
+import sys
+import torch
+from accelerate import Accelerator
+from train_fairface import parse_args
+from utils import run_setup
+
+accelerator = Accelerator()
+args = parse_args(["--dataset_name", sys.argv[1], "--resolution", "32", "--preprocess_cache", sys.argv[2]])
+_, images = run_setup.load_training_data(args, accelerator)
+print(f"rank {accelerator.process_index}: {int(images.cache['valid'].sum())} cached", flush=True)
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_two_machines_of_two_processes_on_their_own_disks_each_build_the_cache(data160, tmp_path):
+    """Two torchrun "machines" of two processes each, each with a --preprocess_cache the other does not see
+    (node-local disks): each machine's processes build its own copy, byte for byte the one-process build."""
+    from test_resume import free_port
+
+    script = tmp_path / "cache.py"
+    script.write_text(NODE_CACHE_SCRIPT)
+    port, nodes = free_port(), []
+    try:
+        for node in (0, 1):
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
+                       "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                       str(script), data160, str(tmp_path / f"cache{node}")]
+            with open(tmp_path / f"node{node}.log", "w") as log:
+                nodes.append(subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True, env={
+                                                  **os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+                                                  "PYTHONPATH": REPO}))
+        codes = [node.wait(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    output = "".join((tmp_path / f"node{node}.log").read_text() for node in (0, 1))
+    assert codes == [0, 0], output[-6000:]
+    assert all(f"rank {rank}: 160 cached" in output for rank in range(4)), output[-6000:]
+    for node in (0, 1):
+        assert_one_process_build(tmp_path / f"cache{node}", data160, tmp_path / "one")
 
 
 # ------------------------------------------------------------------------------------------------ fp16

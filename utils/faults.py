@@ -12,8 +12,10 @@ def fault_hook(where):
     """Test hook (tests/test_resume.py, test_reliability.py, test_faults.py): ``FAIRFACE_TEST_SAVE_FAULT=WHERE:ACTION``.
 
     WHERE: a step number (inside the temporary folder of checkpoint-STEP), a snapshot name (``epoch_2``, inside
-    its temporary folder), ``pixel-cache`` (after the first cached batch), ``release`` (the new release written,
-    not yet committed) or ``release-moves`` (committed, moving into the root; ``utils/release.py``).
+    its temporary folder), ``pixel-cache`` (after each cached batch, on every process that decodes a part),
+    ``pixel-cache-parts`` (every part written, before the machine's first process assembles them), ``release``
+    (the new release written, not yet committed) or ``release-moves`` (committed, moving into the root;
+    ``utils/release.py``).
     ACTION: ``pause`` waits there until a stop signal (at most 60 s), ``hold`` waits 60 s whatever comes (to
     kill the run there), ``sleep:SECONDS`` that long, ``wait:PATH`` until the file PATH exists (at most 300 s), ``kill`` SIGKILLs this
     process at once, ``enospc`` fails like a full disk."""
