@@ -210,7 +210,7 @@ def pixel_cache_build(folder):
     os.makedirs(cache_root, exist_ok=True)
     remove_abandoned_builds(cache_root)
     tmp = f"{folder}.tmp-{os.uname().nodename}-{os.getpid()}"  # per machine and process: nodes may share the disk
-    with open(f"{tmp}.lock", "w") as building:
+    with open(f"{tmp}.lock", "w") as building:  # locked before the folder exists: no live lock, a dead build
         file_locks.lock(building, blocking=True)
         os.makedirs(tmp, exist_ok=True)
         yield tmp
@@ -225,9 +225,8 @@ def pixel_cache_build(folder):
 
 def _part_files(tmp, part, parts):
     """(pixels, valid) file names of ``part`` of ``parts``; a one-part build writes the cache's own files."""
-    if parts == 1:
-        return os.path.join(tmp, "pixels.npy"), os.path.join(tmp, "valid.npy")
-    return os.path.join(tmp, f"part-{part}-of-{parts}-pixels.npy"), os.path.join(tmp, f"part-{part}-of-{parts}-valid.npy")
+    prefix = "" if parts == 1 else f"part-{part}-of-{parts}-"
+    return os.path.join(tmp, f"{prefix}pixels.npy"), os.path.join(tmp, f"{prefix}valid.npy")
 
 
 def _part_rows(count, part, parts):
@@ -260,7 +259,7 @@ def encode_part(dataset, tmp, resolution, part, parts, num_workers=0, progress=T
     np.save(valid_file, valid)
 
 
-def assemble_parts(tmp, parts, resolution, rows_per_copy=4096):
+def assemble_parts(tmp, parts, resolution, rows_per_copy=1024):  # 1024 rows: 50 MB at 128 px
     """The parts under ``tmp`` -> ``pixels.npy``, ``valid.npy`` (parts removed) and ``meta.json``, then synced.
 
     Byte for byte what a one-part build writes. ``meta.json`` last: it marks a complete cache (after the rename)."""
