@@ -496,9 +496,10 @@ def assert_one_process_build(cache_root, dataset_name, work):
 def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
     """torchrun, 2 gloo processes: each decodes half of the images into part files of its own, rank 0 assembles
     them. Rank 0 SIGKILLed with both parts written and nothing assembled leaves no cache that loads, only a
-    temporary folder; the next run removes it, builds the cache byte for byte as one process does, and trains
-    from it exactly as a run without a cache."""
-    from test_resume import assert_same_run, launch, run
+    temporary folder; the next run removes it and builds the cache byte for byte as one process does. (Training
+    from it: test_multinode.py's reference builds its cache on two processes of one node, the two-node runs on one
+    process each, and their weights are bitwise equal.)"""
+    from test_resume import launch, run
 
     args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
             "--train_batch_size", "8", "--checkpointing_steps", "100"]
@@ -513,9 +514,6 @@ def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
 
     run([*args, "--output_dir", tmp_path / "run", "--preprocess_cache", cache], tmp_path / "run.log", nproc=2)
     assert_one_process_build(cache, data160, tmp_path / "one")
-
-    run([*args, "--output_dir", tmp_path / "no-cache"], tmp_path / "no-cache.log", nproc=2)
-    assert_same_run(str(tmp_path / "no-cache"), str(tmp_path / "run"), step=2)
 
 
 NODE_CACHE_SCRIPT = """
