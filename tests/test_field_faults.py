@@ -1,5 +1,6 @@
 """Faults where users run (issue 21): the quick start's own resume command, diffusers' callback convention,
-strict JSON, fp16 grad scaling, shared file systems, `latest` and the process-group timeout across ranks.
+strict JSON, fp16 grad scaling, shared file systems, `latest` and the process-group timeout across ranks, the
+pixel cache built by every rank.
 
 Runs are real subprocesses (tests/test_resume.py's helpers); a fault is planted through the test hook
 ``FAIRFACE_TEST_SAVE_FAULT`` (utils/faults.py) or a stand-in for the operating-system call that fails.
@@ -398,14 +399,14 @@ def test_bf16_checkpoint_resumed_with_fp16_grad_scaler_is_one_line(tmp_path, cap
 
 # ------------------------------------------------------------------------------------------------ several ranks
 def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_path):
-    """Two gloo processes; rank 0 alone builds the pixel cache, slowly (about 12 s), while rank 1 waits in a
+    """Two gloo processes; rank 0 alone assembles the pixel cache, slowly (12 s), while rank 1 waits in a
     barrier: with --ddp_timeout 3 the wait ends the run (the timeout reaches the process group), with the
     default the run goes through."""
     from test_resume import launch
 
     args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
             "--train_batch_size", "8", "--checkpointing_steps", "100"]
-    slow = {"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache:sleep:4"}
+    slow = {"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache-parts:sleep:12"}
     code, output = finish(launch([*args, "--output_dir", tmp_path / "short", "--preprocess_cache", tmp_path / "c1",
                                   "--ddp_timeout", "3"], tmp_path / "short.log", env=slow, nproc=2))
     assert code != 0 and "timed out" in output.lower(), output[-4000:]
@@ -435,6 +436,131 @@ def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
                       "print(f'rank {accelerator.process_index}: {seen}', flush=True)\n")
     result = _two_gloo_ranks(script)
     assert "rank 0: checkpoint-seen-by-0" in result.stdout and "rank 1: checkpoint-seen-by-0" in result.stdout
+
+
+def test_ranks_that_see_different_latest_resume_from_rank_0s(data160, tmp_path):
+    """A requeued 2-process run on NFS: rank 1's stale directory cache lacks checkpoint-4 (the test hook
+    FAIRFACE_TEST_STALE_LISTING=1 hides the newest checkpoint from rank 1's listing), so rank 1 alone resolves
+    `latest` to checkpoint-2. Both ranks resume from rank 0's checkpoint-4 and end bitwise like a straight run
+    (with each rank deciding, rank 1 loaded checkpoint-2: its replica and its step count drifted from rank 0's)."""
+    import shutil
+
+    from test_resume import assert_same_run, run
+
+    args = [*COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "6", "--train_batch_size", "8",
+            "--checkpointing_steps", "2", "--ddp_timeout", "120"]  # a rank left behind fails, not hangs for 2 h
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    run(["--dataset_name", data160, "--output_dir", reference, *args], tmp_path / "reference.log", nproc=2)
+    for step in (2, 4):  # the folder as the requeued job finds it: killed while writing checkpoint-6
+        shutil.copytree(reference / f"checkpoint-{step}", out / f"checkpoint-{step}")
+    output = run(["--dataset_name", data160, "--output_dir", out, *args, "--resume_from_checkpoint", "latest"],
+                 tmp_path / "resumed.log", env={"FAIRFACE_TEST_STALE_LISTING": "1"}, nproc=2)
+    assert "test hook: rank 1 does not see checkpoint-4" in output, "the hook must reach rank 1's listing"
+    assert resumed_from(output) == f"resumed from {out}/checkpoint-4 at step 4"
+    assert_same_run(str(reference), str(out), step=6)  # rank 1's gradients are in every step's all-reduce
+
+
+def test_pixel_cache_in_parts_is_byte_for_byte_the_one_process_build(tmp_path):
+    """Parts of uneven size, encoded in any order (as processes finish) and assembled, give the files of a
+    one-process build, byte for byte, over records that decode, are skipped or come in unusual modes."""
+    from utils import data
+    from utils.demo_data import make_demo_dataset
+
+    dataset = data.load_fairface(make_demo_dataset(str(tmp_path / "odd"), num_images=40, resolution=32,
+                                                   broken_images=True))
+    one = data.build_pixel_cache(dataset, str(tmp_path / "one"), 24, progress=False)["folder"]
+    for parts in (2, 4):  # 54 records: 27 + 27, 13 + 14 + 13 + 14
+        folder = data.pixel_cache_folder(dataset, str(tmp_path / f"{parts}-parts"), 24)
+        with data.pixel_cache_build(folder) as tmp:
+            for part in reversed(range(parts)):
+                data.encode_part(dataset, tmp, 24, part, parts, progress=False)
+            data.assemble_parts(tmp, parts, 24)
+        assert sorted(os.listdir(folder)) == sorted(os.listdir(one)) == ["meta.json", "pixels.npy", "valid.npy"]
+        for name in os.listdir(one):
+            with open(os.path.join(one, name), "rb") as a, open(os.path.join(folder, name), "rb") as b:
+                assert a.read() == b.read(), f"{parts} parts: {name} differs"
+        assert os.listdir(os.path.dirname(folder)) == [os.path.basename(folder)], "temporaries left"
+
+
+def assert_one_process_build(cache_root, dataset_name, work):
+    """``cache_root`` holds exactly the cache of ``dataset_name`` at 32 px, byte for byte the one-process build."""
+    from utils import data
+
+    one = data.build_pixel_cache(data.load_fairface(dataset_name), str(work), 32, progress=False)["folder"]
+    assert os.listdir(cache_root) == [os.path.basename(one)], os.listdir(cache_root)
+    for name in os.listdir(one):
+        with open(os.path.join(one, name), "rb") as f:
+            assert (cache_root / os.path.basename(one) / name).read_bytes() == f.read(), name
+
+
+def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
+    """torchrun, 2 gloo processes: each decodes half of the images into part files of its own, rank 0 assembles
+    them. Rank 0 SIGKILLed with both parts written and nothing assembled leaves no cache that loads, only a
+    temporary folder; the next run removes it and builds the cache byte for byte as one process does. (Training
+    from it: test_multinode.py's reference builds its cache on two processes of one node, the two-node runs on one
+    process each, and their weights are bitwise equal.)"""
+    from test_resume import launch, run
+
+    args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
+            "--train_batch_size", "8", "--checkpointing_steps", "100"]
+    cache = tmp_path / "cache"
+    code, output = finish(launch([*args, "--output_dir", tmp_path / "killed", "--preprocess_cache", cache],
+                                 tmp_path / "killed.log", env={"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache-parts:kill"},
+                                 nproc=2))
+    assert code != 0, output[-3000:]
+    (left,) = [name for name in os.listdir(cache) if (cache / name).is_dir()]
+    assert ".tmp-" in left and sorted(os.listdir(cache / left)) == [
+        f"part-{part}-of-2-{kind}.npy" for part in (0, 1) for kind in ("pixels", "valid")], os.listdir(cache / left)
+
+    run([*args, "--output_dir", tmp_path / "run", "--preprocess_cache", cache], tmp_path / "run.log", nproc=2)
+    assert_one_process_build(cache, data160, tmp_path / "one")
+
+
+NODE_CACHE_SCRIPT = """
+import sys
+import torch
+from accelerate import Accelerator
+from train_fairface import parse_args
+from utils import run_setup
+
+accelerator = Accelerator()
+args = parse_args(["--dataset_name", sys.argv[1], "--resolution", "32", "--preprocess_cache", sys.argv[2]])
+_, images = run_setup.load_training_data(args, accelerator)
+print(f"rank {accelerator.process_index}: {int(images.cache['valid'].sum())} cached", flush=True)
+accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_two_machines_of_two_processes_on_their_own_disks_each_build_the_cache(data160, tmp_path):
+    """Two torchrun "machines" of two processes each, each with a --preprocess_cache the other does not see
+    (node-local disks): each machine's processes build its own copy, byte for byte the one-process build."""
+    from test_resume import free_port
+
+    script = tmp_path / "cache.py"
+    script.write_text(NODE_CACHE_SCRIPT)
+    port, nodes = free_port(), []
+    try:
+        for node in (0, 1):
+            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
+                       "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
+                       str(script), data160, str(tmp_path / f"cache{node}")]
+            with open(tmp_path / f"node{node}.log", "w") as log:
+                nodes.append(subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                              start_new_session=True, env={
+                                                  **os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
+                                                  "PYTHONPATH": REPO}))
+        codes = [node.wait(timeout=300) for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
+    output = "".join((tmp_path / f"node{node}.log").read_text() for node in (0, 1))
+    assert codes == [0, 0], output[-6000:]
+    assert all(f"rank {rank}: 160 cached" in output for rank in range(4)), output[-6000:]
+    for node in (0, 1):
+        assert_one_process_build(tmp_path / f"cache{node}", data160, tmp_path / "one")
 
 
 # ------------------------------------------------------------------------------------------------ fp16

@@ -10,7 +10,7 @@ import re
 import shutil
 
 from .atomic_files import SaveError, fsync_tree, replace_folder, write_json_atomic
-from .faults import fault_hook
+from .faults import fault_hook, stale_listing
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE = "training_state.json"  # written last: its presence marks a complete checkpoint
@@ -39,7 +39,7 @@ def _checkpoints(output_dir):
             except (OSError, ValueError, AttributeError):
                 continue  # an unreadable marker: not a complete checkpoint
             found.append((index, int(match.group(1)), path))
-    return sorted(found)
+    return stale_listing(sorted(found))  # a test hook: as a stale NFS directory cache shows it on one rank
 
 
 def resolve_checkpoint(output_dir, resume_from_checkpoint):

@@ -10,7 +10,8 @@ default is only in ours. Linux shows both in /proc; elsewhere nothing is changed
 Writers. With several nodes on one shared ``--output_dir`` / ``--preprocess_cache``, "local main" is not
 unique: one process per node. ``in_writer_order`` runs an idempotent build-or-load step on the global main
 first, then on each other node's local main (a node-local disk that does not see the first build builds its
-own copy), then on every other process, which only loads.
+own copy), then on every other process, which only loads. The pixel cache is built in the same order of
+machines, but by all the processes of a machine together (utils/run_setup.py ``build_pixel_cache``).
 """
 
 import os
@@ -84,6 +85,20 @@ def in_writer_order(accelerator, build_or_load):
     return result
 
 
+def node_main_value(accelerator, value):
+    """(this machine's local main's ``value``, this process's index on the machine, the machine's process count),
+    on every process (every rank must call it). A machine's processes are consecutive global ranks (torchrun and
+    accelerate launch number them so), so ``process_index - local_process_index`` names the machine."""
+    if accelerator.num_processes == 1:
+        return value, 0, 1
+    from accelerate.utils import gather_object
+
+    node = accelerator.process_index - accelerator.local_process_index
+    everyone = gather_object([(node, accelerator.local_process_index, value)])
+    mine = {local: value for other, local, value in everyone if other == node}
+    return mine[0], accelerator.local_process_index, len(mine)
+
+
 def sum_over_ranks(accelerator, count):
     """An integer summed over all processes (every rank must call it)."""
     return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), "sum").item())
@@ -102,7 +117,7 @@ def main_process_value(accelerator, value):
 
 def process_group_kwargs(timeout_seconds):
     """accelerate's kwargs handler that gives the process group's collectives (barriers included) this timeout:
-    NCCL's default of 600 s ends the run while rank 0 alone builds the pixel cache or pushes the release."""
+    NCCL's default of 600 s ends the run while one machine builds the pixel cache or rank 0 pushes the release."""
     from datetime import timedelta
 
     from accelerate.utils import InitProcessGroupKwargs

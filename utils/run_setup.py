@@ -3,9 +3,11 @@
 ``check_output_dir(args)``: the output folder is writable, the Hub is reachable when pushing, and the
 checkpoint to resume from exists, all before anything slow. ``make_accelerator(args)``: the Accelerator,
 logging, and the run lock on --output_dir (utils/run_folder.py). ``load_training_data(args, accelerator)``:
-the dataset (the demo's generated one when --demo) and its pixel cache, built once per disk.
+the dataset (the demo's generated one when --demo) and its pixel cache, built once per disk by all the processes
+of the machine that builds it.
 """
 
+import contextlib
 import logging
 import os
 
@@ -20,8 +22,9 @@ def add_ddp_timeout_arg(parser):
     """--ddp_timeout, the same for every script that trains on several processes."""
     add = parser.add_argument
     add("--ddp_timeout", type=positive_int, default=7200, help="Seconds the processes wait for each other (barriers, "
-        "collectives; transformers' flag). 7200: rank 0 alone builds the pixel cache (about 195k FairFace images) "
-        "and writes and pushes the release while the others wait; NCCL's default of 600 s ended such runs.")
+        "collectives; transformers' flag). 7200: other machines wait while the first builds the pixel cache (about "
+        "195k FairFace images, shared by its processes), all ranks while rank 0 writes and pushes the release; NCCL's "
+        "default of 600 s ended such runs.")
 
 
 def check_output_dir(args):
@@ -70,20 +73,42 @@ def load_training_data(args, accelerator):
             if args.demo and not os.path.isdir(args.dataset_name):
                 from .demo_data import make_demo_dataset
                 make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
-            dataset = data.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
-                                         args.cache_dir)
+            return data.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
+                                      args.cache_dir)
         except ValueError as error:
             fail(str(error))
-        cache = None
+    dataset = distributed.in_writer_order(accelerator, build_or_load_data)
+    cache = None
+    if args.preprocess_cache:
         try:
-            if args.preprocess_cache:
-                cache = data.build_pixel_cache(dataset, args.preprocess_cache, args.resolution,
-                                               args.dataloader_num_workers, accelerator.is_local_main_process)
+            cache = build_pixel_cache(args, accelerator, dataset)
         except OSError as error:  # not a folder, disk full, ...
             fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
-        return dataset, cache
-    dataset, cache = distributed.in_writer_order(accelerator, build_or_load_data)
     return dataset, data.FairFaceImages(dataset, args.resolution, cache)
+
+
+def build_pixel_cache(args, accelerator, dataset):
+    """The pixel cache of --preprocess_cache, built by every process of a machine: each decodes a contiguous block
+    of the images into part files of its own, the machine's local main assembles them and commits the cache
+    (utils/data.py; byte for byte a one-process build). Machines in writer order (utils/distributed.py): the
+    global main's first; then every other machine whose disk does not show that cache (a node-local
+    --preprocess_cache) builds its own copy, and one that shares the disk loads the first. Every rank calls it."""
+    folder = data.pixel_cache_folder(dataset, args.preprocess_cache, args.resolution)
+    main_node = accelerator.process_index == accelerator.local_process_index  # the global main's machine
+    for builders in (main_node, not main_node):  # which machines build in this round
+        with contextlib.ExitStack() as build:
+            tmp = None
+            if builders and accelerator.is_local_main_process and not data.pixel_cache_complete(folder):
+                tmp = build.enter_context(data.pixel_cache_build(folder))  # held (locked) until committed
+            tmp, part, parts = distributed.node_main_value(accelerator, tmp)
+            if tmp is not None:
+                data.encode_part(dataset, tmp, args.resolution, part, parts, args.dataloader_num_workers,
+                                 progress=accelerator.is_local_main_process)
+            accelerator.wait_for_everyone()  # every part written
+            if tmp is not None and accelerator.is_local_main_process:
+                data.assemble_parts(tmp, parts, args.resolution)
+        accelerator.wait_for_everyone()  # committed
+    return data.load_pixel_cache(folder)
 
 
 def run_main(main, parse_args):
