@@ -243,7 +243,7 @@ def test_memorisation_check_flags_rows_closer_than_unseen_images(tiny_run, demo_
                              cache_path=str(folder / ".memorisation.npz"))
     training_image = decode_image(load_fairface(demo_dataset, ["0.25"], ["train"])[0]["image"], 32)
     copy_distance, copy_flag = check([training_image])
-    assert copy_distance[0] < 1e-4 < threshold and copy_flag[0]
+    assert copy_distance[0] < threshold / 10 and copy_flag[0]  # the same image: 0 up to float rounding
 
 
 def test_fairface_distribution_counts_the_training_labels(tiny_run, demo_dataset, tmp_path):
