@@ -59,6 +59,9 @@ def main(args):
     from utils.labels import decode_condition
     from utils.pipeline import generate
 
+    if os.path.isdir(args.model):  # the memory runs start in the repository's folder
+        args.model = os.path.abspath(args.model)
+
     work, device = start_run(args, "fairface-bench-dataset-")
     pipe = load_pipeline_or_exit(args.model, device=device)
     pipe.set_progress_bar_config(disable=True)
