@@ -136,11 +136,10 @@ def make_atlas(pipe, max_images):
 
 
 def sampling_controls(pipe, prefix=""):
-    """Guidance and steps sliders starting at the model's saved sampling defaults (guidance fixed at 1 for a
-    distilled student), and the framing choice (GRID_FRAMING, wide, by default, as make_grid.py, for a model with
-    framing; only "any" for one without)."""
+    """Guidance and steps sliders at the model's saved sampling defaults (a distilled student's guidance fixed at 1:
+    its teacher's is in its weights, guiding again would guide twice), and the framing choice (GRID_FRAMING, wide,
+    by default, as make_grid.py, for a model with framing; only "any" for one without)."""
     defaults = pipe.sampling_settings()
-    # A distilled student has its teacher's guidance in its weights: guiding it again would guide twice.
     distilled = defaults.get("distilled_guidance_scale")
     guidance = gr.Slider(1, 6, value=1 if distilled else defaults["guidance_scale"], step=0.5,
                          label=f"guidance scale (distilled in: {distilled:g})" if distilled else "guidance scale",

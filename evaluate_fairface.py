@@ -222,7 +222,7 @@ def main(args):
         heldout_features = ev.record_features(extractor, heldout, chosen, resolution, args.batch_size,
                                               args.dataloader_num_workers, progress=True, desc="held-out features")
     reference_distance, reference_kind = ev.reference_distances(pool, pool_index, pool_features, args.num_heldout,
-                                                                rng, heldout, heldout_features, device)
+                                                                rng, heldout_features, device)
     if args.heldout_split:
         reference_kind += f" {args.heldout_split!r}"
     memo = ev.memorisation(generated_distance, reference_distance, args.memorisation_percentile)

@@ -24,8 +24,8 @@ import sys
 
 import numpy as np
 
-from utils import dataset_card, dataset_plan as plans, dataset_shards as shards, run_folder
-from utils.atomic_files import SaveError, write_json_atomic
+from utils import dataset_card, dataset_plan as plans, dataset_shards as shards
+from utils.atomic_files import SaveError
 from utils.cli import DEFAULT_MODEL_DIR, fail, load_or_fail, positive_int
 from utils.conditions import (add_condition_args, add_sampling_args, conditions_from_args, framing_or_exit,
                               load_pipeline_or_exit, resolve_device_dtype, sampling_settings)
@@ -109,37 +109,6 @@ def parse_args(input_args=None):
     return args
 
 
-def prepare_folder(args, state, record):
-    """Refuse a folder that holds something else or another command's dataset; lock it; record the command."""
-    refusal = None
-    if state.is_main_process:  # before any rank creates anything in the folder
-        recorded = plans.read_record(args.output_dir) if os.path.isdir(args.output_dir) else None
-        if recorded is None and os.path.isdir(args.output_dir) and \
-                set(os.listdir(args.output_dir)) - {run_folder.LOCK_FILE}:
-            refusal = f"{args.output_dir} is not empty and holds no generated dataset; choose another --output_dir"
-        refusal = refusal or (recorded and plans.check_record(recorded, record, args.output_dir)) or None
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal], from_process=0)[0]
-    if refusal:
-        fail(refusal)
-    try:
-        os.makedirs(os.path.join(args.output_dir, plans.DATA_DIR), exist_ok=True)
-    except OSError as error:
-        fail(f"cannot create {args.output_dir}/{plans.DATA_DIR}: {error.strerror or error}")
-    run_folder.claim(state, args.output_dir)
-    if state.is_main_process:
-        removed = shards.remove_partial_shards(os.path.join(args.output_dir, plans.DATA_DIR))
-        if removed:
-            print(f"removed {len(removed)} partial shard(s) of an interrupted run")
-        try:
-            write_json_atomic(os.path.join(args.output_dir, plans.RECORD_FILE), record)
-        except OSError as error:
-            fail(f"cannot write to {args.output_dir}: {error.strerror or error}")
-    state.wait_for_everyone()
-
-
 def draw(pipe, plan, rows, attempt, args, settings, progress):
     """The images of ``rows`` for their ``attempt`` (seeds from the plan), batched per framing."""
     images, seeds = [], plan.seeds(rows, attempt)
@@ -213,7 +182,7 @@ def main(args):
     record.update(settings, model=os.path.abspath(args.model) if os.path.isdir(args.model) else args.model,
                   model_weights=dataset_card.weights_sha256(pipe), guidance_interval=settings["guidance_interval"] and
                   list(settings["guidance_interval"]), scheduler=type(pipe.scheduler).__name__)
-    prepare_folder(args, state, record)
+    plans.prepare_folder(args.output_dir, state, record)
     near_copies = load_near_copy_check(args, state, device, pipe.unet.config.sample_size, os.path.join(
         args.output_dir, MEMORISATION_CACHE)) if args.check_memorisation else None
 

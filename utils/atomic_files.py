@@ -70,9 +70,14 @@ def fsync_dir(folder):
         os.close(fd)
 
 
-def write_json_atomic(path, data):
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(data, f, indent=2)
+def write_file_atomic(path, write, mode="w"):
+    """``write(f)`` into ``PATH.tmp`` (opened with ``mode``: "w" text, "wb" bytes), flushed to disk, renamed."""
+    with open(f"{path}.tmp", mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(f"{path}.tmp", path)
+
+
+def write_json_atomic(path, data):
+    write_file_atomic(path, lambda f: json.dump(data, f, indent=2))

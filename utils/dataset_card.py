@@ -14,6 +14,7 @@ import os
 import numpy as np
 import torch
 
+from .atomic_files import write_file_atomic
 from .labels import AGES, ATTRIBUTES, FRAMINGS, GENDERS, RACES
 
 FAIRFACE = "HuggingFaceM4/FairFace"
@@ -84,8 +85,7 @@ def write_preview(output_dir, paths, count=6):
               + (f", {FRAMINGS[r['framing']]}" if "framing" in r else "") + f"; seed {r['seed']}"
               + ("" if "verified" in r and not r["verified"] else " (verified)" * ("verified" in r)) for r in rows]
     grid = labelled_grid(images, 1, len(images), col_labels=labels)
-    grid.save(os.path.join(output_dir, ".tmp-preview.png"))
-    os.replace(os.path.join(output_dir, ".tmp-preview.png"), os.path.join(output_dir, "preview.png"))
+    write_file_atomic(os.path.join(output_dir, "preview.png"), lambda f: grid.save(f, format="PNG"), mode="wb")
 
 
 def memorisation_paragraph(labels, near_copies):
@@ -218,7 +218,4 @@ trained on FairFace.
 """
     DatasetCard(text)  # parses the YAML, or raises
     write_preview(output_dir, paths)
-    path = os.path.join(output_dir, "README.md")
-    with open(f"{path}.tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(f"{path}.tmp", path)
+    write_file_atomic(os.path.join(output_dir, "README.md"), lambda f: f.write(text))

@@ -12,6 +12,7 @@ A shard on disk is finished (written atomically), so a rerun skips it.
 
 Record. The flags that decide the images are saved in the dataset folder (``RECORD_FILE``); a rerun with
 another value is refused with one line naming the flag, as training resume is (utils/resume_check.py).
+``prepare_folder`` checks, locks and records the folder before any image is drawn.
 """
 
 import json
@@ -20,6 +21,10 @@ import os
 
 import numpy as np
 
+from . import run_folder
+from .atomic_files import write_json_atomic
+from .cli import fail
+from .dataset_shards import remove_partial_shards
 from .labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition, parse_label
 
 RECORD_FILE = ".generate_dataset.json"
@@ -155,3 +160,35 @@ def check_record(recorded, current, output_dir):
             return (f"{output_dir} was generated with {what}: rerun it with the recorded value to finish it, or "
                     "choose another --output_dir")
     return None
+
+
+def prepare_folder(output_dir, state, record):
+    """generate_dataset.py's folder: refuse one that holds something else or another command's dataset (one line,
+    exit 2, on every process), take the run lock, remove partial shards of a killed run, save ``record``."""
+    refusal = None
+    if state.is_main_process:  # before any rank creates anything in the folder
+        recorded = read_record(output_dir) if os.path.isdir(output_dir) else None
+        if recorded is None and os.path.isdir(output_dir) and \
+                set(os.listdir(output_dir)) - {run_folder.LOCK_FILE}:
+            refusal = f"{output_dir} is not empty and holds no generated dataset; choose another --output_dir"
+        refusal = refusal or (recorded and check_record(recorded, record, output_dir)) or None
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal], from_process=0)[0]
+    if refusal:
+        fail(refusal)
+    try:
+        os.makedirs(os.path.join(output_dir, DATA_DIR), exist_ok=True)
+    except OSError as error:
+        fail(f"cannot create {output_dir}/{DATA_DIR}: {error.strerror or error}")
+    run_folder.claim(state, output_dir)
+    if state.is_main_process:
+        removed = remove_partial_shards(os.path.join(output_dir, DATA_DIR))
+        if removed:
+            print(f"removed {len(removed)} partial shard(s) of an interrupted run")
+        try:
+            write_json_atomic(os.path.join(output_dir, RECORD_FILE), record)
+        except OSError as error:
+            fail(f"cannot write to {output_dir}: {error.strerror or error}")
+    state.wait_for_everyone()

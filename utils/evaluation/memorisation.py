@@ -9,6 +9,7 @@ import os
 import numpy as np
 import torch
 
+from ..atomic_files import write_file_atomic
 from ..cli import percentile, positive_int
 from .features import record_features, unit_rows
 
@@ -59,6 +60,14 @@ def nearest_neighbours(queries, pool, exclude=None, chunk_size=256, device="cpu"
     return distances, indices
 
 
+def memorisation_threshold(reference_distances, percentile=5.0):
+    """The ``percentile``-th percentile of the finite ``reference_distances`` (None if there are none): by
+    construction, ``percentile`` % of real unseen images fall below it."""
+    reference = np.asarray(reference_distances, dtype=np.float64)
+    reference = reference[np.isfinite(reference)]
+    return float(np.percentile(reference, percentile)) if len(reference) else None
+
+
 def memorisation(generated_distances, reference_distances, percentile=5.0):
     """Share of generated images closer to their nearest training image than real unseen images usually are.
 
@@ -71,10 +80,10 @@ def memorisation(generated_distances, reference_distances, percentile=5.0):
     generated = np.asarray(generated_distances, dtype=np.float64)
     reference = np.asarray(reference_distances, dtype=np.float64)
     generated, reference = generated[np.isfinite(generated)], reference[np.isfinite(reference)]
-    if not len(reference) or not len(generated):
+    threshold = memorisation_threshold(reference, percentile)
+    if threshold is None or not len(generated):
         return {"threshold": None, "share": None, "expected_share": percentile / 100.0, "percentile": percentile,
                 "generated": int(len(generated)), "reference": int(len(reference))}
-    threshold = float(np.percentile(reference, percentile))
 
     def stats(values):
         return {"min": float(values.min()), "median": float(np.median(values)), "mean": float(values.mean())}
@@ -85,14 +94,13 @@ def memorisation(generated_distances, reference_distances, percentile=5.0):
             "generated_distance": stats(generated), "reference_distance": stats(reference)}
 
 
-def reference_distances(pool, pool_index, pool_features, num, rng, heldout=None, heldout_features=None,
-                        device="cpu"):
+def reference_distances(pool, pool_index, pool_features, num, rng, heldout_features=None, device="cpu"):
     """Nearest-training-image distances of real images the model did not see, and a sentence saying which.
 
-    With ``heldout`` (a RealPool of a split the model did not see; ``heldout_features`` of ``num`` of its records
-    chosen by the caller) those; else leave-one-out: ``num`` seeded training images, each against the pool
-    (``pool_features`` of ``pool_index``) without itself and its copy at the other padding."""
-    if heldout is not None:
+    With ``heldout_features`` (of images of a split the model did not see, chosen by the caller) those; else
+    leave-one-out: ``num`` seeded training images, each against the pool (``pool_features`` of ``pool_index``)
+    without itself and its copy at the other padding."""
+    if heldout_features is not None:
         distances, _ = nearest_neighbours(heldout_features, pool_features, device=device)
         return distances, f"{len(heldout_features)} images of the held-out split"
     chosen = np.sort(rng.choice(len(pool_index), size=min(num, len(pool_index)), replace=False))
@@ -126,14 +134,13 @@ class NearCopyCheck:
                                              progress=True, desc="training pool features")
         reference, self.reference_kind = reference_distances(pool, pool_index, self.pool_features, num_reference,
                                                              rng, device=device)
-        self.threshold = memorisation(reference, reference, percentile)["threshold"]
+        self.threshold = memorisation_threshold(reference, percentile)
         if self.threshold is None:
             raise ValueError("no usable training images to compare generated images with")
         if cache_path:
-            tmp = f"{cache_path}.tmp.npz"
-            np.savez(tmp, pool_features=self.pool_features, threshold=self.threshold,
-                     reference_kind=self.reference_kind)
-            os.replace(tmp, cache_path)
+            write_file_atomic(cache_path, lambda f: np.savez(f, pool_features=self.pool_features,
+                                                             threshold=self.threshold,
+                                                             reference_kind=self.reference_kind), mode="wb")
 
     def __call__(self, images):
         """(distances, near_copy) of PIL images: float64 (N,) and bool (N,)."""
