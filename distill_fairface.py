@@ -43,7 +43,7 @@ DEMO = dict(teacher=DEMO_DEFAULTS["output_dir"], output_dir=DEMO_DEFAULTS["outpu
             max_train_steps=200, learning_rate=1e-4, checkpointing_steps=50,
             num_ddim_timesteps=10)  # 10-point grid: the one measured (docs/distillation.md); 50 not, for CPU time
 # Flags whose change makes a resumed run another run (utils/resume_check.py); teacher_weights: its SHA-256.
-RUN_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name", "dataset_config_names",
+RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name", "dataset_config_names",
              "dataset_splits", "seed", "teacher_weights", "guidance_scale", "num_ddim_timesteps", "huber_c",
              "ema_decay", "cond_drop_prob", "attr_drop_prob", "framing_drop_prob", "random_flip"]
 
@@ -65,6 +65,9 @@ def parse_args(input_args=None):
     add("--attr_drop_prob", type=probability, default=0.1, help="Distil partial conditions too.")
     add("--framing_drop_prob", type=probability, default=0.1, help="Distil the model's-choice framing too.")
     # Distillation
+    add("--method", choices=["consistency", "guidance"], default="consistency", help="consistency: guided "
+        "consistency distillation (LCM), samples with LCMScheduler; guidance: the guided teacher's prediction in one "
+        "pass at every timestep (Meng et al. 2023, stage 1), samples with the teacher's own sampler.")
     add("--guidance_scale", type=positive_float, default=None, help="Guidance baked into the student "
         "(default: the teacher's saved one).")
     add("--num_ddim_timesteps", type=positive_int, default=50, help="Grid of the teacher's DDIM steps (LCM's 50).")
@@ -199,18 +202,23 @@ def main(args):
         clean, attributes = objective.prepare_batch(pixels, attributes, generator, args.random_flip,
                                                     args.cond_drop_prob, args.attr_drop_prob, args.framing_drop_prob)
         noise = torch.randn(clean.shape, generator=generator, device=device)
-        index = torch.randint(0, len(grid), (clean.shape[0],), generator=generator, device=device)
-        start, previous = grid[index], grid[index] - skip
+        if args.method == "guidance":  # every training timestep: the student replaces the teacher's sampler steps
+            start = torch.randint(0, config.num_train_timesteps, (clean.shape[0],), generator=generator, device=device)
+        else:
+            start = grid[torch.randint(0, len(grid), (clean.shape[0],), generator=generator, device=device)]
         noisy = consistency.add_noise(alphas, clean, noise, start)
         tokens = encoder(attributes)
         with accelerator.autocast():
-            output = denoise(unet, noisy, start, tokens)
-        prediction = consistency.consistency_output(output.float(), start, noisy, alphas, prediction_type)
+            output = denoise(unet, noisy, start, tokens).float()
         with torch.no_grad():
             null_tokens = encoder(torch.full_like(attributes, UNKNOWN))
-            uncond, cond = denoise(teacher_unet, torch.cat([noisy] * 2), torch.cat([start] * 2),
-                                   torch.cat([null_tokens, tokens])).float().chunk(2)
-            guided = uncond + args.guidance_scale * (cond - uncond)
+            guided = consistency.guided_prediction(teacher_unet, noisy, start, tokens, null_tokens, args.guidance_scale)
+        if args.method == "guidance":  # the guided prediction itself, in the teacher's prediction type
+            per_image = ((output - guided) ** 2).mean(dim=(1, 2, 3))
+            return (per_image * weights).sum() / weights.sum().clamp(min=1.0)
+        prediction = consistency.consistency_output(output, start, noisy, alphas, prediction_type)
+        with torch.no_grad():
+            previous = start - skip
             x0, epsilon = consistency.predicted_original(guided, start, noisy, alphas, prediction_type)
             stepped = consistency.ddim_step(x0, epsilon, previous, alphas)
             at = previous.clamp(min=0)
@@ -286,7 +294,8 @@ def main(args):
         weights = target if args.release_weights == "target" else accelerator.unwrap_model(unet)
         student = FairFacePipeline(
             unet=weights, condition_encoder=encoder,
-            scheduler=consistency.lcm_scheduler(config, args.num_ddim_timesteps),
+            scheduler=(consistency.lcm_scheduler(config, args.num_ddim_timesteps) if args.method == "consistency"
+                       else teacher.scheduler),
             sampling_defaults=dict(num_inference_steps=args.num_inference_steps, guidance_scale=1.0,
                                    guidance_interval=None, distilled_guidance_scale=args.guidance_scale))
         card = student_card.build_card(args, identity, global_step, train_seconds, len(images),

@@ -17,7 +17,8 @@ For the teacher and each student (``--teacher``, ``--students``: pipeline folder
   the teacher's training time.
 
 Settings: the teacher at 1 (one unguided DPM-Solver++ step), 2 (one guided step), 4 (two guided steps) and
-its default 12 evaluations; each student at 1, 2 and 4 LCM steps (one evaluation each).
+its default 12 evaluations; each student at 1, 2 and 4 steps of its own saved sampler (LCM for a consistency student,
+the teacher's DPM-Solver++ for a guidance-distilled one), one evaluation each.
 
     python benchmarks/distillation.py --teacher fairface-demo --students fairface-demo-distilled --threads 1
 """

@@ -1,7 +1,9 @@
 """benchmarks/gpu_suite.sh's one table, from the results its benchmarks wrote into one folder.
 
 Reads ``model_cost.json`` and ``training_speed.json`` (their ``--json`` output) and ``sampling_speed.log``
-(benchmarks/sampling_speed.py's printed markdown table, read by column name), and prints one markdown table.
+(benchmarks/sampling_speed.py's printed markdown table, read by column name) and, when there,
+``student_sampling_speed.log`` (the same at 2 steps, guidance 1: a distilled student's sampler), and prints one
+markdown table.
 
     python benchmarks/suite_table.py RESULTS_DIR
 """
@@ -54,6 +56,13 @@ def suite_rows(folder):
         if row.get("images/s"):
             rows.append(["sampling", row["sampler"], row["images/s"], row.get("speed-up", ""), "",
                          f"all three attributes: {row.get('all three', 'n/a')}"])
+    student = os.path.join(folder, "student_sampling_speed.log")  # a distilled student's sampler, same UNet
+    if os.path.isfile(student):
+        with open(student) as f:
+            for row in markdown_rows(f.read(), "sampler"):
+                if row.get("images/s") and row["sampler"].startswith("pipeline"):
+                    rows.append(["sampling, as a distilled student", row["sampler"], row["images/s"],
+                                 row.get("speed-up", ""), "", "speed only (undistilled weights)"])
     return speed["device_name"], rows
 
 

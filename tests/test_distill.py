@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import run_script
 from utils import consistency
 from utils.demo_data import measure_attributes
-from utils.pipeline import generate, load_pipeline
+from utils.pipeline import denoise, generate, load_pipeline
 
 STEPS = 8  # distillation steps of the end-to-end runs (batch 16): the machinery, not the quality
 COMMON = ["--train_batch_size", "16", "--learning_rate", "1e-4", "--lr_warmup_steps", "5", "--logging_steps", "2"]
@@ -75,8 +75,9 @@ def test_consistency_output_is_what_the_students_sampler_denoises_to():
 @pytest.fixture(scope="module")
 def student(tiny_run, demo_dataset, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("distilled") / "student"
-    run_script("distill_fairface.py", "--teacher", tiny_run, "--dataset_name", demo_dataset, "--output_dir",
-               output_dir, *COMMON, "--max_train_steps", STEPS, "--checkpointing_steps", STEPS // 2)
+    run_script("distill_fairface.py", "--method", "consistency", "--teacher", tiny_run, "--dataset_name",
+               demo_dataset, "--output_dir", output_dir, *COMMON, "--max_train_steps", STEPS, "--checkpointing_steps",
+               STEPS // 2)
     return str(output_dir)
 
 
@@ -119,6 +120,48 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
         teacher_guidance, _, _ = app.sampling_controls(load_pipeline(tiny_run))
     assert guidance.value == 1 and guidance.interactive is False and "distilled in: 2" in guidance.label
     assert teacher_guidance.value == 2 and teacher_guidance.interactive is not False
+
+
+@pytest.fixture(scope="module")
+def guided_student(tiny_run, demo_dataset, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("distilled") / "guided"
+    run_script("distill_fairface.py", "--method", "guidance", "--teacher", tiny_run, "--dataset_name", demo_dataset,
+               "--output_dir", output_dir, *COMMON, "--guidance_scale", "3", "--max_train_steps", STEPS,
+               "--checkpointing_steps", STEPS)
+    return str(output_dir)
+
+
+def test_guidance_student_samples_with_the_teachers_sampler_one_evaluation_per_step(guided_student, tiny_run):
+    """--method guidance: a release with the teacher's own sampler (scheduler and its config), the guidance it
+    learned saved as distilled_guidance_scale, one UNet evaluation per image per step, and a card that says how."""
+    teacher, pipe = load_pipeline(tiny_run), load_pipeline(guided_student)
+    settings = pipe.sampling_settings()
+    assert type(pipe.scheduler) is type(teacher.scheduler) and pipe.scheduler.config == teacher.scheduler.config
+    assert settings["guidance_scale"] == 1.0 and settings["distilled_guidance_scale"] == 3.0
+    assert "guidance distillation" in open(os.path.join(guided_student, "README.md"), encoding="utf-8").read()
+    calls = count_unet_calls(pipe)
+    images = generate(pipe, [(2, 0, 1), (None, 1, None)], [0, 1], output_type="np")
+    assert calls == [2] * settings["num_inference_steps"] and np.asarray(images).std() > 0.05
+
+
+def test_the_distilled_target_is_what_the_teachers_sampler_steps_with(tiny_run):
+    """consistency.guided_prediction (both methods' teacher output) equals the teacher pipeline's guided prediction
+    at its sampler's timesteps, and moves from the conditional prediction (scale 1) as the scale grows."""
+    from utils.labels import UNKNOWN
+    teacher = load_pipeline(tiny_run)
+    teacher.scheduler.set_timesteps(3)
+    generator = torch.Generator().manual_seed(0)
+    attributes = torch.tensor([[2, 0, 1], [5, 1, UNKNOWN], [UNKNOWN, 0, 3]])
+    tokens, null = (teacher.condition_encoder(a) for a in (attributes, torch.full_like(attributes, UNKNOWN)))
+    with torch.no_grad():
+        for t in teacher.scheduler.timesteps:
+            sample = torch.randn(3, 3, 32, 32, generator=generator)
+            theirs = teacher._guided_prediction(sample, t, tokens, null, 2.0)
+            mine = consistency.guided_prediction(teacher.unet, sample, t.repeat(3), tokens, null, 2.0)
+            assert torch.allclose(mine, theirs, atol=1e-5)
+            cond = consistency.guided_prediction(teacher.unet, sample, t.repeat(3), tokens, null, 1.0)
+            assert torch.allclose(cond, denoise(teacher.unet, sample, t.repeat(3), tokens), atol=1e-5)
+            assert not torch.allclose(mine, cond, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

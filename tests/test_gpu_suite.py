@@ -26,7 +26,10 @@ def test_gpu_suite_tiny_prints_one_table_of_real_numbers(tmp_path):
     sampling = [cells for (kind, _), cells in rows.items() if kind == "sampling"]
     assert len(sampling) == 2 and sampling[0][1].startswith("seed loop") and sampling[1][1].startswith("pipeline")
     assert all(float(cells[2]) > 0 for cells in sampling) and sampling[1][3].endswith("x")
-    for name in ("model_cost.json", "training_speed.json", "sampling_speed.log"):
+    student = [cells for (kind, _), cells in rows.items() if kind == "sampling, as a distilled student"]
+    assert len(student) == 1 and "2 steps" in student[0][1] and "(2 UNet evals/image)" in student[0][1]
+    assert float(student[0][2]) > 0 and student[0][5] == "speed only (undistilled weights)"
+    for name in ("model_cost.json", "training_speed.json", "sampling_speed.log", "student_sampling_speed.log"):
         assert os.path.getsize(tmp_path / name) > 0
 
 

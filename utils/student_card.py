@@ -45,10 +45,25 @@ def build_card(args, identity, global_step, train_seconds, num_images, repo_id):
     if os.path.isfile(os.path.join(folder, "README.md")):
         teacher_card = huggingface_hub.ModelCard.load(os.path.join(folder, "README.md"))
     data = teacher_card.data if teacher_card else huggingface_hub.ModelCardData(library_name="diffusers")
-    data.tags = sorted(set(data.tags or []) | {"distillation", "consistency-model", "few-step"})
+    method_tag = "consistency-model" if args.method == "consistency" else "guidance-distillation"
+    data.tags = sorted(set(data.tags or []) | {"distillation", method_tag, "few-step"})
     if identity["revision"]:
         data.base_model = identity["teacher"]
     steps = args.num_inference_steps
+    if args.method == "consistency":
+        summary, sampler, target = "guided consistency distillation (the LCM recipe)", "an `LCMScheduler`", \
+            ", the target once"
+        method = f"""consistency distillation (Song et al. 2023; Luo et al. 2023, LCM): a DDIM step of the guided teacher
+  on a {args.num_ddim_timesteps}-point grid of its {args.num_train_timesteps} training timesteps, a target network
+  that is an EMA (decay {args.ema_decay:g}) of the student, boundary conditions c_skip/c_out, pseudo-Huber loss; student
+  and target start from the teacher's weights; the condition encoder is the teacher's, frozen."""
+    else:
+        summary, sampler, target = "guidance distillation (Meng et al. 2023, stage 1)", "the teacher's own sampler", ""
+        method = f"""guidance distillation (Meng et al. 2023, stage 1): at timesteps drawn from all
+  {args.num_train_timesteps} of the teacher's, the student's one prediction is pulled (mean squared error) to the
+  teacher's guided prediction, uncond + {args.guidance_scale:g} * (cond - uncond); the student starts from the
+  teacher's weights and is released as an EMA (decay {args.ema_decay:g}); the condition encoder is the teacher's,
+  frozen."""
     revision = f", revision `{identity['revision']}`" if identity["revision"] else ""
     text = f"""---
 {data.to_yaml()}
@@ -58,10 +73,9 @@ def build_card(args, identity, global_step, train_seconds, num_images, repo_id):
 # {repo_id.split('/')[-1]} (distilled)
 
 A **few-step student distilled** from the teacher `{identity['teacher']}`{revision} (weights SHA-256
-`{identity['weights_sha256']}`) with `distill_fairface.py` of the fairface-diffusion repository: guided consistency
-distillation (the LCM recipe) with the teacher's classifier-free guidance {args.guidance_scale:g} baked in. It
-samples with **one UNet evaluation per image per step** and no guidance: {steps} step(s) by default, an
-`LCMScheduler` on the teacher's noise schedule and prediction type.
+`{identity['weights_sha256']}`) with `distill_fairface.py` of the fairface-diffusion repository: {summary} with the
+teacher's classifier-free guidance {args.guidance_scale:g} baked in. It samples with **one UNet evaluation per image
+per step** and no guidance: {steps} step(s) by default, {sampler} on the teacher's noise schedule and prediction type.
 
 ![samples](samples.png)
 
@@ -76,17 +90,14 @@ Do not pass a `guidance_scale` above 1: the guidance is already in the weights (
 
 ## Distillation
 
-- Method: consistency distillation (Song et al. 2023; Luo et al. 2023, LCM): a DDIM step of the guided teacher
-  on a {args.num_ddim_timesteps}-point grid of its {args.num_train_timesteps} training timesteps, a target network
-  that is an EMA (decay {args.ema_decay:g}) of the student, boundary conditions c_skip/c_out, pseudo-Huber loss; student
-  and target start from the teacher's weights; the condition encoder is the teacher's, frozen.
+- Method: {method}
 - Data: {args.dataset_name if not os.path.isdir(args.dataset_name) else 'the teacher-style local data folder `'
   + os.path.basename(os.path.normpath(args.dataset_name)) + '`'} ({num_images:,} images), batch
   {args.train_batch_size} per device, learning rate {args.learning_rate:g}, attribute dropout
   {args.attr_drop_prob:g}, condition dropout {args.cond_drop_prob:g}.
 - Cost: {global_step:,} steps ({global_step * args.train_batch_size:,} images per device), {train_seconds:,.0f} s of
-  training wall time; each step runs the teacher twice (conditional and unconditional, one batched call), the
-  target once and the student forward and backward once.
+  training wall time; each step runs the teacher twice (conditional and unconditional, one batched call){target}
+  and the student forward and backward once.
 - Released weights: the {args.release_weights} network.
 """
     if teacher_card:
