@@ -17,7 +17,7 @@ For the teacher and each student (``--teacher``, ``--students``: pipeline folder
   the teacher's training time.
 
 Settings: the teacher at 1 (one unguided DPM-Solver++ step), 2 (one guided step), 4 (two guided steps) and
-its default 12 evaluations; each student at 1, 2 and 4 steps of its own saved sampler (LCM for a consistency student,
+its default 12 evaluations; each student at 1, 2, 3 and 4 steps of its own saved sampler (LCM for a consistency student,
 the teacher's DPM-Solver++ for a guidance-distilled one), one evaluation each.
 
     python benchmarks/distillation.py --teacher fairface-demo --students fairface-demo-distilled --threads 1
@@ -37,7 +37,7 @@ from sampler_sweep import sample_interleaved, wilson  # noqa: E402
 TEACHER_SETTINGS = [("teacher, its default", {}), ("teacher, 1 step, no guidance", dict(num_inference_steps=1,
                     guidance_scale=1.0)), ("teacher, 1 step", dict(num_inference_steps=1)),
                     ("teacher, 2 steps", dict(num_inference_steps=2))]
-STUDENT_STEPS = [1, 2, 4]
+STUDENT_STEPS = [1, 2, 3, 4]
 
 
 def parse_args(argv=None):

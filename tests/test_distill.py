@@ -6,6 +6,7 @@ The teacher is tests/conftest.py's tiny_run (3 epochs, with EMA, framing and the
 """
 
 import os
+import signal
 import subprocess
 
 import numpy as np
@@ -124,10 +125,14 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
 
 @pytest.fixture(scope="module")
 def guided_student(tiny_run, demo_dataset, tmp_path_factory):
+    """--method guidance, pushed to the Hub as a user does it (uploads recorded by tests/fake_hub)."""
+    from test_hub import fake_hub_env
+
     output_dir = tmp_path_factory.mktemp("distilled") / "guided"
     run_script("distill_fairface.py", "--method", "guidance", "--teacher", tiny_run, "--dataset_name", demo_dataset,
                "--output_dir", output_dir, *COMMON, "--guidance_scale", "3", "--max_train_steps", STEPS,
-               "--checkpointing_steps", STEPS)
+               "--checkpointing_steps", STEPS, "--push_to_hub", "--hub_model_id", "someone/tiny-student",
+               env=fake_hub_env(output_dir.parent / "hub-record"))
     return str(output_dir)
 
 
@@ -142,6 +147,18 @@ def test_guidance_student_samples_with_the_teachers_sampler_one_evaluation_per_s
     calls = count_unet_calls(pipe)
     images = generate(pipe, [(2, 0, 1), (None, 1, None)], [0, 1], output_type="np")
     assert calls == [2] * settings["num_inference_steps"] and np.asarray(images).std() > 0.05
+
+
+def test_push_sends_the_student_release_only(guided_student, tiny_run):
+    """--push_to_hub: the release with its card (naming the teacher's weights), never a checkpoint's pickles."""
+    from test_hub import PIPELINE_FILES, files_under
+
+    from utils.student_card import teacher_identity
+    uploaded = os.path.join(os.path.dirname(guided_student), "hub-record", "someone", "tiny-student")
+    assert files_under(uploaded) == {"README.md", "samples.png"} | PIPELINE_FILES
+    card = open(os.path.join(uploaded, "README.md"), encoding="utf-8").read()
+    assert "someone/tiny-student" in card and teacher_identity(tiny_run)["weights_sha256"] in card
+    assert os.path.isfile(os.path.join(guided_student, f"checkpoint-{STEPS}", "optimizer.bin"))  # kept, not sent
 
 
 def test_the_distilled_target_is_what_the_teachers_sampler_steps_with(tiny_run):
@@ -201,6 +218,38 @@ def test_resume_is_bitwise_exact_and_checked(tiny_run, demo_dataset, student, tm
         path = os.path.join(f"checkpoint-{STEPS}", name, "diffusion_pytorch_model.safetensors")
         expected, actual = load_file(os.path.join(student, path)), load_file(os.path.join(output_dir, path))
         assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+
+
+def test_sigterm_and_kill_9_then_resume_is_bitwise_exact(tiny_run, demo_dataset, student, tmp_path):
+    """SIGTERM while checkpoint-2 is written: the run finishes it, says how to resume, exits 0, releases nothing;
+    resumed, SIGKILL while checkpoint-4 is half written: checkpoint-2 stays; `latest` then ends bitwise where the
+    straight run (``student``) ended, student and target."""
+    from test_resume import complete, finish, launch, run, saving, wait_for
+    out = str(tmp_path / "run")
+    args = ["--method", "consistency", "--teacher", tiny_run, "--dataset_name", demo_dataset, "--output_dir", out,
+            *COMMON, "--max_train_steps", STEPS, "--checkpointing_steps", 2, "--resume_from_checkpoint", "latest"]
+    process = launch(args, tmp_path / "1.log", env={"FAIRFACE_TEST_SAVE_FAULT": "2:pause"},
+                     script="distill_fairface.py")
+    wait_for(saving(out, 2), process, "checkpoint-2")
+    process.send_signal(signal.SIGTERM)
+    code, output = finish(process)
+    assert code == 0 and "stopped at step 2 by SIGTERM" in output and "--resume_from_checkpoint latest" in output
+    assert complete(out, 2) and not os.path.exists(os.path.join(out, "model_index.json"))
+
+    process = launch(args, tmp_path / "2.log", env={"FAIRFACE_TEST_SAVE_FAULT": "4:hold"},
+                     script="distill_fairface.py")
+    wait_for(saving(out, 4), process, "checkpoint-4")
+    process.send_signal(signal.SIGKILL)
+    code, output = finish(process)
+    assert code == -signal.SIGKILL and "at step 2" in output and complete(out, 2) and not complete(out, 4)
+
+    output = run(args, tmp_path / "3.log", script="distill_fairface.py")
+    assert "checkpoint-2 at step 2" in output
+    for name in ("unet", "unet_target"):
+        path = os.path.join(f"checkpoint-{STEPS}", name, "diffusion_pytorch_model.safetensors")
+        expected, actual = load_file(os.path.join(student, path)), load_file(os.path.join(out, path))
+        assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+    assert os.path.isfile(os.path.join(out, "model_index.json"))
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -37,9 +37,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(args, log_path, env=None, nproc=1):
-    """Start train_fairface.py (torchrun with ``nproc`` CPU processes) in its own session, output to log_path."""
-    script = os.path.join(REPO, "train_fairface.py")
+def launch(args, log_path, env=None, nproc=1, script="train_fairface.py"):
+    """Start ``script`` (torchrun with ``nproc`` CPU processes) in its own session, output to log_path."""
+    script = os.path.join(REPO, script)
     command = [sys.executable, script] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
         str(free_port()), script]
@@ -69,9 +69,9 @@ def finish(process, timeout=400):
     return process.returncode, output_of(process)
 
 
-def run(args, log_path, env=None, nproc=1):
+def run(args, log_path, env=None, nproc=1, script="train_fairface.py"):
     """Run to the end and require exit 0; returns the output."""
-    code, output = finish(launch(args, log_path, env, nproc))
+    code, output = finish(launch(args, log_path, env, nproc, script))
     assert code == 0, f"exit {code}\n{output[-6000:]}"
     return output
 
