@@ -98,7 +98,7 @@ Do not pass a `guidance_scale` above 1: the guidance is already in the weights (
 - Cost: {global_step:,} steps ({global_step * args.train_batch_size:,} images per device), {train_seconds:,.0f} s of
   training wall time; each step runs the teacher twice (conditional and unconditional, one batched call){target}
   and the student forward and backward once.
-- Released weights: the {args.release_weights} network.
+- Released weights: {"the target network (the student's EMA)" if args.release_weights == "target" else "the student"}.
 """
     if teacher_card:
         text += "\n## The teacher's model card\n\n" + teacher_card.text.replace("<!-- fairface-diffusion repo_id:",
