@@ -34,7 +34,7 @@ from utils import (checkpoints, consistency, data, distributed, hub, model_card,
 from utils.cli import (DEFAULT_MODEL_DIR, beta, fail, nonnegative_int, positive_float, positive_int, probability)
 from utils.conditions import load_pipeline_or_exit
 from utils.labels import UNKNOWN
-from utils.pipeline import FairFacePipeline, denoise
+from utils.pipeline import FairFacePipeline, denoise, guided_prediction
 
 logger = get_logger(__name__)
 
@@ -213,7 +213,7 @@ def main(args):
             output = denoise(unet, noisy, start, tokens).float()
         with torch.no_grad():
             null_tokens = encoder(torch.full_like(attributes, UNKNOWN))
-            guided = consistency.guided_prediction(teacher_unet, noisy, start, tokens, null_tokens, args.guidance_scale)
+            guided = guided_prediction(teacher_unet, noisy, start, tokens, null_tokens, args.guidance_scale).float()
         if args.method == "guidance":  # the guided prediction itself, in the teacher's prediction type
             per_image = ((output - guided) ** 2).mean(dim=(1, 2, 3))
             return (per_image * weights).sum() / weights.sum().clamp(min=1.0)

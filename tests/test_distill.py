@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from conftest import run_script
 from utils import consistency
 from utils.demo_data import measure_attributes
-from utils.pipeline import denoise, generate, load_pipeline
+from utils.pipeline import denoise, generate, guided_prediction, load_pipeline
 
 STEPS = 8  # distillation steps of the end-to-end runs (batch 16): the machinery, not the quality
 COMMON = ["--train_batch_size", "16", "--learning_rate", "1e-4", "--lr_warmup_steps", "5", "--logging_steps", "2"]
@@ -162,8 +162,9 @@ def test_push_sends_the_student_release_only(guided_student, tiny_run):
 
 
 def test_the_distilled_target_is_what_the_teachers_sampler_steps_with(tiny_run):
-    """consistency.guided_prediction (both methods' teacher output) equals the teacher pipeline's guided prediction
-    at its sampler's timesteps, and moves from the conditional prediction (scale 1) as the scale grows."""
+    """guided_prediction with one timestep per image (both methods' teacher output) equals the teacher pipeline's
+    guided prediction at its sampler's timesteps, and moves from the conditional prediction (scale 1) as the scale
+    grows."""
     from utils.labels import UNKNOWN
     teacher = load_pipeline(tiny_run)
     teacher.scheduler.set_timesteps(3)
@@ -174,9 +175,9 @@ def test_the_distilled_target_is_what_the_teachers_sampler_steps_with(tiny_run):
         for t in teacher.scheduler.timesteps:
             sample = torch.randn(3, 3, 32, 32, generator=generator)
             theirs = teacher._guided_prediction(sample, t, tokens, null, 2.0)
-            mine = consistency.guided_prediction(teacher.unet, sample, t.repeat(3), tokens, null, 2.0)
+            mine = guided_prediction(teacher.unet, sample, t.repeat(3), tokens, null, 2.0)
             assert torch.allclose(mine, theirs, atol=1e-5)
-            cond = consistency.guided_prediction(teacher.unet, sample, t.repeat(3), tokens, null, 1.0)
+            cond = guided_prediction(teacher.unet, sample, t.repeat(3), tokens, null, 1.0)
             assert torch.allclose(cond, denoise(teacher.unet, sample, t.repeat(3), tokens), atol=1e-5)
             assert not torch.allclose(mine, cond, atol=1e-4)
 

@@ -22,8 +22,6 @@ import inspect
 import torch
 from diffusers import DDPMScheduler, LCMScheduler
 
-from .pipeline import denoise
-
 SIGMA_DATA = 0.5  # LCMScheduler's boundary-condition constants
 TIMESTEP_SCALING = 10.0
 
@@ -46,14 +44,6 @@ def grid_timesteps(num_train_timesteps, num_ddim_timesteps):
 
 def _at(values, timesteps, like):
     return values.to(like.device)[timesteps].float().view(-1, *([1] * (like.dim() - 1)))
-
-
-def guided_prediction(unet, sample, timesteps, tokens, null_tokens, guidance_scale):
-    """The teacher's classifier-free guided output, ``uncond + scale * (cond - uncond)``, from one batched call:
-    what its sampler steps with (FairFacePipeline._guided_prediction) and what both methods distil."""
-    uncond, cond = denoise(unet, torch.cat([sample] * 2), torch.cat([timesteps] * 2),
-                           torch.cat([null_tokens, tokens])).float().chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
 
 
 def predicted_original(model_output, timesteps, sample, alphas_cumprod, prediction_type):

@@ -132,6 +132,14 @@ def denoise(unet, sample, timestep, tokens):
     return unet(sample, timestep, encoder_hidden_states=tokens, class_labels=class_labels).sample
 
 
+def guided_prediction(unet, sample, timestep, tokens, null_tokens, guidance_scale):
+    """Classifier-free guidance, ``uncond + scale * (cond - uncond)``: the null and conditional predictions from
+    one batched UNet call. ``timestep``: one for the batch, or one per image (distill_fairface.py's teacher)."""
+    timesteps = torch.cat([timestep] * 2) if torch.is_tensor(timestep) and timestep.dim() else timestep
+    uncond, cond = denoise(unet, torch.cat([sample] * 2), timesteps, torch.cat([null_tokens, tokens])).chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
 def conditions_to_tensor(conditions):
     """[(age, gender, race) with None for unknown, ...] -> long tensor (n, 3) with -1 for unknown."""
     return torch.tensor([[UNKNOWN if v is None else int(v) for v in c] for c in conditions], dtype=torch.long)
@@ -221,10 +229,8 @@ class FairFacePipeline(DiffusionPipeline):
         return settings
 
     def _guided_prediction(self, latents, t, tokens, null_tokens, guidance_scale):
-        """Classifier-free guidance: the null and conditional predictions from one batched UNet call."""
-        model_input = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
-        uncond, cond = denoise(self.unet, model_input, t, torch.cat([null_tokens, tokens])).chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        return guided_prediction(self.unet, self.scheduler.scale_model_input(latents, t), t, tokens, null_tokens,
+                                 guidance_scale)
 
     @torch.no_grad()
     def __call__(self, condition_ids=None, *, age=None, gender=None, race=None, conditions=None, framing=None,
