@@ -1,6 +1,7 @@
 """Distilled student vs its teacher, side by side in one run, at the same UNet evaluations per image.
 
-For the teacher and each student (``--teacher``, ``--students``: pipeline folders) it samples every one of the
+For the teacher and each student (``--teacher``, ``--students``: pipeline folders, or a distillation run's
+``checkpoint-N/`` folders for a training-length curve) it samples every one of the
 126 conditions ``--seeds_per_condition`` times, all settings interleaved batch by batch on the same noise
 (benchmarks/sampler_sweep.py's ``sample_interleaved``), and prints per setting:
 
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--teacher", required=True, help="The teacher's pipeline folder.")
-    add("--students", nargs="+", required=True, help="Students distilled from it (distill_fairface.py outputs).")
+    add("--students", nargs="+", required=True, help="Students distilled from it (distill_fairface.py outputs or "
+        "their checkpoint-N/ folders).")
     add("--seeds_per_condition", type=int, default=2, help="Images per condition (126 conditions).")
     add("--batch_size", type=int, default=16)
     add("--seed_loop_images", type=int, default=2, help="Images drawn with the seed project's 1000-step loop.")
@@ -84,11 +86,34 @@ def real_faces(conditions, resolution, seed=12345):
             for i, c in enumerate(conditions)]
 
 
+def is_checkpoint(student):
+    return os.path.isdir(os.path.join(student, "unet_target"))
+
+
+def load_student(student, device):
+    """A student release, or a run's checkpoint-N/: the run's release with that checkpoint's target weights."""
+    from diffusers import UNet2DConditionModel
+
+    from utils.pipeline import load_pipeline
+
+    if not is_checkpoint(student):
+        return load_pipeline(student, device=device)
+    pipe = load_pipeline(os.path.dirname(os.path.normpath(student)), device=device)
+    weights = UNet2DConditionModel.from_pretrained(student, subfolder="unet_target", use_safetensors=True)
+    pipe.unet.load_state_dict(weights.state_dict())
+    return pipe
+
+
+def student_name(student):
+    parts = os.path.normpath(student).split(os.sep)
+    return "/".join(parts[-2:]) if is_checkpoint(student) else parts[-1]
+
+
 def distillation_cost(student):
-    """(steps, wall seconds) of a student's run, from its newest checkpoint."""
+    """(steps, wall seconds) of a student's run, from its newest checkpoint (or the checkpoint itself)."""
     from utils.checkpoints import list_checkpoints, read_training_state
 
-    found = list_checkpoints(student)
+    found = [(None, student)] if is_checkpoint(student) else list_checkpoints(student)
     if not found:
         return None, None
     state = read_training_state(found[-1][1])
@@ -112,8 +137,7 @@ def main(args):
     teacher = load_pipeline(args.teacher, device=args.device)
     pipes = {label: (teacher, call) for label, call in TEACHER_SETTINGS}
     for student in args.students:
-        pipe = load_pipeline(student, device=args.device)
-        name = os.path.basename(os.path.normpath(student))
+        pipe, name = load_student(student, args.device), student_name(student)
         pipes.update({f"{name}, {n} step{'s' * (n > 1)}": (pipe, dict(num_inference_steps=n)) for n in STUDENT_STEPS})
     pairs = [(c, 1000 + k * NUM_CONDITIONS + c) for k in range(args.seeds_per_condition) for c in range(NUM_CONDITIONS)]
     conditions, seeds = [decode_condition(c) for c, _ in pairs], [s for _, s in pairs]
@@ -155,7 +179,8 @@ def main(args):
           f"{floor:.2f}.")
     for student in args.students:
         steps, seconds = distillation_cost(student)
-        with open(os.path.join(student, "model_index.json")) as f:
+        release = os.path.dirname(os.path.normpath(student)) if is_checkpoint(student) else student
+        with open(os.path.join(release, "model_index.json")) as f:
             defaults = json.load(f).get("sampling_defaults")
         print(f"Distillation cost of {student}: {steps} steps, {seconds or 0:.0f} s wall; saved defaults {defaults}")
     print(f"{time.perf_counter() - started:.0f} s in all.")

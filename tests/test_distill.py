@@ -5,9 +5,11 @@ per step by default, draws the requested gender, loads with plain diffusers, and
 The teacher is tests/conftest.py's tiny_run (3 epochs, with EMA, framing and the condition in the time embedding).
 """
 
+import importlib.util
 import os
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from safetensors.torch import load_file
 
-from conftest import run_script
+from conftest import REPO, run_script
 from utils import consistency
 from utils.demo_data import measure_attributes
 from utils.pipeline import denoise, generate, guided_prediction, load_pipeline
@@ -121,6 +123,31 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
         teacher_guidance, _, _ = app.sampling_controls(load_pipeline(tiny_run))
     assert guidance.value == 1 and guidance.interactive is False and "distilled in: 2" in guidance.label
     assert teacher_guidance.value == 2 and teacher_guidance.interactive is not False
+
+
+def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student, tiny_run):
+    """benchmarks/distillation.py, as README's command runs it, on a release and on one of its run's checkpoints
+    (a training-length curve): a row per setting with its UNet evaluations counted, the checkpoint's weights used."""
+    checkpoint = os.path.join(student, f"checkpoint-{STEPS // 2}")
+    result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "distillation.py"), "--teacher", tiny_run,
+                             "--students", student, checkpoint, "--seeds_per_condition", "1", "--seed_loop_images",
+                             "1"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()
+            if line.startswith("| ") and "evals" not in line}
+    assert rows["teacher, 2 steps"] == "4" and rows["student, 2 steps"] == "2"
+    assert rows[f"student/checkpoint-{STEPS // 2}, 1 step"] == "1"
+    table = result.stdout
+    assert f"Distillation cost of {checkpoint}: {STEPS // 2} steps" in table
+    assert f"Distillation cost of {student}: {STEPS} steps" in table
+    spec = importlib.util.spec_from_file_location("distillation_benchmark",
+                                                  os.path.join(REPO, "benchmarks", "distillation.py"))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    saved = load_file(os.path.join(checkpoint, "unet_target", "diffusion_pytorch_model.safetensors"))
+    for path, equal in ((checkpoint, True), (student, False)):
+        loaded = benchmark.load_student(path, "cpu").unet.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in saved.items()) == equal
 
 
 @pytest.fixture(scope="module")
