@@ -44,7 +44,7 @@ DEMO = dict(teacher=DEMO_DEFAULTS["output_dir"], output_dir=DEMO_DEFAULTS["outpu
             num_ddim_timesteps=10)  # 400 steps, 10-point grid: the recipe measured in docs/distillation.md
 # Flags whose change makes a resumed run another run (utils/resume_check.py); teacher_weights: its SHA-256.
 RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name", "dataset_config_names",
-             "dataset_splits", "seed", "teacher_weights", "guidance_scale", "num_ddim_timesteps", "huber_c",
+             "dataset_splits", "seed", "teacher_weights", "guidance_scale", "num_ddim_timesteps", "num_segments", "huber_c",
              "ema_decay", "cond_drop_prob", "attr_drop_prob", "framing_drop_prob", "random_flip"]
 
 
@@ -72,12 +72,15 @@ def parse_args(input_args=None):
     add("--guidance_scale", type=positive_float, default=None, help="Guidance baked into the student "
         "(default: the teacher's saved one).")
     add("--num_ddim_timesteps", type=positive_int, default=50, help="Grid of the teacher's DDIM steps (LCM's 50).")
+    add("--num_segments", type=positive_int, default=1, help="Multistep consistency (Heek et al. 2024): cut the "
+        "grid into this many segments, map each point to its segment's start, sample with DDIM through the starts "
+        "(one evaluation per segment). 1: LCM, straight to the clean image. Must divide --num_ddim_timesteps.")
     add("--huber_c", type=positive_float, default=None, help="Pseudo-Huber c (default 0.00054 * sqrt(pixels "
         "per image), Song & Dhariwal 2023).")
     add("--ema_decay", type=probability, default=0.95, help="EMA decay of the target network (LCM, CD: 0.95).")
     add("--release_weights", choices=["target", "student"], default="target", help="Which network to release.")
-    add("--num_inference_steps", type=positive_int, default=4, help="The student's saved default steps. 4: "
-        "the best at --demo's 400 steps (92.5 %% all three); past ~600 steps 2 beats 4 (94.4 %% vs 90.5 %% at 1,200; "
+    add("--num_inference_steps", type=positive_int, default=None, help="The student's saved default steps "
+        "(default: --num_segments, or 4 for one segment). 4: the best at --demo's 400 steps (92.5 %% all three); past ~600 steps 2 beats 4 (94.4 %% vs 90.5 %% at 1,200; "
         "docs/distillation.md).")
     # Optimisation
     add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
@@ -117,6 +120,16 @@ def parse_args(input_args=None):
     return args
 
 
+def student_scheduler(args, teacher_config, teacher_scheduler):
+    """The student's sampler: LCM for one segment, DDIM through the segment starts for several (multistep
+    consistency), the teacher's own for guidance distillation."""
+    if args.method == "guidance":
+        return teacher_scheduler
+    if args.num_segments > 1:
+        return consistency.multistep_scheduler(teacher_config)
+    return consistency.lcm_scheduler(teacher_config, args.num_ddim_timesteps)
+
+
 def main(args):
     # ---------------------------------------------------------------------------------------- setup
     checkpoint = run_setup.check_output_dir(args)
@@ -130,6 +143,11 @@ def main(args):
     if config.num_train_timesteps % args.num_ddim_timesteps:
         fail(f"--num_ddim_timesteps {args.num_ddim_timesteps} must divide the teacher's {config.num_train_timesteps} "
              "training timesteps")
+    if args.num_ddim_timesteps % args.num_segments:
+        fail(f"--num_segments {args.num_segments} must divide --num_ddim_timesteps {args.num_ddim_timesteps}")
+    if args.num_segments > 1 and args.method != "consistency":
+        fail("--num_segments applies to --method consistency only")
+    args.num_inference_steps = args.num_inference_steps or (4 if args.num_segments == 1 else args.num_segments)
     args.huber_c = args.huber_c or 0.00054 * math.sqrt(3 * args.resolution ** 2)
     accelerator = run_setup.make_accelerator(args, logger)
     checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
@@ -219,15 +237,18 @@ def main(args):
         if args.method == "guidance":  # the guided prediction itself, in the teacher's prediction type
             per_image = ((output - guided) ** 2).mean(dim=(1, 2, 3))
             return (per_image * weights).sum() / weights.sum().clamp(min=1.0)
-        prediction = consistency.consistency_output(output, start, noisy, alphas, prediction_type)
+        segment_start = consistency.segment_starts(start, skip, args.num_ddim_timesteps, args.num_segments)
+        prediction = consistency.clean_estimate(output, start, noisy, segment_start, alphas, prediction_type)
         with torch.no_grad():
             previous = start - skip
             x0, epsilon = consistency.predicted_original(guided, start, noisy, alphas, prediction_type)
             stepped = consistency.ddim_step(x0, epsilon, previous, alphas)
             at = previous.clamp(min=0)
-            target_output = consistency.consistency_output(denoise(target, stepped, at, tokens).float(), at, stepped,
-                                                           alphas, prediction_type)
-            goal = torch.where((previous < 0).view(-1, 1, 1, 1), stepped, target_output)  # f(x, 0) = x
+            target_clean = consistency.clean_estimate(denoise(target, stepped, at, tokens).float(), at, stepped,
+                                                      segment_start, alphas, prediction_type)
+            reached = torch.where((previous == segment_start).view(-1, 1, 1, 1), stepped,  # f(x, start) = x
+                                  consistency.step_to(target_clean, stepped, at, segment_start, alphas))
+            goal = consistency.ddim_inverse(noisy, start, reached, segment_start, alphas)
         per_image = consistency.pseudo_huber(prediction, goal, args.huber_c)
         return (per_image * weights).sum() / weights.sum().clamp(min=1.0)
 
@@ -297,8 +318,7 @@ def main(args):
         weights = target if args.release_weights == "target" else accelerator.unwrap_model(unet)
         student = FairFacePipeline(
             unet=weights, condition_encoder=encoder,
-            scheduler=(consistency.lcm_scheduler(config, args.num_ddim_timesteps) if args.method == "consistency"
-                       else teacher.scheduler),
+            scheduler=student_scheduler(args, config, teacher.scheduler),
             sampling_defaults=dict(num_inference_steps=args.num_inference_steps, guidance_scale=1.0,
                                    guidance_interval=None, distilled_guidance_scale=args.guidance_scale))
         card = student_card.build_card(args, identity, global_step, train_seconds, len(images),

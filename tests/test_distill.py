@@ -74,6 +74,36 @@ def test_consistency_output_is_what_the_students_sampler_denoises_to():
     assert torch.allclose(at_zero, sample)
 
 
+@pytest.mark.parametrize("num_segments", [2, 4])
+def test_multistep_student_steps_like_ddim_through_the_segment_starts(num_segments):
+    """The multistep sampler visits exactly the segment starts; the student's step to its segment's start
+    (clean_estimate, then step_to) is DDIMScheduler.step there, and ddim_inverse undoes it. With one segment the
+    same helpers give LCM's objective bit for bit (step_to and ddim_inverse at the clean image are identities)."""
+    config = teacher_config("v_prediction")
+    alphas = consistency.teacher_alphas(config)
+    grid, skip = consistency.grid_timesteps(1000, 20)
+    starts = consistency.segment_starts(grid, skip, 20, num_segments)
+    scheduler = consistency.multistep_scheduler(config)
+    scheduler.set_timesteps(num_segments)
+    assert scheduler.timesteps.tolist() == sorted({999, *starts.tolist()} - {-1}, reverse=True)
+    generator = torch.Generator().manual_seed(2)
+    for t in scheduler.timesteps:
+        sample, output = (torch.randn(2, 3, 8, 8, generator=generator) for _ in range(2))
+        timesteps = t.repeat(2)
+        start = consistency.segment_starts(timesteps, skip, 20, num_segments)
+        x0 = consistency.clean_estimate(output, timesteps, sample, start, alphas, "v_prediction")
+        mine = consistency.step_to(x0, sample, timesteps, start, alphas)
+        theirs = scheduler.step(output, t, sample).prev_sample
+        assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(consistency.ddim_inverse(sample, timesteps, mine, start, alphas), x0, atol=1e-4)
+    sample, output = (torch.randn(4, 3, 8, 8, generator=generator) for _ in range(2))
+    timesteps, clean = grid[[0, 5, 13, 19]], torch.full((4,), -1)
+    lcm = consistency.consistency_output(output, timesteps, sample, alphas, "v_prediction")
+    assert torch.equal(consistency.clean_estimate(output, timesteps, sample, clean, alphas, "v_prediction"), lcm)
+    assert torch.equal(consistency.step_to(lcm, sample, timesteps, clean, alphas), lcm)
+    assert torch.equal(consistency.ddim_inverse(sample, timesteps, lcm, clean, alphas), lcm)
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def student(tiny_run, demo_dataset, tmp_path_factory):
@@ -123,6 +153,25 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
         teacher_guidance, _, _ = app.sampling_controls(load_pipeline(tiny_run))
     assert guidance.value == 1 and guidance.interactive is False and "distilled in: 2" in guidance.label
     assert teacher_guidance.value == 2 and teacher_guidance.interactive is not False
+
+
+def test_multistep_student_samples_with_ddim_one_evaluation_per_segment(tiny_run, demo_dataset, tmp_path):
+    output_dir = tmp_path / "multistep"
+    run_script("distill_fairface.py", "--teacher", tiny_run, "--dataset_name", demo_dataset, "--output_dir",
+               output_dir, "--num_segments", "2", "--num_ddim_timesteps", "10", *COMMON, "--max_train_steps", "4",
+               "--checkpointing_steps", "4")
+    pipe = load_pipeline(str(output_dir))
+    settings = pipe.sampling_settings()
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and settings["num_inference_steps"] == 2
+    assert settings["guidance_scale"] == 1.0 and not pipe.scheduler.config.clip_sample
+    card = open(output_dir / "README.md", encoding="utf-8").read()
+    assert "multistep consistency distillation (Heek et al. 2024, 2 segments)" in card
+    calls = count_unet_calls(pipe)
+    images = generate(pipe, [(2, 0, 1), (5, 1, 3)], [0, 1], output_type="np")
+    assert calls == [2, 2] and np.asarray(images).std() > 0.05
+    calls.clear()
+    generate(pipe, [(2, 0, 1)], [0], num_inference_steps=4)  # more steps than segments: still one per step
+    assert calls == [1] * 4
 
 
 def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student, tiny_run):
@@ -282,7 +331,9 @@ def test_sigterm_and_kill_9_then_resume_is_bitwise_exact(tiny_run, demo_dataset,
 
 
 @pytest.mark.parametrize("flags, message", [
-    ([], "--teacher"), (["--num_ddim_timesteps", "33"], "must divide"), (["--learning_rate", "-1"], "learning_rate")])
+    ([], "--teacher"), (["--num_ddim_timesteps", "33"], "must divide"), (["--learning_rate", "-1"], "learning_rate"),
+    (["--num_segments", "3"], "--num_segments 3 must divide --num_ddim_timesteps 50"),
+    (["--method", "guidance", "--num_segments", "2"], "--method consistency only")])
 def test_bad_flags_exit_2_with_one_line(tiny_run, tmp_path, flags, message):
     teacher = [] if not flags else ["--teacher", tiny_run]
     result = run_script("distill_fairface.py", *teacher, "--output_dir", tmp_path / "out", *flags, check=False)

@@ -15,12 +15,20 @@ student is consistent exactly at the timesteps it is later sampled at. One disti
 Every conversion goes through ``predicted_original`` with the teacher's prediction type: a v-prediction teacher
 read as epsilon gives noise (latent-consistency-model issue #65). tests/test_distill.py checks ``ddim_step``
 against ``DDIMScheduler.step`` and ``consistency_output`` against ``LCMScheduler.step``.
+
+**Multistep consistency** (Heek et al. 2024; ``num_segments`` > 1): the grid is cut into equal segments and the
+student maps every point of a segment to the segment's start rather than to the clean image: its clean estimate,
+DDIM-stepped from x_t to the start, must land where the target network's (or, one grid step from the start, the
+teacher's) path lands. The loss stays in clean-image units: ``ddim_inverse`` turns the target's landing point into
+the clean estimate that reaches it from x_t. The student samples with DDIM (eta 0) through the segment starts
+(``multistep_scheduler``): one evaluation per segment, each jump shorter than one straight to the clean image.
+With one segment this is the LCM objective above, bit for bit.
 """
 
 import inspect
 
 import torch
-from diffusers import DDPMScheduler, LCMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler
 
 SIGMA_DATA = 0.5  # LCMScheduler's boundary-condition constants
 TIMESTEP_SCALING = 10.0
@@ -34,6 +42,25 @@ def lcm_scheduler(teacher_config, num_ddim_timesteps):
     config = {k: v for k, v in teacher_config.items() if k in accepted}
     return LCMScheduler.from_config(config, original_inference_steps=num_ddim_timesteps,
                                     timestep_scaling=TIMESTEP_SCALING, clip_sample=False, thresholding=False)
+
+
+def multistep_scheduler(teacher_config):
+    """A multistep student's sampler: DDIM (eta 0) on the teacher's betas and prediction type, "trailing" spacing,
+    so n steps visit 999, 999 - 1000/n, ...: the starts of n equal segments of the grid, and end at the clean image.
+
+    No x0 clipping, as ``lcm_scheduler``."""
+    accepted = inspect.signature(DDIMScheduler.__init__).parameters
+    config = {k: v for k, v in teacher_config.items() if k in accepted}
+    return DDIMScheduler.from_config(config, timestep_spacing="trailing", steps_offset=0, set_alpha_to_one=True,
+                                     clip_sample=False, thresholding=False)
+
+
+def segment_starts(timesteps, skip, num_ddim_timesteps, num_segments):
+    """Where each grid timestep's segment starts: the grid point of the segment boundary below it, -1 (the clean
+    image) for the last segment. Grid point i (timestep i * skip - 1) lies in segment (i - 1) // per."""
+    per = num_ddim_timesteps // num_segments
+    index = torch.div(timesteps + 1, skip, rounding_mode="floor")
+    return torch.div(index - 1, per, rounding_mode="floor") * per * skip - 1
 
 
 def grid_timesteps(num_train_timesteps, num_ddim_timesteps):
@@ -85,6 +112,34 @@ def consistency_output(model_output, timesteps, sample, alphas_cumprod, predicti
     x0, _ = predicted_original(model_output, timesteps, sample, alphas_cumprod, prediction_type)
     c_skip, c_out = boundary_scalings(timesteps, sample)
     return c_skip * sample + c_out * x0
+
+
+def clean_estimate(model_output, timesteps, sample, starts, alphas_cumprod, prediction_type):
+    """The student's clean estimate for its segment: ``consistency_output`` where the segment ends at the clean
+    image (start < 0: the boundary condition), the predicted x0 elsewhere (DDIM carries it to the start)."""
+    if bool((starts < 0).all()):
+        return consistency_output(model_output, timesteps, sample, alphas_cumprod, prediction_type)
+    x0, _ = predicted_original(model_output, timesteps, sample, alphas_cumprod, prediction_type)
+    boundary = consistency_output(model_output, timesteps, sample, alphas_cumprod, prediction_type)
+    return torch.where(_at(starts, slice(None), sample) < 0, boundary, x0)
+
+
+def step_to(x0, sample, timesteps, starts, alphas_cumprod):
+    """DDIM (eta 0) from ``sample`` at ``timesteps`` to ``starts`` with the clean estimate ``x0`` (its noise is
+    the one that x0 implies at ``sample``)."""
+    alpha = _at(alphas_cumprod, timesteps, sample)
+    epsilon = (sample - alpha.sqrt() * x0) / (1 - alpha).sqrt()
+    return ddim_step(x0, epsilon, starts, alphas_cumprod)
+
+
+def ddim_inverse(sample, timesteps, reached, starts, alphas_cumprod):
+    """The clean estimate whose DDIM step from ``sample`` at ``timesteps`` to ``starts`` gives ``reached``:
+    reached = a_s x0 + s_s (sample - a_t x0) / s_t, solved for x0. At starts < 0 (a_s = 1, s_s = 0): reached."""
+    alpha = _at(alphas_cumprod, timesteps, sample)
+    safe = starts.clamp(min=0)
+    alpha_s = torch.where(_at(starts, slice(None), sample) >= 0, _at(alphas_cumprod, safe, sample), 1.0)
+    ratio = (1 - alpha_s).sqrt() / (1 - alpha).sqrt()
+    return (reached - ratio * sample) / (alpha_s.sqrt() - ratio * alpha.sqrt())
 
 
 def pseudo_huber(prediction, target, c):

@@ -57,6 +57,13 @@ def build_card(args, identity, global_step, train_seconds, num_images, repo_id):
   on a {args.num_ddim_timesteps}-point grid of its {args.num_train_timesteps} training timesteps, a target network
   that is an EMA (decay {args.ema_decay:g}) of the student, boundary conditions c_skip/c_out, pseudo-Huber loss; student
   and target start from the teacher's weights; the condition encoder is the teacher's, frozen."""
+        if args.num_segments > 1:
+            summary = f"guided multistep consistency distillation (Heek et al. 2024, {args.num_segments} segments)"
+            sampler = "a `DDIMScheduler` (eta 0, trailing) through the segments' starts"
+            method += f"""
+  Multistep (Heek et al. 2024): the grid is cut into {args.num_segments} equal segments; the student maps each point
+  to its segment's start (DDIM with its clean estimate) instead of to the clean image, and samples one evaluation
+  per segment."""
     else:
         summary, sampler, target = "guidance distillation (Meng et al. 2023, stage 1)", "the teacher's own sampler", ""
         method = f"""guidance distillation (Meng et al. 2023, stage 1): at timesteps drawn from all
