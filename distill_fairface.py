@@ -74,7 +74,9 @@ def parse_args(input_args=None):
     add("--num_ddim_timesteps", type=positive_int, default=50, help="Grid of the teacher's DDIM steps (LCM's 50).")
     add("--num_segments", type=positive_int, default=1, help="Multistep consistency (Heek et al. 2024): cut the "
         "grid into this many segments, map each point to its segment's start, sample with DDIM through the starts "
-        "(one evaluation per segment). 1: LCM, straight to the clean image. Must divide --num_ddim_timesteps.")
+        "(one evaluation per segment). 1: LCM, straight to the clean image, the best at 1 evaluation. Measured on the "
+        "demo model: 2 gave 95.6 %% all three at 2 evaluations (1,200 steps), 4 with --num_ddim_timesteps 20 gave "
+        "96.6 %% at 4 (800 steps), where LCM falls to 90 %% (docs/distillation.md). Must divide --num_ddim_timesteps.")
     add("--huber_c", type=positive_float, default=None, help="Pseudo-Huber c (default 0.00054 * sqrt(pixels "
         "per image), Song & Dhariwal 2023).")
     add("--ema_decay", type=probability, default=0.95, help="EMA decay of the target network (LCM, CD: 0.95).")
