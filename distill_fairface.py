@@ -6,7 +6,8 @@
 Guided consistency distillation (the LCM recipe; utils/consistency.py): the teacher, with classifier-free
 guidance, takes one DDIM step on its own noise schedule and prediction type, an EMA target network of the student
 gives the target there, and the student (initialised from the teacher) learns to map every point of the path
-straight to the clean image. The student samples with LCMScheduler and one UNet evaluation per image per step;
+straight to the clean image (with --num_segments N: to the start of its segment). The student samples with
+LCMScheduler (with N segments: DDIM through their starts) and one UNet evaluation per image per step;
 it is an ordinary release (safetensors, shipped pipeline code, a model card naming the teacher's weight hash),
 whose saved sampling defaults make every script of this repository use its few-step sampler.
 
@@ -44,8 +45,8 @@ DEMO = dict(teacher=DEMO_DEFAULTS["output_dir"], output_dir=DEMO_DEFAULTS["outpu
             num_ddim_timesteps=10)  # 400 steps, 10-point grid: the recipe measured in docs/distillation.md
 # Flags whose change makes a resumed run another run (utils/resume_check.py); teacher_weights: its SHA-256.
 RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name", "dataset_config_names",
-             "dataset_splits", "seed", "teacher_weights", "guidance_scale", "num_ddim_timesteps", "num_segments", "huber_c",
-             "ema_decay", "cond_drop_prob", "attr_drop_prob", "framing_drop_prob", "random_flip"]
+             "dataset_splits", "seed", "teacher_weights", "guidance_scale", "num_ddim_timesteps", "num_segments",
+             "huber_c", "ema_decay", "cond_drop_prob", "attr_drop_prob", "framing_drop_prob", "random_flip"]
 
 
 def parse_args(input_args=None):
@@ -82,8 +83,8 @@ def parse_args(input_args=None):
     add("--ema_decay", type=probability, default=0.95, help="EMA decay of the target network (LCM, CD: 0.95).")
     add("--release_weights", choices=["target", "student"], default="target", help="Which network to release.")
     add("--num_inference_steps", type=positive_int, default=None, help="The student's saved default steps "
-        "(default: --num_segments, or 4 for one segment). 4: the best at --demo's 400 steps (92.5 %% all three); past ~600 steps 2 beats 4 (94.4 %% vs 90.5 %% at 1,200; "
-        "docs/distillation.md).")
+        "(default: --num_segments, or 4 for one segment). 4: the best at --demo's 400 steps (92.5 %% all three); "
+        "past ~600 steps 2 beats 4 (94.4 %% vs 90.5 %% at 1,200; docs/distillation.md).")
     # Optimisation
     add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
     add("--max_train_steps", type=positive_int, default=4000)

@@ -92,10 +92,15 @@ def add_noise(alphas_cumprod, clean, noise, timesteps):
     return alpha.sqrt() * clean + (1 - alpha).sqrt() * noise
 
 
+def _alpha_or_clean(alphas_cumprod, timesteps, like):
+    """alphas_cumprod at ``timesteps``, 1 (the clean image, DDIMScheduler's ``set_alpha_to_one``) below 0."""
+    safe = timesteps.clamp(min=0)
+    return torch.where(_at(timesteps, slice(None), like) >= 0, _at(alphas_cumprod, safe, like), 1.0)
+
+
 def ddim_step(x0, epsilon, previous_timesteps, alphas_cumprod):
     """DDIM (eta 0) to ``previous_timesteps`` (one per image); those below 0 get alpha 1: x0 itself."""
-    safe = previous_timesteps.clamp(min=0)
-    alpha = torch.where(_at(previous_timesteps, slice(None), x0) >= 0, _at(alphas_cumprod, safe, x0), 1.0)
+    alpha = _alpha_or_clean(alphas_cumprod, previous_timesteps, x0)
     return alpha.sqrt() * x0 + (1 - alpha).sqrt() * epsilon
 
 
@@ -117,11 +122,9 @@ def consistency_output(model_output, timesteps, sample, alphas_cumprod, predicti
 def clean_estimate(model_output, timesteps, sample, starts, alphas_cumprod, prediction_type):
     """The student's clean estimate for its segment: ``consistency_output`` where the segment ends at the clean
     image (start < 0: the boundary condition), the predicted x0 elsewhere (DDIM carries it to the start)."""
-    if bool((starts < 0).all()):
-        return consistency_output(model_output, timesteps, sample, alphas_cumprod, prediction_type)
     x0, _ = predicted_original(model_output, timesteps, sample, alphas_cumprod, prediction_type)
-    boundary = consistency_output(model_output, timesteps, sample, alphas_cumprod, prediction_type)
-    return torch.where(_at(starts, slice(None), sample) < 0, boundary, x0)
+    c_skip, c_out = boundary_scalings(timesteps, sample)
+    return torch.where(_at(starts, slice(None), sample) < 0, c_skip * sample + c_out * x0, x0)
 
 
 def step_to(x0, sample, timesteps, starts, alphas_cumprod):
@@ -135,9 +138,7 @@ def step_to(x0, sample, timesteps, starts, alphas_cumprod):
 def ddim_inverse(sample, timesteps, reached, starts, alphas_cumprod):
     """The clean estimate whose DDIM step from ``sample`` at ``timesteps`` to ``starts`` gives ``reached``:
     reached = a_s x0 + s_s (sample - a_t x0) / s_t, solved for x0. At starts < 0 (a_s = 1, s_s = 0): reached."""
-    alpha = _at(alphas_cumprod, timesteps, sample)
-    safe = starts.clamp(min=0)
-    alpha_s = torch.where(_at(starts, slice(None), sample) >= 0, _at(alphas_cumprod, safe, sample), 1.0)
+    alpha, alpha_s = _at(alphas_cumprod, timesteps, sample), _alpha_or_clean(alphas_cumprod, starts, sample)
     ratio = (1 - alpha_s).sqrt() / (1 - alpha).sqrt()
     return (reached - ratio * sample) / (alpha_s.sqrt() - ratio * alpha.sqrt())
 
