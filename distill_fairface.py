@@ -6,8 +6,9 @@
 Guided consistency distillation (the LCM recipe; utils/consistency.py): the teacher, with classifier-free
 guidance, takes one DDIM step on its own noise schedule and prediction type, an EMA target network of the student
 gives the target there, and the student (initialised from the teacher) learns to map every point of the path
-straight to the clean image (with --num_segments N: to the start of its segment). The student samples with
-LCMScheduler (with N segments: DDIM through their starts) and one UNet evaluation per image per step;
+to the start of its segment (multistep consistency, --num_segments 2 by default; 1 is LCM: straight to the clean
+image). The student samples with DDIM through the segment starts (LCMScheduler for one segment), one UNet
+evaluation per image per step: 2 by default;
 it is an ordinary release (safetensors, shipped pipeline code, a model card naming the teacher's weight hash),
 whose saved sampling defaults make every script of this repository use its few-step sampler.
 
@@ -44,9 +45,10 @@ DEMO = dict(teacher=DEMO_DEFAULTS["output_dir"], output_dir=DEMO_DEFAULTS["outpu
             max_train_steps=400, learning_rate=1e-4, checkpointing_steps=50,
             num_ddim_timesteps=10)  # 400 steps, 10-point grid: the recipe measured in docs/distillation.md
 # Flags whose change makes a resumed run another run (utils/resume_check.py); teacher_weights: its SHA-256.
-RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name", "dataset_config_names",
-             "dataset_splits", "seed", "teacher_weights", "guidance_scale", "num_ddim_timesteps", "num_segments",
-             "huber_c", "ema_decay", "cond_drop_prob", "attr_drop_prob", "framing_drop_prob", "random_flip"]
+RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name",
+             "dataset_config_names", "dataset_splits", "seed", "teacher_weights", "guidance_scale",
+             "num_ddim_timesteps", "num_segments", "huber_c", "ema_decay", "cond_drop_prob", "attr_drop_prob",
+             "framing_drop_prob", "random_flip"]
 
 
 def parse_args(input_args=None):
@@ -67,24 +69,25 @@ def parse_args(input_args=None):
     add("--framing_drop_prob", type=probability, default=0.1, help="Distil the model's-choice framing too.")
     # Distillation
     add("--method", choices=["consistency", "guidance"], default="consistency", help="consistency: guided "
-        "consistency distillation (LCM), samples with LCMScheduler; guidance: the guided teacher's prediction in one "
+        "consistency distillation (multistep, see --num_segments); guidance: the guided teacher's prediction in one "
         "pass at every timestep (Meng et al. 2023, stage 1), samples with the teacher's own sampler. Default "
         "consistency: on the demo model 79.8 %% vs 45.6 %% all three at 1 step, a tie at 2-4 (docs/distillation.md).")
     add("--guidance_scale", type=positive_float, default=None, help="Guidance baked into the student "
         "(default: the teacher's saved one).")
     add("--num_ddim_timesteps", type=positive_int, default=50, help="Grid of the teacher's DDIM steps (LCM's 50).")
-    add("--num_segments", type=positive_int, default=1, help="Multistep consistency (Heek et al. 2024): cut the "
+    add("--num_segments", type=positive_int, default=None, help="Multistep consistency (Heek et al. 2024): cut the "
         "grid into this many segments, map each point to its segment's start, sample with DDIM through the starts "
-        "(one evaluation per segment). 1: LCM, straight to the clean image, the best at 1 evaluation. Measured on the "
-        "demo model: 2 gave 95.6 %% all three at 2 evaluations (1,200 steps), 4 with --num_ddim_timesteps 20 gave "
-        "96.6 %% at 4 (800 steps), where LCM falls to 90 %% (docs/distillation.md). Must divide --num_ddim_timesteps.")
+        "(one evaluation per segment). Default 2 (consistency): on the demo model 95.6 %% all three at 2 "
+        "evaluations (1,200 steps; 91.3 %% at --demo's 400, where LCM's 4 steps give 92.5 %%): two UNet calls per "
+        "face. 1: LCM, straight to the clean image, the best at 1 evaluation (92.7 %%). 4 with --num_ddim_timesteps "
+        "20: 96.6 %% at 4 (800 steps; docs/distillation.md). Must divide --num_ddim_timesteps.")
     add("--huber_c", type=positive_float, default=None, help="Pseudo-Huber c (default 0.00054 * sqrt(pixels "
         "per image), Song & Dhariwal 2023).")
     add("--ema_decay", type=probability, default=0.95, help="EMA decay of the target network (LCM, CD: 0.95).")
     add("--release_weights", choices=["target", "student"], default="target", help="Which network to release.")
     add("--num_inference_steps", type=positive_int, default=None, help="The student's saved default steps "
-        "(default: --num_segments, or 4 for one segment). 4: the best at --demo's 400 steps (92.5 %% all three); "
-        "past ~600 steps 2 beats 4 (94.4 %% vs 90.5 %% at 1,200; docs/distillation.md).")
+        "(default: --num_segments, or 4 for one segment: LCM's best at --demo's 400 steps, 92.5 %% all three; "
+        "docs/distillation.md).")
     # Optimisation
     add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
     add("--max_train_steps", type=positive_int, default=4000)
@@ -146,6 +149,8 @@ def main(args):
     if config.num_train_timesteps % args.num_ddim_timesteps:
         fail(f"--num_ddim_timesteps {args.num_ddim_timesteps} must divide the teacher's {config.num_train_timesteps} "
              "training timesteps")
+    if args.num_segments is None:
+        args.num_segments = 2 if args.method == "consistency" else 1
     if args.num_ddim_timesteps % args.num_segments:
         fail(f"--num_segments {args.num_segments} must divide --num_ddim_timesteps {args.num_ddim_timesteps}")
     if args.num_segments > 1 and args.method != "consistency":
@@ -155,7 +160,8 @@ def main(args):
     accelerator = run_setup.make_accelerator(args, logger)
     checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
     run_record = resume_check.record(args, accelerator.num_processes, RUN_FLAGS)
-    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes, RUN_FLAGS)
+    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes, RUN_FLAGS,
+                                                absent={"num_segments": 1})  # runs before the flag were LCM
     distributed.use_available_cores(accelerator.device, logger)
     stop = stop_signals.StopRequest()
 

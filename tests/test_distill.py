@@ -132,18 +132,23 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
     card = open(os.path.join(student, "README.md"), encoding="utf-8").read()
     from utils.student_card import teacher_identity
     assert "distilled" in card and teacher_identity(tiny_run)["weights_sha256"] in card
+    assert "multistep consistency distillation (Heek et al. 2024, 2 segments)" in card  # the default method
     pipe = load_pipeline(student)
     settings = pipe.sampling_settings()
-    assert type(pipe.scheduler).__name__ == "LCMScheduler" and settings["guidance_scale"] == 1.0
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and settings["num_inference_steps"] == 2
+    assert settings["guidance_scale"] == 1.0 and not pipe.scheduler.config.clip_sample
     assert settings["distilled_guidance_scale"] == load_pipeline(tiny_run).sampling_settings()["guidance_scale"]
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     calls = count_unet_calls(pipe)
     images = generate(pipe, [(2, 0, 1), (3, 1, None), (None, None, None)], [0, 1, 2], output_type="np")
-    assert calls == [3] * settings["num_inference_steps"]  # one evaluation per image per step, no guidance
+    assert calls == [3, 3]  # two UNet calls per face: one evaluation per image per step, no guidance
     assert np.asarray(images).std() > 0.05  # pictures, not a flat field
     calls.clear()
     generate(pipe, [(2, 0, 1)], [0], num_inference_steps=1, framing="tight")
     assert calls == [1]
+    calls.clear()
+    generate(pipe, [(2, 0, 1)], [0], num_inference_steps=4)  # more steps than segments: still one per step
+    assert calls == [1] * 4
     # The demo app: the guidance slider sits at 1, fixed (the teacher's guidance is in the weights).
     import gradio as gr
 
@@ -155,23 +160,21 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
     assert teacher_guidance.value == 2 and teacher_guidance.interactive is not False
 
 
-def test_multistep_student_samples_with_ddim_one_evaluation_per_segment(tiny_run, demo_dataset, tmp_path):
-    output_dir = tmp_path / "multistep"
+def test_one_segment_student_is_lcm_sampling_four_steps(tiny_run, demo_dataset, tmp_path):
+    """--num_segments 1: LCM's objective, LCMScheduler, 4 saved steps (its best at --demo's budget)."""
+    output_dir = tmp_path / "lcm"
     run_script("distill_fairface.py", "--teacher", tiny_run, "--dataset_name", demo_dataset, "--output_dir",
-               output_dir, "--num_segments", "2", "--num_ddim_timesteps", "10", *COMMON, "--max_train_steps", "4",
+               output_dir, "--num_segments", "1", "--num_ddim_timesteps", "10", *COMMON, "--max_train_steps", "4",
                "--checkpointing_steps", "4")
     pipe = load_pipeline(str(output_dir))
     settings = pipe.sampling_settings()
-    assert type(pipe.scheduler).__name__ == "DDIMScheduler" and settings["num_inference_steps"] == 2
-    assert settings["guidance_scale"] == 1.0 and not pipe.scheduler.config.clip_sample
+    assert type(pipe.scheduler).__name__ == "LCMScheduler" and settings["num_inference_steps"] == 4
+    assert settings["guidance_scale"] == 1.0
     card = open(output_dir / "README.md", encoding="utf-8").read()
-    assert "multistep consistency distillation (Heek et al. 2024, 2 segments)" in card
+    assert "guided consistency distillation (the LCM recipe)" in card and "multistep" not in card.lower()
     calls = count_unet_calls(pipe)
     images = generate(pipe, [(2, 0, 1), (5, 1, 3)], [0, 1], output_type="np")
-    assert calls == [2, 2] and np.asarray(images).std() > 0.05
-    calls.clear()
-    generate(pipe, [(2, 0, 1)], [0], num_inference_steps=4)  # more steps than segments: still one per step
-    assert calls == [1] * 4
+    assert calls == [2] * 4 and np.asarray(images).std() > 0.05
 
 
 def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student, tiny_run):
@@ -268,8 +271,9 @@ def demo_student(demo_model, demo_dataset, tmp_path_factory):
 
 
 def test_student_draws_the_requested_gender(demo_student):
-    """Its saved sampler (LCM, 4 steps, one evaluation each, no guidance) draws the gender asked for. (Measured on
-    the docs' demo student: 100 % both ways; with its sampler reading the v output as epsilon, 100 % and 75 %.)"""
+    """Its saved sampler (2 segments: DDIM, 2 steps, one evaluation each, no guidance) draws the gender asked for.
+    (Measured on the docs' LCM demo student: 100 % both ways; with its sampler reading the v output as epsilon,
+    100 % and 75 %.)"""
     pipe = load_pipeline(demo_student)
     for gender in (0, 1):
         conditions = [(age, gender, race) for age in range(2, 8) for race in (0, 3)]
@@ -288,6 +292,21 @@ def test_resume_is_bitwise_exact_and_checked(tiny_run, demo_dataset, student, tm
     refused = run_script("distill_fairface.py", *args, "--max_train_steps", STEPS, "--resume_from_checkpoint",
                          "latest", "--guidance_scale", "3", check=False)
     assert refused.returncode == 2 and "--guidance_scale" in refused.stderr.strip().splitlines()[-1]
+    # A checkpoint from before --num_segments (its record lacks the flag) was LCM: the new default of 2 segments
+    # is a change to accept, not a silent switch.
+    import json
+    import shutil
+
+    from utils.checkpoints import TRAINING_STATE
+    old = tmp_path / "before-segments"
+    shutil.copytree(output_dir / f"checkpoint-{STEPS // 2}", old / f"checkpoint-{STEPS // 2}")
+    state = json.loads((old / f"checkpoint-{STEPS // 2}" / TRAINING_STATE).read_text())
+    del state["run"]["num_segments"]
+    (old / f"checkpoint-{STEPS // 2}" / TRAINING_STATE).write_text(json.dumps(state))
+    refused = run_script("distill_fairface.py", *args[:5], old, *args[6:], "--max_train_steps", STEPS,
+                         "--resume_from_checkpoint", "latest", check=False)
+    last_line = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "--num_segments 1, now --num_segments 2" in last_line, last_line
     resumed = run_script("distill_fairface.py", *args, "--max_train_steps", STEPS, "--resume_from_checkpoint",
                          "latest")
     assert f"checkpoint-{STEPS // 2} at step {STEPS // 2}" in resumed.stdout + resumed.stderr

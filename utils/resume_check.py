@@ -72,12 +72,14 @@ def check(state, current, allow_changes, checkpoint, flags=DATA_FLAGS + MODEL_FL
     return changed
 
 
-def check_or_exit(checkpoint, current, allow_changes, flags=DATA_FLAGS + MODEL_FLAGS, grad_scaler=False):
+def check_or_exit(checkpoint, current, allow_changes, flags=DATA_FLAGS + MODEL_FLAGS, grad_scaler=False,
+                  absent=None):
     """``check`` for the checkpoint a run resumes from (None: a new run), exit 2 with its one line if refused.
 
-    ``flags``: as for ``record``. ``grad_scaler``: this run has fp16's grad scaler (fp16 on a GPU); a checkpoint
-    written without one (bf16 or float32) has no scaler state for accelerate to load: refused with one line, not
-    a file error."""
+    ``flags``: as for ``record``. ``absent``: {flag: value} that a record written before the flag existed
+    implies (the old behaviour), so a new default is a change to accept, not a silent switch. ``grad_scaler``:
+    this run has fp16's grad scaler (fp16 on a GPU); a checkpoint written without one (bf16 or float32) has no
+    scaler state for accelerate to load: refused with one line, not a file error."""
     from .cli import fail
     from .checkpoints import read_training_state
 
@@ -89,6 +91,8 @@ def check_or_exit(checkpoint, current, allow_changes, flags=DATA_FLAGS + MODEL_F
              "trained with, or start a new --output_dir")
     state = read_training_state(checkpoint)
     recorded = dict(state.get("run") or {})
+    if recorded:
+        recorded = {**(absent or {}), **recorded}
     if "framing_condition" not in recorded:  # recorded before the flag existed: the saved encoder tells
         framing = _trained_with_framing(checkpoint)
         if framing is not None:
