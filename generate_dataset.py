@@ -234,4 +234,9 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    from utils.distributed import leave_process_group
+
+    try:
+        main(parse_args())
+    finally:  # several processes: their group, left to interpreter shutdown, can abort the process (exit -6)
+        leave_process_group()

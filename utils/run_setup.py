@@ -113,7 +113,8 @@ def build_pixel_cache(args, accelerator, dataset):
 
 def run_main(main, parse_args):
     """``main(parse_args())``; a SaveError (disk full, ...) ends it with one line and exit 2: the checkpoints,
-    snapshots and release written before are intact."""
+    snapshots and release written before are intact. The process group is left on every way out (one-line
+    failures included), so a multi-process run ends with its own exit status, not an abort at shutdown."""
     from tqdm.auto import tqdm
 
     try:
@@ -122,3 +123,5 @@ def run_main(main, parse_args):
         for bar in list(getattr(tqdm, "_instances", ())):
             bar.close()  # the error is the last line
         fail(str(error))
+    finally:
+        distributed.leave_process_group()
