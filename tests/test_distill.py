@@ -160,6 +160,23 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
     assert teacher_guidance.value == 2 and teacher_guidance.interactive is not False
 
 
+def test_the_scripts_sample_the_student_with_its_saved_sampler(student, tmp_path):
+    """sample_fairface.py, make_grid.py and generate_dataset.py draw with the student's saved defaults and nothing
+    to set (they passed its distilled_guidance_scale record on to the pipeline call: a TypeError, stop 18)."""
+    out = run_script("sample_fairface.py", "--model", student, "--condition", "42", "--num_images", "2",
+                     "--output_dir", tmp_path / "samples").stdout
+    assert "DDIMScheduler, 2 steps, guidance 1 on every step" in out
+    assert len([f for f in os.listdir(tmp_path / "samples") if f.endswith(".png")]) == 2
+    run_script("make_grid.py", "--atlas", "--model", student, "--output", tmp_path / "grid.png")
+    assert os.path.getsize(tmp_path / "grid.png") > 0
+    run_script("generate_dataset.py", "--model", student, "--condition", "42", "--images_per_condition", "2",
+               "--output_dir", tmp_path / "synthetic")
+    import datasets
+    rows = datasets.load_dataset(str(tmp_path / "synthetic"), split="train")
+    size = load_pipeline(student).unet.config.sample_size
+    assert len(rows) == 2 and rows[0]["image"].size == (size, size)
+
+
 def test_one_segment_student_is_lcm_sampling_four_steps(tiny_run, demo_dataset, tmp_path):
     """--num_segments 1: LCM's objective, LCMScheduler, 4 saved steps (its best at --demo's budget)."""
     output_dir = tmp_path / "lcm"
