@@ -78,9 +78,9 @@ def parse_args(input_args=None):
     add("--num_segments", type=positive_int, default=None, help="Multistep consistency (Heek et al. 2024): cut the "
         "grid into this many segments, map each point to its segment's start, sample with DDIM through the starts "
         "(one evaluation per segment). Default 2 (consistency): on the demo model 95.6 %% all three at 2 "
-        "evaluations (1,200 steps; 91.3 %% at --demo's 400, where LCM's 4 steps give 92.5 %%): two UNet calls per "
-        "face. 1: LCM, straight to the clean image, the best at 1 evaluation (92.7 %%). 4 with --num_ddim_timesteps "
-        "20: 96.6 %% at 4 (800 steps; docs/distillation.md). Must divide --num_ddim_timesteps.")
+        "evaluations (1,200 steps; 92.3 %% at --demo's 400, where LCM gives 87.3 %% at 2 and 92.2 %% at its 4): two "
+        "UNet calls per face. 1: LCM, straight to the clean image, the best at 1 evaluation (92.7 %%). 4 with "
+        "--num_ddim_timesteps 20: 96.6 %% at 4 (800 steps; docs/distillation.md). Must divide --num_ddim_timesteps.")
     add("--huber_c", type=positive_float, default=None, help="Pseudo-Huber c (default 0.00054 * sqrt(pixels "
         "per image), Song & Dhariwal 2023).")
     add("--ema_decay", type=probability, default=0.95, help="EMA decay of the target network (LCM, CD: 0.95).")
