@@ -418,12 +418,13 @@ def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_p
 def _two_gloo_ranks(script):
     """``script`` on two CPU processes (torchrun, gloo); requires exit 0, returns the CompletedProcess.
 
-    The script ends by destroying the process group: a gloo group left to interpreter shutdown aborts now and
-    then ("terminate called without an active exception", SIGABRT on rank 0; CI, stop 26)."""
+    The script ends by leaving the process group (utils.distributed.leave_process_group): a gloo group left to
+    interpreter shutdown aborts now and then ("terminate called without an active exception", SIGABRT on rank 0;
+    CI, stop 26)."""
     from test_resume import free_port
 
-    script.write_text(script.read_text() + "import torch\naccelerator.wait_for_everyone()\n"
-                      "torch.distributed.destroy_process_group()\n")
+    script.write_text(script.read_text() + "accelerator.wait_for_everyone()\n"
+                      "from utils.distributed import leave_process_group\nleave_process_group()\n")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                              str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})

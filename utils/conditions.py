@@ -139,16 +139,13 @@ def add_sampling_args(parser, batch_size=16):
     group.add_argument("--dtype", choices=list(DTYPES), default=None, help="Default: float16 on CUDA, float32 on CPU.")
 
 
-CALL_SETTINGS = ("num_inference_steps", "guidance_scale", "guidance_interval")  # what FairFacePipeline.__call__ takes
-
-
 def sampling_settings(pipe, args):
     """The pipeline call's sampler settings: the add_sampling_args flags given, else the pipeline's defaults. Only
     the call's arguments: a student's saved distilled_guidance_scale is a record of its training (app.py shows
     it), not a call argument."""
     settings = pipe.sampling_settings(num_inference_steps=args.num_inference_steps,
                                       guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval)
-    return {name: settings[name] for name in CALL_SETTINGS}
+    return {name: settings[name] for name in SAMPLING_DEFAULTS}  # the call's settings, as every release saves
 
 
 def resolve_device_dtype(device, dtype=None):
