@@ -126,14 +126,29 @@ def parse_args(input_args=None):
     return args
 
 
-def student_scheduler(args, teacher_config, teacher_scheduler):
+def student_scheduler(args, teacher_scheduler):
     """The student's sampler: LCM for one segment, DDIM through the segment starts for several (multistep
     consistency), the teacher's own for guidance distillation."""
     if args.method == "guidance":
         return teacher_scheduler
     if args.num_segments > 1:
-        return consistency.multistep_scheduler(teacher_config)
-    return consistency.lcm_scheduler(teacher_config, args.num_ddim_timesteps)
+        return consistency.multistep_scheduler(teacher_scheduler.config)
+    return consistency.lcm_scheduler(teacher_scheduler.config, args.num_ddim_timesteps)
+
+
+def default_inference_steps(num_segments):
+    """One evaluation per segment; LCM (one segment) samples best at 4 steps (docs/distillation.md)."""
+    return 4 if num_segments == 1 else num_segments
+
+
+def student_pipeline(unet, encoder, teacher_scheduler, args):
+    """The student as released: its weights, the teacher's frozen condition encoder and its own sampler, one UNet
+    evaluation per step with the guidance baked in. ``args``: the parsed flags, or a checkpoint's run record."""
+    steps = getattr(args, "num_inference_steps", None) or default_inference_steps(args.num_segments)
+    return FairFacePipeline(
+        unet=unet, condition_encoder=encoder, scheduler=student_scheduler(args, teacher_scheduler),
+        sampling_defaults=dict(num_inference_steps=steps, guidance_scale=1.0, guidance_interval=None,
+                               distilled_guidance_scale=args.guidance_scale))
 
 
 def main(args):
@@ -155,7 +170,7 @@ def main(args):
         fail(f"--num_segments {args.num_segments} must divide --num_ddim_timesteps {args.num_ddim_timesteps}")
     if args.num_segments > 1 and args.method != "consistency":
         fail("--num_segments applies to --method consistency only")
-    args.num_inference_steps = args.num_inference_steps or (4 if args.num_segments == 1 else args.num_segments)
+    args.num_inference_steps = args.num_inference_steps or default_inference_steps(args.num_segments)
     args.huber_c = args.huber_c or 0.00054 * math.sqrt(3 * args.resolution ** 2)
     accelerator = run_setup.make_accelerator(args, logger)
     checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
@@ -325,11 +340,7 @@ def main(args):
     train_seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         weights = target if args.release_weights == "target" else accelerator.unwrap_model(unet)
-        student = FairFacePipeline(
-            unet=weights, condition_encoder=encoder,
-            scheduler=student_scheduler(args, config, teacher.scheduler),
-            sampling_defaults=dict(num_inference_steps=args.num_inference_steps, guidance_scale=1.0,
-                                   guidance_interval=None, distilled_guidance_scale=args.guidance_scale))
+        student = student_pipeline(weights, encoder, teacher.scheduler, args)
         card = student_card.build_card(args, identity, global_step, train_seconds, len(images),
                                        model_card.card_repo_id(args))
         model_card.save_release(student, args, len(images), global_step, card=card)

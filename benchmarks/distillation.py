@@ -25,7 +25,6 @@ the teacher's DPM-Solver++ for a guidance-distilled one), one evaluation each.
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -90,18 +89,25 @@ def is_checkpoint(student):
     return os.path.isdir(os.path.join(student, "unet_target"))
 
 
-def load_student(student, device):
-    """A student release, or a run's checkpoint-N/: the run's release with that checkpoint's target weights."""
+def load_student(student, teacher, device):
+    """A student release, or a run's checkpoint-N/ (released or not): the teacher's condition encoder, that
+    checkpoint's target weights and the sampler its run record names, as distill_fairface.py would release it."""
     from diffusers import UNet2DConditionModel
 
+    from distill_fairface import student_pipeline
+    from utils.checkpoints import read_training_state
     from utils.pipeline import load_pipeline
+    from utils.student_card import teacher_identity
 
     if not is_checkpoint(student):
         return load_pipeline(student, device=device)
-    pipe = load_pipeline(os.path.dirname(os.path.normpath(student)), device=device)
+    record = {"num_segments": 1, **read_training_state(student)["run"]}  # runs before --num_segments were LCM
+    if record["teacher_weights"] != teacher_identity(teacher)["weights_sha256"]:
+        sys.exit(f"distillation.py: error: {student} was distilled from another teacher than {teacher}")
+    teacher_pipe = load_pipeline(teacher, device=device)
     weights = UNet2DConditionModel.from_pretrained(student, subfolder="unet_target", use_safetensors=True)
-    pipe.unet.load_state_dict(weights.state_dict())
-    return pipe
+    return student_pipeline(weights.to(device), teacher_pipe.condition_encoder, teacher_pipe.scheduler,
+                            argparse.Namespace(**record))
 
 
 def student_name(student):
@@ -135,9 +141,10 @@ def main(args):
     diffusers_logging.disable_progress_bar()
     started = time.perf_counter()
     teacher = load_pipeline(args.teacher, device=args.device)
-    pipes = {label: (teacher, call) for label, call in TEACHER_SETTINGS}
+    pipes, defaults = {label: (teacher, call) for label, call in TEACHER_SETTINGS}, {}
     for student in args.students:
-        pipe, name = load_student(student, args.device), student_name(student)
+        pipe, name = load_student(student, args.teacher, args.device), student_name(student)
+        defaults[student] = pipe.config.sampling_defaults
         pipes.update({f"{name}, {n} step{'s' * (n > 1)}": (pipe, dict(num_inference_steps=n)) for n in STUDENT_STEPS})
     pairs = [(c, 1000 + k * NUM_CONDITIONS + c) for k in range(args.seeds_per_condition) for c in range(NUM_CONDITIONS)]
     conditions, seeds = [decode_condition(c) for c, _ in pairs], [s for _, s in pairs]
@@ -179,10 +186,8 @@ def main(args):
           f"{floor:.2f}.")
     for student in args.students:
         steps, seconds = distillation_cost(student)
-        release = os.path.dirname(os.path.normpath(student)) if is_checkpoint(student) else student
-        with open(os.path.join(release, "model_index.json")) as f:
-            defaults = json.load(f).get("sampling_defaults")
-        print(f"Distillation cost of {student}: {steps} steps, {seconds or 0:.0f} s wall; saved defaults {defaults}")
+        print(f"Distillation cost of {student}: {steps} steps, {seconds or 0:.0f} s wall; sampling defaults "
+              f"{defaults[student]}")
     print(f"{time.perf_counter() - started:.0f} s in all.")
     print("\n".join(machine_lines(args.device)))
 

@@ -7,6 +7,7 @@ The teacher is tests/conftest.py's tiny_run (3 epochs, with EMA, framing and the
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,9 +195,10 @@ def test_one_segment_student_is_lcm_sampling_four_steps(tiny_run, demo_dataset, 
     assert calls == [2] * 4 and np.asarray(images).std() > 0.05
 
 
-def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student, tiny_run):
+def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student, tiny_run, tmp_path):
     """benchmarks/distillation.py, as README's command runs it, on a release and on one of its run's checkpoints
-    (a training-length curve): a row per setting with its UNet evaluations counted, the checkpoint's weights used."""
+    (a training-length curve): a row per setting with its UNet evaluations counted, the checkpoint's weights used,
+    also for a run not yet released (its sampler from the run's record), never against another teacher."""
     checkpoint = os.path.join(student, f"checkpoint-{STEPS // 2}")
     result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "distillation.py"), "--teacher", tiny_run,
                              "--students", student, checkpoint, "--seeds_per_condition", "1", "--seed_loop_images",
@@ -214,9 +216,17 @@ def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student,
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     saved = load_file(os.path.join(checkpoint, "unet_target", "diffusion_pytorch_model.safetensors"))
-    for path, equal in ((checkpoint, True), (student, False)):
-        loaded = benchmark.load_student(path, "cpu").unet.state_dict()
+    unreleased = tmp_path / "run-still-going" / os.path.basename(checkpoint)  # a checkpoint, no release beside it
+    shutil.copytree(checkpoint, unreleased)
+    release = benchmark.load_student(student, tiny_run, "cpu")
+    for path, equal in ((checkpoint, True), (str(unreleased), True), (student, False)):
+        pipe = benchmark.load_student(path, tiny_run, "cpu")
+        loaded = pipe.unet.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in saved.items()) == equal
+        assert type(pipe.scheduler) is type(release.scheduler)
+        assert pipe.config.sampling_defaults == release.config.sampling_defaults
+    with pytest.raises(SystemExit, match="another teacher"):
+        benchmark.load_student(str(unreleased), student, "cpu")
 
 
 @pytest.fixture(scope="module")
