@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU suite (issue 13): what the seed's 81 M-parameter UNet at 128 px costs and how fast it trains and samples
-# on one GPU, printed as ONE table (benchmarks/suite_table.py). About 5 minutes on an H100-class GPU, under 8:
+# on one GPU, printed as ONE table (benchmarks/suite_table.py). On an H200 torch.compile alone warms up
+# for 140 s: give the whole suite about 10 minutes (docs/measurements.md, GPU suite):
 #   1. benchmarks/model_cost.py      parameters, FLOPs per training image (FlopCounterMode), peak memory (batch 64)
 #   2. benchmarks/training_speed.py  fp32 eager vs bf16 vs bf16 + torch.compile, batch 64: img/s, memory, MFU
 #   3. benchmarks/sampling_speed.py  the pipeline at batch 64 vs the seed's loop (DDPM 1000 steps, batch 1)
