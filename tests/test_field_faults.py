@@ -524,17 +524,17 @@ def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
 
 NODE_CACHE_SCRIPT = """
 import sys
-import torch
 from accelerate import Accelerator
 from train_fairface import parse_args
 from utils import run_setup
+from utils.distributed import leave_process_group
 
 accelerator = Accelerator()
 args = parse_args(["--dataset_name", sys.argv[1], "--resolution", "32", "--preprocess_cache", sys.argv[2]])
 _, images = run_setup.load_training_data(args, accelerator)
 print(f"rank {accelerator.process_index}: {int(images.cache['valid'].sum())} cached", flush=True)
 accelerator.wait_for_everyone()
-torch.distributed.destroy_process_group()
+leave_process_group()
 """
 
 

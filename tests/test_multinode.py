@@ -96,6 +96,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
+from utils.distributed import leave_process_group
 from utils.step_metrics import StepMetrics
 
 accelerator = Accelerator(cpu=True)
@@ -105,7 +106,7 @@ for loss in (1.0, 3.0):  # rank r's window: losses 1 + r and 3 + r, one gradient
 with open(os.path.join(sys.argv[1], f"window{accelerator.process_index}.txt"), "w") as f:  # one file per rank:
     f.write(repr(metrics.read(accelerator)))                                                 # no interleaving
 accelerator.wait_for_everyone()
-torch.distributed.destroy_process_group()  # a clean exit: no gloo teardown abort at interpreter shutdown
+leave_process_group()  # a clean exit: no gloo teardown abort at interpreter shutdown
 """
 
 
