@@ -49,6 +49,7 @@ RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulati
              "dataset_config_names", "dataset_splits", "seed", "teacher_weights", "guidance_scale",
              "num_ddim_timesteps", "num_segments", "huber_c", "ema_decay", "cond_drop_prob", "attr_drop_prob",
              "framing_drop_prob", "random_flip"]
+RECORD_ABSENT = {"num_segments": 1}  # flags a run recorded before they existed ran with: earlier runs were LCM
 
 
 def parse_args(input_args=None):
@@ -178,7 +179,7 @@ def main(args):
     checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
     run_record = resume_check.record(args, accelerator.num_processes, RUN_FLAGS)
     resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes, RUN_FLAGS,
-                                                absent={"num_segments": 1})  # runs before the flag were LCM
+                                                absent=RECORD_ABSENT)
     distributed.use_available_cores(accelerator.device, logger)
     stop = stop_signals.StopRequest()
 

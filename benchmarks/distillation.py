@@ -94,14 +94,14 @@ def load_student(student, teacher, device):
     checkpoint's target weights and the sampler its run record names, as distill_fairface.py would release it."""
     from diffusers import UNet2DConditionModel
 
-    from distill_fairface import student_pipeline
+    from distill_fairface import RECORD_ABSENT, student_pipeline
     from utils.checkpoints import read_training_state
     from utils.pipeline import load_pipeline
     from utils.student_card import teacher_identity
 
     if not is_checkpoint(student):
         return load_pipeline(student, device=device)
-    record = {"num_segments": 1, **read_training_state(student)["run"]}  # runs before --num_segments were LCM
+    record = {**RECORD_ABSENT, **read_training_state(student)["run"]}
     if record["teacher_weights"] != teacher_identity(teacher)["weights_sha256"]:
         sys.exit(f"distillation.py: error: {student} was distilled from another teacher than {teacher}")
     teacher_pipe = load_pipeline(teacher, device=device)
