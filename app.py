@@ -29,11 +29,11 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 
 from utils.cli import DEFAULT_MODEL_DIR, positive_int  # noqa: E402
-from utils.conditions import GRID_FRAMING, load_pipeline_or_exit, resolve_device_dtype  # noqa: E402
+from utils.model.conditions import GRID_FRAMING, load_pipeline_or_exit, resolve_device_dtype  # noqa: E402
 from utils.grid import atlas_grid  # noqa: E402
-from utils.labels import (AGES, ATTRIBUTES, FRAMINGS, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe,  # noqa: E402
+from utils.labels import (AGES, ATTRIBUTES, FRAMINGS, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe,
                           parse_framing, parse_label)
-from utils.pipeline import generate  # noqa: E402
+from utils.model.pipeline import generate  # noqa: E402
 
 ANY = "any"
 MAX_STEPS = 200  # more only costs time: the saved default sampler (3 steps) already holds the 6-step fidelity (docs/distillation.md)

@@ -3,7 +3,7 @@
     accelerate launch distill_fairface.py --teacher fairface-model --output_dir fairface-model-distilled
     accelerate launch distill_fairface.py --demo     # the quick start's fairface-demo, minutes on a CPU
 
-Guided consistency distillation (the LCM recipe; utils/consistency.py): the teacher, with classifier-free
+Guided consistency distillation (the LCM recipe; utils/model/consistency.py): the teacher, with classifier-free
 guidance, takes one DDIM step on its own noise schedule and prediction type, an EMA target network of the student
 gives the target there, and the student (initialised from the teacher) learns to map every point of the path
 to the start of its segment (multistep consistency, --num_segments 2 by default; 1 is LCM: straight to the clean
@@ -30,13 +30,15 @@ from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from train_fairface import DEMO_DEFAULTS
-from utils import (checkpoints, consistency, data, distributed, hub, model_card, objective, resume_check, run_setup,
-                   step_metrics, stop_signals, student_card)
-from utils.cli import (DEFAULT_MODEL_DIR, beta, fail, nonnegative_int, positive_float, positive_int, probability)
-from utils.conditions import load_pipeline_or_exit
+from utils.run import checkpoints, distributed, objective, resume_check, run_setup, step_metrics, stop_signals
+from utils.model import consistency
+from utils.data import fairface
+from utils.hub import uploads, model_card, student_card
+from utils.cli import (DEFAULT_MODEL_DIR, DEMO_DEFAULTS, beta, fail, nonnegative_int, positive_float, positive_int,
+                       probability)
+from utils.model.conditions import load_pipeline_or_exit
 from utils.labels import UNKNOWN
-from utils.pipeline import FairFacePipeline, denoise, guided_prediction
+from utils.model.pipeline import FairFacePipeline, denoise, guided_prediction
 
 logger = get_logger(__name__)
 
@@ -44,7 +46,7 @@ DEMO = dict(teacher=DEMO_DEFAULTS["output_dir"], output_dir=DEMO_DEFAULTS["outpu
             **{k: DEMO_DEFAULTS[k] for k in ("dataset_name", "preprocess_cache", "random_flip", "train_batch_size")},
             max_train_steps=400, learning_rate=1e-4, checkpointing_steps=50,
             num_ddim_timesteps=10)  # 400 steps, 10-point grid: the recipe measured in docs/distillation.md
-# Flags whose change makes a resumed run another run (utils/resume_check.py); teacher_weights: its SHA-256.
+# Flags whose change makes a resumed run another run (utils/run/resume_check.py); teacher_weights: its SHA-256.
 RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name",
              "dataset_config_names", "dataset_splits", "seed", "teacher_weights", "guidance_scale",
              "num_ddim_timesteps", "num_segments", "huber_c", "ema_decay", "cond_drop_prob", "attr_drop_prob",
@@ -117,7 +119,7 @@ def parse_args(input_args=None):
     add("--report_to", default="none", choices=["all", "none", "tensorboard", "wandb"])
     add("--logging_dir", default="logs")
     add("--push_to_hub", action="store_true")
-    add("--hub_model_id", type=hub.repo_id_arg, default=None)
+    add("--hub_model_id", type=uploads.repo_id_arg, default=None)
     run_setup.add_ddp_timeout_arg(parser)
     add("--hub_private_repo", action="store_true")
     args = parser.parse_args(input_args)
@@ -287,11 +289,11 @@ def main(args):
     epoch = global_step // steps_per_epoch
     while global_step < args.max_train_steps:
         start_item = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps * args.train_batch_size
-        sampler = data.EpochSampler(len(images), args.seed, epoch, rank, world, start_item)
+        sampler = fairface.EpochSampler(len(images), args.seed, epoch, rank, world, start_item)
         loader = torch.utils.data.DataLoader(
             images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-            num_workers=args.dataloader_num_workers, collate_fn=lambda items: data.collate(items, args.resolution),
-            worker_init_fn=data.ignore_stop_signals)
+            num_workers=args.dataloader_num_workers, collate_fn=lambda items: fairface.collate(items, args.resolution),
+            worker_init_fn=fairface.ignore_stop_signals)
         micro_step = 0
         for batch in loader:
             if global_step >= min((epoch + 1) * steps_per_epoch, args.max_train_steps):
@@ -348,7 +350,7 @@ def main(args):
                                        model_card.card_repo_id(args))
         model_card.save_release(student, args, len(images), global_step, card=card)
         if args.push_to_hub:
-            hub.push_release(args)
+            uploads.push_release(args)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     accelerator.print(f"done: {global_step} steps in {train_seconds:.0f} s; student in {args.output_dir}")

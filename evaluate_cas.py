@@ -20,8 +20,8 @@ import os
 import numpy as np
 
 from utils.cli import fail, first_line, positive_int
-from utils.conditions import resolve_device_dtype
-from utils.data import decode_image, load_fairface
+from utils.model.conditions import resolve_device_dtype
+from utils.data.fairface import decode_image, load_fairface
 from utils.evaluation.cas import cas_markdown, classification_accuracy_scores
 from utils.labels import ATTRIBUTES, check_dataset_labels
 

@@ -35,11 +35,11 @@ from PIL import Image
 
 from utils import evaluation as ev
 from utils.cli import DEFAULT_MODEL_DIR, fail, first_line, load_or_fail, positive_int
-from utils.conditions import (add_sampling_args, condition_from_id, framing_or_exit, load_pipeline_or_exit,
-                              parse_condition_ids, resolve_device_dtype, sample_filename, sampling_settings)
-from utils.data import decode_image, load_fairface
+from utils.model.conditions import (add_sampling_args, condition_from_id, framing_or_exit, load_pipeline_or_exit,
+                                    parse_condition_ids, resolve_device_dtype, sample_filename, sampling_settings)
+from utils.data.fairface import decode_image, load_fairface
 from utils.labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition, parse_framing
-from utils.pipeline import generate
+from utils.model.pipeline import generate
 
 
 def parse_args(input_args=None):

@@ -24,16 +24,16 @@ import sys
 
 import numpy as np
 
-from utils import dataset_card, dataset_plan as plans, dataset_shards as shards
-from utils.atomic_files import SaveError
+from utils.datasets import dataset_card, dataset_plan as plans, dataset_shards as shards
+from utils.files.atomic_files import SaveError
 from utils.cli import DEFAULT_MODEL_DIR, fail, load_or_fail, positive_int
-from utils.conditions import (add_condition_args, add_sampling_args, conditions_from_args, framing_or_exit,
-                              load_pipeline_or_exit, resolve_device_dtype, sampling_settings)
+from utils.model.conditions import (add_condition_args, add_sampling_args, conditions_from_args, framing_or_exit,
+                                    load_pipeline_or_exit, resolve_device_dtype, sampling_settings)
 from utils.evaluation.classifiers import add_classifier_args, load_classifiers, requested_label_scores
 from utils.evaluation.memorisation import add_memorisation_args, load_near_copy_check
 from utils.labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition
-from utils.pipeline import generate
-from utils.stop_signals import StopRequest
+from utils.model.pipeline import generate
+from utils.run.stop_signals import StopRequest
 
 # Shard size: 1000 images of 128 px are ~30 MB of PNG (well under the Hub's 500 MB parquet default) and keep a
 # rerun's lost work to one shard per process; memory holds one shard of images per process, whatever the total.
@@ -224,17 +224,17 @@ def main(args):
         print(f"wrote {plan.num_rows} images in {plan.num_shards} shard(s) to {args.output_dir}/ "
               f"(load with datasets.load_dataset({args.output_dir!r}))")
         if args.push_to_hub is not None:
-            from utils import hub
+            from utils.hub import uploads
 
             try:
-                hub.push_dataset(args.output_dir, args.push_to_hub, args.hub_private_repo)
-            except hub.PushError as error:
+                uploads.push_dataset(args.output_dir, args.push_to_hub, args.hub_private_repo)
+            except uploads.PushError as error:
                 fail(str(error))
     return args.output_dir
 
 
 if __name__ == "__main__":
-    from utils.distributed import leave_process_group
+    from utils.run.distributed import leave_process_group
 
     try:
         main(parse_args())

@@ -17,11 +17,12 @@ import re
 from tqdm.auto import tqdm
 
 from utils.cli import DEFAULT_MODEL_DIR, fail
-from utils.conditions import (GRID_FRAMING, add_framing_arg, add_sampling_args, framing_or_exit, load_pipeline_or_exit,
-                              parse_condition_ids, resolve_device_dtype, sampling_settings)
+from utils.model.conditions import (GRID_FRAMING, add_framing_arg, add_sampling_args, framing_or_exit,
+                                    load_pipeline_or_exit, parse_condition_ids, resolve_device_dtype,
+                                    sampling_settings)
 from utils.grid import atlas_grid, labelled_grid
 from utils.labels import NUM_CONDITIONS, decode_condition, describe_condition
-from utils.pipeline import generate
+from utils.model.pipeline import generate
 
 
 def parse_args(input_args=None):

@@ -20,11 +20,11 @@ import argparse
 import os
 
 from utils.cli import DEFAULT_MODEL_DIR, fail, parse_seeds, positive_int
-from utils.conditions import (add_condition_args, add_framing_arg, add_sampling_args, conditions_from_args,
-                              framing_or_exit, load_pipeline_or_exit, resolve_device_dtype, sample_filename,
-                              sampling_settings)
+from utils.model.conditions import (add_condition_args, add_framing_arg, add_sampling_args, conditions_from_args,
+                                    framing_or_exit, load_pipeline_or_exit, resolve_device_dtype, sample_filename,
+                                    sampling_settings)
 from utils.grid import labelled_grid
-from utils.pipeline import generate
+from utils.model.pipeline import generate
 
 
 def parse_args(input_args=None):

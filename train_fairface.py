@@ -4,7 +4,7 @@
     accelerate launch train_fairface.py --demo                # offline, minutes on a CPU: synthetic faces, tiny UNet
 
 The UNet (diffusers UNet2DConditionModel) sees the condition as three cross-attention tokens from a
-ConditionEncoder (utils/pipeline.py) that has an "unknown" entry per attribute; dropping the whole condition
+ConditionEncoder (utils/model/pipeline.py) that has an "unknown" entry per attribute; dropping the whole condition
 (--cond_drop_prob) trains the null condition for classifier-free guidance, dropping single attributes
 (--attr_drop_prob) lets users leave any attribute out when sampling. The framing (FairFace config 0.25 tight,
 1.25 wide) is a fourth such token (--framing_drop_prob). Framing and EMA: on by default, off with --demo (docs/training.md).
@@ -25,26 +25,20 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from utils import (atomic_files, checkpoints, data, distributed, flag_checks, hub, model_card, nonfinite, objective,
-                   remote_code, resume_check, run_setup, step_metrics, stop_signals)
-from utils.ema import build_emas, ema_variant, load_emas, start_emas_from
+from utils.files import atomic_files
+from utils.run import (checkpoints, distributed, flag_checks, nonfinite, objective, resume_check, run_setup,
+                       step_metrics, stop_signals)
+from utils.data import fairface
+from utils.hub import uploads, model_card, remote_code
+from utils.run.ema import build_emas, ema_variant, load_emas, start_emas_from
 from utils.labels import FRAMINGS, decode_condition
-from utils.cli import (DEFAULT_MODEL_DIR, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
+from utils.cli import (DEFAULT_MODEL_DIR, DEMO_DEFAULTS, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
                        nonnegative_int, positive_float, positive_int, probability)
-from utils.pipeline import (ConditionEncoder, FairFacePipeline, build_unet, denoise, generate, DEFAULT_SCHEDULER,
-                            SAMPLING_DEFAULTS)
+from utils.model.pipeline import (ConditionEncoder, FairFacePipeline, build_unet, denoise, generate,
+                                  DEFAULT_SCHEDULER, SAMPLING_DEFAULTS)
 
 logger = get_logger(__name__)
 
-# --demo: a tiny model on procedurally drawn faces (utils/demo_data.py); flags given explicitly still win. No EMA
-# and no framing: at the demo's 1008 steps they cost fidelity, at 4x that budget they did not (docs/measurements.md).
-DEMO_DATA_DIR = os.path.join("demo_data", "fairface-synthetic")
-DEMO_DEFAULTS = dict(
-    dataset_name=DEMO_DATA_DIR, resolution=32, output_dir="fairface-demo", block_out_channels=[32, 64, 64],
-    layers_per_block=1, cross_attention_dim=64, train_batch_size=32, num_epochs=16, learning_rate=1e-3,
-    lr_warmup_steps=50, save_model_epochs=4, save_images_epochs=4, checkpointing_steps=200,
-    preprocess_cache=os.path.join("demo_data", "pixel-cache"), random_flip=True, use_ema=False, framing_condition=False,
-)
 SAMPLE_CONDITIONS = [42, 73, 120]  # fixed conditions and seeds for sample_epoch_{E}_{i}.png: epochs compare
 
 
@@ -117,7 +111,7 @@ def parse_args(input_args=None):
     add("--save_model_epochs", type=positive_int, default=10, help="Write epoch_{E}/ pipeline snapshots this often.")
     add("--save_images_epochs", type=positive_int, default=10, help="Write sample_epoch_{E}_{i}.png this often.")
     # Sampler of the samples, saved with every snapshot and the release as its defaults (FairFacePipeline
-    # sampling_defaults); the defaults are the sweep's best (utils/pipeline.py SAMPLING_DEFAULTS, docs/distillation.md).
+    # sampling_defaults); the defaults are the sweep's best (utils/model/pipeline.py SAMPLING_DEFAULTS, docs/distillation.md).
     add("--num_inference_steps", type=positive_int, default=SAMPLING_DEFAULTS["num_inference_steps"],
         help="DPM-Solver++ steps for the samples (default: %(default)s).")
     add("--guidance_scale", type=nonnegative_float, default=SAMPLING_DEFAULTS["guidance_scale"],
@@ -128,7 +122,7 @@ def parse_args(input_args=None):
     add("--checkpoints_total_limit", type=positive_int, default=None, help="Keep only this many checkpoints.")
     add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
     add("--allow_resume_changes", action="store_true", help="Resume even though data flags (batch size, processes, "
-        "accumulation, data, resolution, seed, objective) differ from the checkpoint's (utils/resume_check.py).")
+        "accumulation, data, resolution, seed, objective) differ from the checkpoint's (utils/run/resume_check.py).")
     add("--logging_steps", type=positive_int, default=10, help="Log loss, grad norm and lr (window means) this "
         "often: values stay on the device in between (no per-step GPU sync).")
     add("--report_to", default="tensorboard", choices=["all", "none", *flag_checks.TRACKER_PACKAGES],
@@ -136,7 +130,7 @@ def parse_args(input_args=None):
     add("--logging_dir", default="logs", help="Under --output_dir.")
     # Hub
     add("--push_to_hub", action="store_true", help="Upload the final pipeline, model card and samples.")
-    add("--hub_model_id", type=hub.repo_id_arg, default=None,
+    add("--hub_model_id", type=uploads.repo_id_arg, default=None,
         help="user/repo (default: the output folder's name under your account).")
     add("--hub_private_repo", action="store_true")
     add("--hub_push_snapshots", action="store_true", help="Also upload epoch_{E}/ snapshots, in the background.")
@@ -259,7 +253,7 @@ def main(args):
                                     scheduler=noise_scheduler, sampling_defaults=sampling)
         return pipeline.set_scheduler(DEFAULT_SCHEDULER).to(accelerator.device)
 
-    def save_checkpoint():  # with what a resume needs beyond the weights (utils/resume_check.py)
+    def save_checkpoint():  # with what a resume needs beyond the weights (utils/run/resume_check.py)
         if global_step not in saved:
             skipped_so_far = distributed.sum_over_ranks(accelerator, skipped)  # this epoch's, carried over a resume
             extra = dict(nonfinite_in_a_row=nonfinite_in_a_row, run=run_record, steps_per_epoch=steps_per_epoch,
@@ -294,11 +288,11 @@ def main(args):
     for epoch in range(first_epoch, num_epochs):
         unet.train()
         start = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps * args.train_batch_size
-        sampler = data.EpochSampler(len(images), args.seed, epoch, rank, world, start)
+        sampler = fairface.EpochSampler(len(images), args.seed, epoch, rank, world, start)
         loader = torch.utils.data.DataLoader(
             images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-            num_workers=args.dataloader_num_workers, collate_fn=lambda items: data.collate(items, args.resolution),
-            worker_init_fn=data.ignore_stop_signals, pin_memory=accelerator.device.type == "cuda")
+            num_workers=args.dataloader_num_workers, collate_fn=lambda items: fairface.collate(items, args.resolution),
+            worker_init_fn=fairface.ignore_stop_signals, pin_memory=accelerator.device.type == "cuda")
         skipped, micro_step = resume_check.skipped_before(state, epoch, accelerator.is_main_process), 0
         for batch in loader:
             if global_step >= (epoch + 1) * steps_per_epoch or global_step >= max_train_steps:
@@ -328,7 +322,7 @@ def main(args):
                 if not accelerator.sync_gradients:
                     continue
                 loss = step_loss.take()  # the mean over the step's micro-batches, as logged
-                # Updated only if finite on every rank (all-reduced; fp16: overflows too), utils/nonfinite.py. A
+                # Updated only if finite on every rank (all-reduced; fp16: overflows too), utils/run/nonfinite.py. A
                 # skipped update steps neither the LR schedule nor EMA.
                 grad_norm, finite = nonfinite.step(accelerator, optimizer, list(unet.parameters()) +
                                                    list(encoder.parameters()), args.max_grad_norm, loss)
@@ -379,7 +373,7 @@ def main(args):
                     atomic_files.save_folder_atomic(os.path.join(args.output_dir, f"epoch_{epoch_number}_{label}"),
                                                 lambda folder: remote_code.save_pipeline(variant_pipeline, folder))
                 if args.push_to_hub and args.hub_push_snapshots:
-                    hub.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
+                    uploads.push_snapshot(args, os.path.join(args.output_dir, f"epoch_{epoch_number}"))
             if epoch_number % args.save_images_epochs == 0 or last_epoch:
                 pipeline = pipeline or pipeline_for_release()
                 samples = generate(pipeline, [decode_condition(c) for c in SAMPLE_CONDITIONS], [0, 1, 2])
@@ -399,7 +393,7 @@ def main(args):
         pipeline = pipeline_for_release()
         model_card.save_release(pipeline, args, len(images), global_step)
         if args.push_to_hub:
-            hub.push_release(args)
+            uploads.push_release(args)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     accelerator.print(f"done: {global_step} steps; pipeline in {args.output_dir}")

@@ -4,14 +4,14 @@ For each recipe (epsilon, epsilon + min-SNR, v-prediction + min-SNR) this trains
 (train_fairface.py --demo) for the same budget, samples every one of the 126 conditions from every
 --eval_every-th epoch snapshot with the model's saved default sampler (DPM-Solver++ 6 steps, guidance 2;
 --num_inference_steps 25 gives the 25 steps of the tables measured before that default), and measures
-with utils.demo_data.measure_attributes how often the requested age, gender and race are recovered from the
+with utils.data.demo_data.measure_attributes how often the requested age, gender and race are recovered from the
 pixels (the synthetic faces encode them in flat, measurable features, so no neural classifier is needed).
 Guidance scales 1, 2 and 3 are compared on the final model of the --guidance_recipes. Prints the tables and,
 per recipe, the first step at which the target was met: >= 90 % of all three attributes recovered together,
 and no age/gender/race group more than 10 points below the mean.
 
 Framing (issue 15): a final model trained with the framing condition (recipe "..., framing"; --demo trains
-without it) is also sampled asking for each framing (tight, wide), and utils.demo_data.measure_framing reads
+without it) is also sampled asking for each framing (tight, wide), and utils.data.demo_data.measure_framing reads
 from the pixels whether it was drawn ("framing drawn"); the recipe "..., no framing" trains the same model
 without it, for the attribute comparison.
 EMA: --ema_variants DECAY:POWER ... makes each run keep those EMAs of its weights too (diffusers EMAModel with
@@ -113,9 +113,9 @@ def evaluate(model, guidance_scale, args, framing=None, keep_look=False):
     ``keep_look``: also the LOOK_CONDITIONS' images (first seed), as rates["look"]."""
     import torch
 
-    from utils.demo_data import measure_framing, recovery_rates
+    from utils.data.demo_data import measure_framing, recovery_rates
     from utils.labels import NUM_CONDITIONS, decode_condition, parse_framing
-    from utils.pipeline import generate, load_pipeline
+    from utils.model.pipeline import generate, load_pipeline
 
     torch.set_num_threads(args.threads)  # also in --jobs worker processes
     pipe = load_pipeline(model, device=args.device)
@@ -169,7 +169,7 @@ def main(args):
 
 
 def run_benchmark(args, work):
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     if not os.path.isfile(os.path.join(work, "fairface", "README.md")):
         make_demo_dataset(os.path.join(work, "fairface"), num_images=args.num_images, resolution=64, seed=0)
@@ -254,7 +254,7 @@ def _has_framing(model):
 
 def _steps_per_epoch(output, epochs):
     """Optimizer steps per epoch of a finished run, from its last checkpoint's step count."""
-    from utils.checkpoints import list_checkpoints
+    from utils.run.checkpoints import list_checkpoints
 
     return list_checkpoints(output)[-1][0] // epochs
 

@@ -4,20 +4,20 @@ What it measures: samples per second that the training loop of ``train_fairface.
 pipeline, for one epoch at a time, in two variants:
 
 * **decode per item** (no cache, what every epoch costs without ``--preprocess_cache``): ``FairFaceImages``
-  without a cache reads each record from the ``datasets`` table and runs ``utils.data.decode_image`` (JPEG
+  without a cache reads each record from the ``datasets`` table and runs ``utils.data.fairface.decode_image`` (JPEG
   decode, RGB conversion, centre crop and bicubic resize to the training resolution);
-* **pixel cache**: ``FairFaceImages`` over the memory-mapped uint8 array that ``utils.data.build_pixel_cache``
+* **pixel cache**: ``FairFaceImages`` over the memory-mapped uint8 array that ``utils.data.pixel_cache.build_pixel_cache``
   wrote once (a gather of ready pixels per item).
 
 Both go through what training uses: a fresh ``torch.utils.data.DataLoader`` per epoch with
-``utils.data.EpochSampler``, ``utils.data.collate``, the same batch size and ``num_workers`` (0 and 2). Worker
+``utils.data.fairface.EpochSampler``, ``utils.data.fairface.collate``, the same batch size and ``num_workers`` (0 and 2). Worker
 start-up is inside the timed epoch, as it is in training (a new loader each epoch). Each variant is timed
 twice: the DataLoader alone (what the cache replaces), and with each batch then moved to the training device
-and put through the training-time ``utils.objective.prepare_batch`` (scale to [-1, 1], random flip, condition
+and put through the training-time ``utils.run.objective.prepare_batch`` (scale to [-1, 1], random flip, condition
 dropout) as the training step does - on a GPU that part runs on the GPU; on a CPU it is CPU work that the
 cache does not remove. The one-off cache build time is reported too.
 
-How: a synthetic FairFace-layout dataset (``utils.demo_data.make_demo_dataset``) with FairFace-sized
+How: a synthetic FairFace-layout dataset (``utils.data.demo_data.make_demo_dataset``) with FairFace-sized
 sources, by default 2000 faces at 224x224 (FairFace's "0.25" config size) re-encoded as JPEG (quality 90) as
 in FairFace, trained at 128 px. The variants alternate round by round in one process; the table gives the
 median samples/s over the rounds and the ratio cache / decode. The drawn faces are flat-coloured, so their
@@ -82,7 +82,7 @@ def reencode_as_jpeg(folder, quality=90):
 
 
 def make_dataset(folder, args):
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     marker = os.path.join(folder, f".complete-{args.num_images}-{args.source_resolution}-{args.format}")
     if os.path.isfile(marker):
@@ -98,15 +98,16 @@ def make_dataset(folder, args):
 
 def run_epoch(images, args, num_workers, epoch, resolution, prepare=False, device="cpu"):
     """One training epoch of input: a fresh DataLoader as train_fairface.py builds it; with ``prepare``, each batch
-    also goes to ``device`` and through utils.objective.prepare_batch there, as in the training step."""
+    also goes to ``device`` and through utils.run.objective.prepare_batch there, as in the training step."""
     import torch
 
-    from utils import data, objective
+    from utils.data import fairface
+    from utils.run import objective
 
-    sampler = data.EpochSampler(len(images), seed=0, epoch=epoch)
+    sampler = fairface.EpochSampler(len(images), seed=0, epoch=epoch)
     loader = torch.utils.data.DataLoader(images, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                                         num_workers=num_workers, worker_init_fn=data.ignore_stop_signals,
-                                         collate_fn=functools.partial(data.collate, resolution=resolution))
+                                         num_workers=num_workers, worker_init_fn=fairface.ignore_stop_signals,
+                                         collate_fn=functools.partial(fairface.collate, resolution=resolution))
     samples, first, first_time = 0, None, None
     start = time.perf_counter()
     for step, batch in enumerate(loader):
@@ -130,12 +131,12 @@ def main(args):
     import datasets
     import torch
 
-    from utils import data
+    from utils.data import fairface, pixel_cache
 
     datasets.disable_progress_bars()
     try:
         folder, generate_seconds = make_dataset(os.path.join(work, "fairface"), args)
-        dataset = data.load_fairface(folder, cache_dir=os.path.join(work, "hf", "datasets"))
+        dataset = fairface.load_fairface(folder, cache_dir=os.path.join(work, "hf", "datasets"))
         print(f"dataset: {len(dataset)} records, {args.source_resolution}x{args.source_resolution} {args.format.upper()}"
               + (f" (generated in {generate_seconds:.0f} s)" if generate_seconds else " (reused)"), flush=True)
 
@@ -145,12 +146,12 @@ def main(args):
             root = os.path.join(work, f"cache-build-{workers}w")
             shutil.rmtree(root, ignore_errors=True)
             start = time.perf_counter()
-            cache = data.build_pixel_cache(dataset, root, args.resolution, num_workers=workers, progress=False)
+            cache = pixel_cache.build_pixel_cache(dataset, root, args.resolution, num_workers=workers, progress=False)
             build[workers] = time.perf_counter() - start
             print(f"cache build ({workers} workers): {build[workers]:.1f} s", flush=True)
 
-        uncached = data.FairFaceImages(dataset, args.resolution)
-        cached = data.FairFaceImages(dataset, args.resolution, cache)
+        uncached = fairface.FairFaceImages(dataset, args.resolution)
+        cached = fairface.FairFaceImages(dataset, args.resolution, cache)
         # Same epoch order, same pixels: the cache changes the cost, not the data.
         a = run_epoch(torch.utils.data.Subset(uncached, range(args.batch_size)), args, 0, 0, args.resolution)[2]
         b = run_epoch(torch.utils.data.Subset(cached, range(args.batch_size)), args, 0, 0, args.resolution)[2]
@@ -197,7 +198,7 @@ def main(args):
               f"{args.cache_epochs}); every epoch through a fresh DataLoader (worker start-up included; \"after the first "
               "batch\": the same ratio without it, the steady state of a long FairFace epoch). "
               "\"+ prepare_batch\": each batch also moved to the training device and scaled/flipped/condition-dropped "
-              "by utils.objective.prepare_batch, as the training step does (on a GPU that part runs on the GPU). "
+              "by utils.run.objective.prepare_batch, as the training step does (on a GPU that part runs on the GPU). "
               f"Batches identical with and without the cache: {'yes' if identical else 'NO'}. Cache: "
               f"{os.path.getsize(os.path.join(cache['folder'], 'pixels.npy')) / 2**20:.0f} MiB for {len(dataset)} "
               f"images; its build costs about one decode epoch and pays for itself from the second epoch on.")

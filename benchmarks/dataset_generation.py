@@ -1,7 +1,7 @@
 """Dataset generation: generate_dataset.py's images/s against the pipeline's own generate(), and its peak memory.
 
 Speed: on the same model, conditions, seeds, sampler settings and --batch_size, rounds alternate between
-* **generate()**: ``utils.pipeline.generate`` on the already loaded pipeline, images kept in memory;
+* **generate()**: ``utils.model.pipeline.generate`` on the already loaded pipeline, images kept in memory;
 * **generate_dataset**: ``generate_dataset.main`` into a fresh folder, everything included (loading the model,
   the plan, PNG encoding, parquet shards written atomically, the card);
 after an untimed warm-up of both, so machine load hits both alike; the medians' ratio is printed (target >= 0.95).
@@ -55,9 +55,9 @@ def main(args):
     import torch
 
     import generate_dataset
-    from utils.conditions import load_pipeline_or_exit
+    from utils.model.conditions import load_pipeline_or_exit
     from utils.labels import decode_condition
-    from utils.pipeline import generate
+    from utils.model.pipeline import generate
 
     if os.path.isdir(args.model):  # the memory runs start in the repository's folder
         args.model = os.path.abspath(args.model)

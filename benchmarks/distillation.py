@@ -6,10 +6,10 @@ For the teacher and each student (``--teacher``, ``--students``: pipeline folder
 (benchmarks/sampler_sweep.py's ``sample_interleaved``), and prints per setting:
 
 * **UNet evals/image** (counted by a forward hook) and **all three** attributes read back by
-  ``utils.demo_data.measure_attributes`` (95 % Wilson interval), each attribute, and the **worst group** (age
+  ``utils.data.demo_data.measure_attributes`` (95 % Wilson interval), each attribute, and the **worst group** (age
   group, gender or race whose all-three share is lowest) with its distance below the mean;
 * **distance to real images**: the Fréchet distance between the generated images and as many freshly drawn demo
-  faces of the same conditions (``utils.demo_data.draw_face``: the training distribution itself), on 16x16
+  faces of the same conditions (``utils.data.demo_data.draw_face``: the training distribution itself), on 16x16
   pixels (768 dimensions; no pretrained feature network can be downloaded here), and the **sharpness** (mean
   absolute Laplacian) relative to the drawn faces: blur shows as < 1;
 * **images/s** in wall-clock and CPU time, relative to the teacher's saved default (12 evaluations), and images/s
@@ -77,7 +77,7 @@ def real_faces(conditions, resolution, seed=12345):
     """A drawn demo face per condition (both layouts, as the training data), float in [0, 1]."""
     import numpy as np
 
-    from utils.demo_data import CONFIG_ZOOM, draw_face
+    from utils.data.demo_data import CONFIG_ZOOM, draw_face
 
     rng = np.random.default_rng(seed)
     zooms = list(CONFIG_ZOOM.values())
@@ -95,9 +95,9 @@ def load_student(student, teacher, device):
     from diffusers import UNet2DConditionModel
 
     from distill_fairface import RECORD_ABSENT, student_pipeline
-    from utils.checkpoints import read_training_state
-    from utils.pipeline import load_pipeline
-    from utils.student_card import teacher_identity
+    from utils.run.checkpoints import read_training_state
+    from utils.model.pipeline import load_pipeline
+    from utils.hub.student_card import teacher_identity
 
     if not is_checkpoint(student):
         return load_pipeline(student, device=device)
@@ -117,7 +117,7 @@ def student_name(student):
 
 def distillation_cost(student):
     """(steps, wall seconds) of a student's run, from its newest checkpoint (or the checkpoint itself)."""
-    from utils.checkpoints import list_checkpoints, read_training_state
+    from utils.run.checkpoints import list_checkpoints, read_training_state
 
     found = [(None, student)] if is_checkpoint(student) else list_checkpoints(student)
     if not found:
@@ -132,10 +132,10 @@ def main(args):
     from diffusers.utils import logging as diffusers_logging
 
     from sampling_speed import seed_loop
-    from utils.demo_data import attribute_hits, recovery_rates
+    from utils.data.demo_data import attribute_hits, recovery_rates
     from utils.evaluation.frechet import frechet_distance_between
     from utils.labels import NUM_CONDITIONS, decode_condition
-    from utils.pipeline import load_pipeline
+    from utils.model.pipeline import load_pipeline
 
     torch.set_num_threads(args.threads)
     diffusers_logging.disable_progress_bar()

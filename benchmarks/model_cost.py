@@ -1,6 +1,6 @@
 """What one training image costs: parameters, FLOPs counted by torch (not guessed), and peak memory.
 
-The model is train_fairface.py's, built by ``utils.pipeline.build_unet`` with the script's defaults (the seed's
+The model is train_fairface.py's, built by ``utils.model.pipeline.build_unet`` with the script's defaults (the seed's
 architecture: block_out_channels 64 128 256 512, layers_per_block 3, cross-attention at level 1, dim 512) at
 ``--resolution`` (128), plus its ConditionEncoder. FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` around
 the forward and, separately, the backward of the training loss of one image (matmuls, convolutions and the
@@ -51,7 +51,7 @@ def model_config(tiny):
 def build(resolution, config, device):
     import torch
 
-    from utils.pipeline import ConditionEncoder, build_unet
+    from utils.model.pipeline import ConditionEncoder, build_unet
 
     torch.manual_seed(0)
     unet = build_unet(resolution, config["block_out_channels"], config["layers_per_block"],
@@ -64,8 +64,8 @@ def training_loss(unet, encoder, noise_scheduler, batch, resolution, device, ste
     """train_fairface.py's loss on a random uint8 batch (flip, condition dropout, min-SNR v-prediction)."""
     import torch
 
-    from utils import objective
-    from utils.pipeline import denoise
+    from utils.run import objective
+    from utils.model.pipeline import denoise
 
     generator = torch.Generator().manual_seed(step)
     pixels = torch.randint(0, 256, (batch, 3, resolution, resolution), dtype=torch.uint8, generator=generator)

@@ -5,7 +5,7 @@ every one of the 126 conditions ``--seeds_per_condition`` times and prints:
 
 * **UNet evals/image**: images pushed through the UNet per image drawn, counted by a forward hook (a guided
   step costs 2, an unguided one 1);
-* **fidelity**: the share of images whose age, gender and race ``utils.demo_data.measure_attributes`` all
+* **fidelity**: the share of images whose age, gender and race ``utils.data.demo_data.measure_attributes`` all
   reads back (with its 95 % Wilson interval), and each attribute on its own;
 * **speed**: images/s relative to the first setting (by default the pipeline's old default, DPM-Solver++
   25 steps with guidance on every step), in this process's CPU time and in wall-clock time.
@@ -15,7 +15,7 @@ All settings sample the same (condition, seed) pairs from the same starting nois
 
 A setting is ``SAMPLER@STEPS`` plus optional ``,g=SCALE`` (guidance scale, default 2) and ``,i=LO-HI``
 (guidance only on steps whose timestep lies in [LO, HI]; default every step), e.g. ``dpm++@10,i=300-999``.
-SAMPLER is a key of ``VARIANTS``: a scheduler of ``utils.pipeline.SCHEDULERS`` with config options.
+SAMPLER is a key of ``VARIANTS``: a scheduler of ``utils.model.pipeline.SCHEDULERS`` with config options.
 
     python benchmarks/sampler_sweep.py --models fairface-demo other-demo-model
     python benchmarks/sampler_sweep.py --models fairface-demo --settings "dpm++@25" "unipc@10" "dpm++@10,i=300-999"
@@ -30,7 +30,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import machine_lines, markdown_table, offline_environment  # noqa: E402
 
-# Sampler variants: (scheduler name in utils.pipeline.SCHEDULERS, scheduler config overrides).
+# Sampler variants: (scheduler name in utils.model.pipeline.SCHEDULERS, scheduler config overrides).
 VARIANTS = {
     "dpm++": ("dpm++", {}),
     "dpm++ order 3": ("dpm++", {"solver_order": 3}),
@@ -93,9 +93,9 @@ def wilson(hits, total, z=1.96):
 
 def sweep(model, args):
     """One model: every setting on the same images, interleaved batch by batch. Returns table rows."""
-    from utils.demo_data import attribute_hits
+    from utils.data.demo_data import attribute_hits
     from utils.labels import NUM_CONDITIONS, decode_condition
-    from utils.pipeline import FairFacePipeline, load_pipeline
+    from utils.model.pipeline import FairFacePipeline, load_pipeline
 
     base = load_pipeline(model, device=args.device)
     pipes = {}
@@ -125,7 +125,7 @@ def sample_interleaved(pipes, conditions, seeds, batch_size, device="cpu"):
     (images through the UNet, counted by a forward hook on each pipeline's UNet)."""
     import torch
 
-    from utils.pipeline import generate
+    from utils.model.pipeline import generate
 
     evaluated = [0]
     for unet in {id(pipe.unet): pipe.unet for pipe, _ in pipes.values()}.values():

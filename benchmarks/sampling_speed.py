@@ -2,8 +2,8 @@
 
 What it measures, on the same trained model, the same (condition, seed) pairs and the same starting noise:
 
-* **pipeline**: ``utils.pipeline.generate`` with ``FairFacePipeline`` and the defaults that models trained now
-  save (``utils.pipeline.SAMPLING_DEFAULTS``: DPM-Solver++, few steps, classifier-free guidance with the
+* **pipeline**: ``utils.model.pipeline.generate`` with ``FairFacePipeline`` and the defaults that models trained now
+  save (``utils.model.pipeline.SAMPLING_DEFAULTS``: DPM-Solver++, few steps, classifier-free guidance with the
   conditional and null predictions in one batched UNet call on the steps of its guidance interval, the
   conditional prediction alone on the others), 16 images per call;
 * **seed loop**: the original project's sampler, one image at a time, no guidance, every one of the 1000
@@ -14,12 +14,12 @@ Speed: images/s of each and their ratio. The variants run interleaved (pipeline 
 seed-loop images) in one process after an untimed warm-up, so machine load hits both alike. The seed loop is
 slow, so it draws fewer images (``--seed_loop_images``); the throughput is per image.
 
-Fidelity: the share of requested age / gender / race that ``utils.demo_data.measure_attributes`` (the demo
+Fidelity: the share of requested age / gender / race that ``utils.data.demo_data.measure_attributes`` (the demo
 data's pixel "classifier") reads back from the images, for both samplers; the pipeline's is given on all its
 images (every condition twice by default: 252) and on exactly the seed loop's (condition, seed) pairs.
 
 The model: unless ``--model DIR`` names a trained pipeline, a tiny UNet is first trained for a fixed budget
-(``--train_steps``) by running ``train_fairface.py`` on generated demo data (``utils.demo_data``, config "0.25"
+(``--train_steps``) by running ``train_fairface.py`` on generated demo data (``utils.data.demo_data``, config "0.25"
 only: 2016 faces of one layout), 32 px, like ``--demo``.
 
     python benchmarks/sampling_speed.py                       # trains 300 steps, then measures
@@ -48,11 +48,11 @@ def parse_args(argv=None):
     add("--num_images", type=int, default=252, help="Pipeline images: all 126 conditions in turn (default: twice).")
     add("--seed_loop_images", type=int, default=16, help="Seed-loop images: the first pairs of the pipeline's.")
     add("--batch_size", type=int, default=16, help="Pipeline images per call.")
-    add("--num_inference_steps", type=int, default=None, help="Default: utils.pipeline.SAMPLING_DEFAULTS.")
-    add("--guidance_scale", type=float, default=None, help="Default: utils.pipeline.SAMPLING_DEFAULTS.")
+    add("--num_inference_steps", type=int, default=None, help="Default: utils.model.pipeline.SAMPLING_DEFAULTS.")
+    add("--guidance_scale", type=float, default=None, help="Default: utils.model.pipeline.SAMPLING_DEFAULTS.")
     add("--guidance_interval", type=float, nargs=2, default=None, help="Guided timesteps LO HI ('0 inf': every "
-        "step). Default: utils.pipeline.SAMPLING_DEFAULTS.")
-    add("--scheduler", default="dpm++", help="Pipeline sampler (utils.pipeline.SCHEDULERS).")
+        "step). Default: utils.model.pipeline.SAMPLING_DEFAULTS.")
+    add("--scheduler", default="dpm++", help="Pipeline sampler (utils.model.pipeline.SCHEDULERS).")
     add("--seed_loop_steps", type=int, default=None, help="Seed-loop steps (default: all training timesteps, 1000).")
     add("--threads", type=int, default=1, help="torch threads for training and sampling; 1 avoids OpenMP stalls on a "
         "shared CPU; 0: torch's default.")
@@ -63,7 +63,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------ the model
 def train_model(work, args):
     """Train the tiny model with train_fairface.py (a subprocess, as a user runs it); returns (folder, seconds)."""
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     output = os.path.join(work, f"model-{args.train_steps}steps-{args.resolution}px")
     if os.path.isfile(os.path.join(output, "model_index.json")):
@@ -97,7 +97,7 @@ def seed_loop(pipe, condition, seed, steps=None):
     from diffusers import DDPMScheduler
     from diffusers.utils.torch_utils import randn_tensor
 
-    from utils.pipeline import conditions_to_tensor, denoise
+    from utils.model.pipeline import conditions_to_tensor, denoise
 
     unet, device = pipe.unet, pipe.unet.device
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # the trained betas and prediction type
@@ -125,7 +125,7 @@ def unet_batching(pipe, batches, device, repeats=5):
 
     import torch
 
-    from utils.pipeline import denoise
+    from utils.model.pipeline import denoise
 
     unet, size = pipe.unet, pipe.unet.config.sample_size
     batch = max(batches)
@@ -169,7 +169,7 @@ def pooled(result):
 
 def fidelity(images, conditions):
     """{attribute: (recovered, total)} and "all three" for images requested with ``conditions`` [(a, g, r)]."""
-    from utils.demo_data import attribute_hits
+    from utils.data.demo_data import attribute_hits
 
     hits = attribute_hits(images, conditions)
     hits["all three"] = hits.pop("all")
@@ -182,7 +182,7 @@ def main(args):
     import torch
 
     from utils.labels import NUM_CONDITIONS, decode_condition
-    from utils.pipeline import SAMPLING_DEFAULTS, generate, load_pipeline
+    from utils.model.pipeline import SAMPLING_DEFAULTS, generate, load_pipeline
 
     from diffusers.utils import logging as diffusers_logging
 
@@ -274,7 +274,7 @@ def main(args):
                               "all three"], rows))
         print()
         print(f"Interleaved in one process after a warm-up; same conditions, seeds and starting noise for both. "
-              f"Fidelity: share of requested attributes that utils.demo_data.measure_attributes reads back. "
+              f"Fidelity: share of requested attributes that utils.data.demo_data.measure_attributes reads back. "
               f"Seed loop {seconds['seed']:.0f} s for {n_seed} images, pipeline {seconds['pipeline']:.1f} s for "
               f"{args.num_images} (wall clock).")
         print(f"Fidelity pooled over age, gender and race on the same {n_seed} (condition, seed) pairs: seed loop "

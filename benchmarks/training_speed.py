@@ -1,10 +1,10 @@
 """Training throughput, peak memory and MFU: fp32 eager baseline vs the fast recipe of ``train_fairface.py``.
 
-What it measures: images/s of the training step of ``train_fairface.py`` (the same utils.objective functions,
+What it measures: images/s of the training step of ``train_fairface.py`` (the same utils.run.objective functions,
 loss, AdamW settings (fused on CUDA), gradient clipping, LR schedule, and its one per-step host sync, the
-finiteness check; loss and grad norm stay on the device, utils.step_metrics) on random uint8 batches (the
+finiteness check; loss and grad norm stay on the device, utils.run.step_metrics) on random uint8 batches (the
 input pipeline is benchmarks/data_loading.py's business), for the seed's architecture at 128x128 built by
-``utils.pipeline.build_unet`` (block_out_channels 64 128 256 512, layers_per_block 3, cross-attention at
+``utils.model.pipeline.build_unet`` (block_out_channels 64 128 256 512, layers_per_block 3, cross-attention at
 level 1, cross-attention dim 512), in these variants, alternated round by round in one process:
 
 * **baseline**: fp32, eager, PyTorch's default precision flags (matmul TF32 off; cuDNN convolutions may use
@@ -106,7 +106,7 @@ class Variant:
         self.model = torch.compile(self.unet) if compile else self.unet
         self.compiled = compile
         self.rates, self.cpu_rates, self.peak_bytes = [], [], 0
-        from utils.step_metrics import StepMetrics
+        from utils.run.step_metrics import StepMetrics
 
         self.metrics = StepMetrics(device)
         self.unet.train()
@@ -129,8 +129,8 @@ def train_step(variant, noise_scheduler, batch, step, snr_gamma=5.0):
     with torch.autocast / backward / clip_grad_norm_ where accelerate wraps them for a single process)."""
     import torch
 
-    from utils import objective
-    from utils.pipeline import denoise
+    from utils.run import objective
+    from utils.model.pipeline import denoise
 
     device = variant.device
     pixels, attributes, weights = batch
@@ -167,7 +167,7 @@ def main(args):
 
     warnings.filterwarnings("ignore", message=".*functools.lru_cache.*")  # dynamo on diffusers' version checks
 
-    from utils.pipeline import ConditionEncoder, build_unet
+    from utils.model.pipeline import ConditionEncoder, build_unet
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"

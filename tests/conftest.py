@@ -39,7 +39,7 @@ def run_script(script, *args, check=True, env=None, timeout=1800):
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """A FairFace-layout folder (configs 0.25/1.25, splits train/validation) of 504 synthetic faces."""
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     return make_demo_dataset(str(tmp_path_factory.mktemp("data") / "fairface"), num_images=504, resolution=32)
 

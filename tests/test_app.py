@@ -1,5 +1,5 @@
 """app.py served and used as people use it (issue 12): headless Chromium clicks through the page, gradio_client
-calls the ``generate`` endpoint, and ``utils.demo_data.measure_attributes`` reads the faces that came back.
+calls the ``generate`` endpoint, and ``utils.data.demo_data.measure_attributes`` reads the faces that came back.
 
 The model is the demo recipe (``train_fairface.py --demo``) stopped after 5 epochs (315 steps): the fidelity
 benchmark measured gender right on 99.2 % of its images at that step with guidance 2 (README, *Conditioning
@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_script
-from utils.demo_data import measure_attributes, measure_framing
+from utils.data.demo_data import measure_attributes, measure_framing
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

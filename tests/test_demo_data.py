@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from utils.demo_data import (BROKEN_RECORDS_SKIPPED, CONFIG_ZOOM, ODD_RECORDS_ADDED, ODD_RECORDS_CONVERTIBLE,
-                             draw_face, make_demo_dataset, measure_attributes, measure_framing)
+from utils.data.demo_data import (BROKEN_RECORDS_SKIPPED, CONFIG_ZOOM, ODD_RECORDS_ADDED, ODD_RECORDS_CONVERTIBLE,
+                                  draw_face, make_demo_dataset, measure_attributes, measure_framing)
 from utils.labels import AGES, GENDERS, NUM_CONDITIONS, RACES, decode_condition, encode_condition
 
 datasets = pytest.importorskip("datasets")

@@ -19,9 +19,9 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from safetensors.torch import load_file
 
 from conftest import REPO, run_script
-from utils import consistency
-from utils.demo_data import measure_attributes
-from utils.pipeline import denoise, generate, guided_prediction, load_pipeline
+from utils.model import consistency
+from utils.data.demo_data import measure_attributes
+from utils.model.pipeline import denoise, generate, guided_prediction, load_pipeline
 
 STEPS = 8  # distillation steps of the end-to-end runs (batch 16): the machinery, not the quality
 COMMON = ["--train_batch_size", "16", "--learning_rate", "1e-4", "--lr_warmup_steps", "5", "--logging_steps", "2"]
@@ -125,13 +125,13 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
     for name in ("model_index.json", "README.md", "samples.png", "fairface_pipeline.py",
                  "unet/diffusion_pytorch_model.safetensors", "condition_encoder/condition_encoder.py"):
         assert os.path.isfile(os.path.join(student, name)), name
-    from utils.release import entries
+    from utils.hub.release import entries
     paths = [os.path.join(student, name) for name in entries(student)]  # the release, not the checkpoints
     released = [p for p in paths if os.path.isfile(p)] + [os.path.join(root, f) for p in paths
                                                           for root, _, files in os.walk(p) for f in files]
     assert released and not [f for f in released if f.endswith((".bin", ".pt", ".pkl"))]
     card = open(os.path.join(student, "README.md"), encoding="utf-8").read()
-    from utils.student_card import teacher_identity
+    from utils.hub.student_card import teacher_identity
     assert "distilled" in card and teacher_identity(tiny_run)["weights_sha256"] in card
     assert "multistep consistency distillation (Heek et al. 2024, 2 segments)" in card  # the default method
     pipe = load_pipeline(student)
@@ -259,7 +259,7 @@ def test_push_sends_the_student_release_only(guided_student, tiny_run):
     """--push_to_hub: the release with its card (naming the teacher's weights), never a checkpoint's pickles."""
     from test_hub import PIPELINE_FILES, files_under
 
-    from utils.student_card import teacher_identity
+    from utils.hub.student_card import teacher_identity
     uploaded = os.path.join(os.path.dirname(guided_student), "hub-record", "someone", "tiny-student")
     assert files_under(uploaded) == {"README.md", "samples.png"} | PIPELINE_FILES
     card = open(os.path.join(uploaded, "README.md"), encoding="utf-8").read()
@@ -324,7 +324,7 @@ def test_resume_is_bitwise_exact_and_checked(tiny_run, demo_dataset, student, tm
     import json
     import shutil
 
-    from utils.checkpoints import TRAINING_STATE
+    from utils.run.checkpoints import TRAINING_STATE
     old = tmp_path / "before-segments"
     shutil.copytree(output_dir / f"checkpoint-{STEPS // 2}", old / f"checkpoint-{STEPS // 2}")
     state = json.loads((old / f"checkpoint-{STEPS // 2}" / TRAINING_STATE).read_text())

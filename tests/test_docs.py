@@ -50,7 +50,7 @@ SHELL_LANGUAGES = {"bash", "sh", "shell", "console"}
 PLACEHOLDER = re.compile(r"\$\(\([^)]*\)\)|\$\{[^}]*\}|\\?\$\w+|<[^<>\n]+>")
 DUMMY = "1"
 LAUNCHERS = {"python", "python3", "accelerate", "torchrun"}
-MODULES = {"utils.hub": os.path.join("utils", "hub.py")}  # python -m targets that take a command line
+MODULES = {"utils.hub": os.path.join("utils", "hub", "__main__.py")}  # python -m targets that take a command line
 SEPARATORS = re.compile(r"^[;&|<>()]+$")
 INLINE_COMMAND = re.compile(r"(?<!`)`((?:python3?|accelerate\s+launch|torchrun)\s[^`]+)`(?!`)")
 OUR_MODULES = ("utils", "train_fairface", "sample_fairface", "make_grid", "evaluate_fairface", "app")
@@ -324,7 +324,7 @@ def test_the_command_check_sees_every_script():
                for _line, command, _inline in shell_commands(os.path.join(REPO, doc))
                for script, _argv in invocations(split_words(command) or [])}
     assert {"train_fairface.py", "sample_fairface.py", "make_grid.py", "evaluate_fairface.py", "app.py",
-            os.path.join("utils", "hub.py"), os.path.join("benchmarks", "conditioning_fidelity.py")} <= scripts
+            os.path.join("utils", "hub", "__main__.py"), os.path.join("benchmarks", "conditioning_fidelity.py")} <= scripts
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -368,7 +368,7 @@ Text with `python evaluate_fairface.py --model x --num_images_per_condition zero
 [broken anchor](#no-such-heading) (line 18).
 
 ```python
-from utils.pipeline import load_pipeline, no_such_function
+from utils.model.pipeline import load_pipeline, no_such_function
 ```
 """
 

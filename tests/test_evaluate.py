@@ -138,7 +138,7 @@ def test_sampled_evaluation_writes_metrics_report_and_plots(evaluation):
 def test_samples_are_seeded_per_image(evaluation, tiny_run):
     """Image k of a condition is the pipeline's image for seed k: reproducible outside this script."""
     from utils.labels import decode_condition
-    from utils.pipeline import generate, load_pipeline
+    from utils.model.pipeline import generate, load_pipeline
 
     output_dir, _, _ = evaluation
     again = generate(load_pipeline(tiny_run), [decode_condition(42)], [1], num_inference_steps=4, guidance_scale=2.0)[0]

@@ -2,7 +2,7 @@
 
 The SIGKILL storms kill a run again and again (seeded, so a failure reproduces) and restart it each time with
 ``--resume_from_checkpoint latest``: at random moments during the steps, and through the test hook
-``FAIRFACE_TEST_SAVE_FAULT=WHERE:kill`` (utils/faults.py ``fault_hook``) inside the pixel-cache build, a
+``FAIRFACE_TEST_SAVE_FAULT=WHERE:kill`` (utils/files/faults.py ``fault_hook``) inside the pixel-cache build, a
 checkpoint save, a snapshot write and both halves of the final release. Each run ends bitwise equal to an
 uninterrupted one, each restart resumes from the newest complete checkpoint (so at most --checkpointing_steps
 steps are redone per kill) and tidies up what the killed run left.
@@ -23,8 +23,9 @@ import pytest
 from conftest import REPO, TINY_MODEL_ARGS, run_script
 from test_reliability import assert_one_line_error
 from test_resume import SMALL, assert_bitwise_equal, finish, launch, output_of, run, wait_for, weights
-from utils import atomic_files, checkpoints, resume_check
-from utils.release import PENDING
+from utils.files import atomic_files
+from utils.run import checkpoints, resume_check
+from utils.hub.release import PENDING
 
 C = 3  # --checkpointing_steps
 STEPS = 30  # 3 epochs of 10 steps (160 images, 16 per step)
@@ -122,7 +123,7 @@ def storm(data, out, cache, common, kills, rng, nproc, tmp_path):
 # ------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def data160(tmp_path_factory):
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     return make_demo_dataset(str(tmp_path_factory.mktemp("faults-data") / "fairface"), num_images=160, resolution=32)
 
@@ -161,7 +162,7 @@ def test_sigkill_storm_two_processes_kills_one_rank(data160, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ release
 def release_weights(folder):
-    from utils.pipeline import load_pipeline
+    from utils.model.pipeline import load_pipeline
 
     pipe = load_pipeline(folder)
     return {f"{name}/{key}": tensor for name in ("unet", "condition_encoder")

@@ -3,7 +3,7 @@ strict JSON, fp16 grad scaling, shared file systems, `latest` and the process-gr
 pixel cache built by every rank.
 
 Runs are real subprocesses (tests/test_resume.py's helpers); a fault is planted through the test hook
-``FAIRFACE_TEST_SAVE_FAULT`` (utils/faults.py) or a stand-in for the operating-system call that fails.
+``FAIRFACE_TEST_SAVE_FAULT`` (utils/files/faults.py) or a stand-in for the operating-system call that fails.
 """
 
 import os
@@ -54,8 +54,8 @@ def tiny_pipeline_folder(tmp_path_factory):
     """An untrained tiny pipeline, saved as training saves one (with the shipped code)."""
     from diffusers import DDPMScheduler
 
-    from utils import remote_code
-    from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet
+    from utils.hub import remote_code
+    from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet
 
     import torch
     torch.manual_seed(0)
@@ -69,7 +69,7 @@ def tiny_pipeline_folder(tmp_path_factory):
 
 
 def _ours(folder):
-    from utils.pipeline import load_pipeline
+    from utils.model.pipeline import load_pipeline
     return load_pipeline(folder)
 
 
@@ -127,8 +127,8 @@ def test_guidance_interval_to_inf_is_saved_as_strict_json(tmp_path):
     import torch
     from diffusers import DDPMScheduler
 
-    from utils import remote_code
-    from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, load_pipeline
+    from utils.hub import remote_code
+    from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet, load_pipeline
 
     torch.manual_seed(0)
     defaults = dict(num_inference_steps=3, guidance_scale=2.0, guidance_interval=(0.0, float("inf")))
@@ -153,7 +153,7 @@ def test_hub_uploads_a_release_whose_first_finish_was_interrupted(tiny_pipeline_
     import shutil
 
     from test_hub import REPO_ID, fake_hub_env
-    from utils import release
+    from utils.hub import release
 
     out = tmp_path / "run"
     pending = out / release.PENDING
@@ -176,8 +176,8 @@ def test_ema_loads_without_the_deprecated_from_config_path(tmp_path):
 
     import torch
 
-    from utils.ema import build_emas, load_ema
-    from utils.pipeline import ConditionEncoder
+    from utils.run.ema import build_emas, load_ema
+    from utils.model.pipeline import ConditionEncoder
 
     torch.manual_seed(0)
     model = ConditionEncoder(embed_dim=8)
@@ -212,7 +212,8 @@ def test_a_file_system_that_cannot_lock_is_said_so(tmp_path, monkeypatch, code):
     import errno
     import fcntl
 
-    from utils import file_locks, run_folder
+    from utils.files import file_locks
+    from utils.run import run_folder
 
     def flock(fd, operation):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
@@ -245,7 +246,7 @@ def test_training_on_a_file_system_without_locks_is_one_line(tmp_path):
 def test_without_fcntl_the_scripts_import_and_training_says_linux_and_macos(tmp_path):
     """Windows has no fcntl: the modules still import; a run stops with one line saying where it runs."""
     code = ("import sys, runpy; sys.modules['fcntl'] = None; sys.argv = sys.argv[1:]; "
-            "import utils.hub, utils.data, utils.run_folder, sample_fairface; "
+            "import utils.hub.uploads, utils.data.pixel_cache, utils.run.run_folder, sample_fairface; "
             "runpy.run_path(sys.argv[0], run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "train_fairface.py"), "--demo",
                              *TINY_DEMO, "--output_dir", str(tmp_path / "out")], cwd=REPO, capture_output=True,
@@ -259,8 +260,8 @@ def _release_of(seed):
     import torch
     from diffusers import DDPMScheduler
 
-    from utils import remote_code
-    from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet
+    from utils.hub import remote_code
+    from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet
 
     torch.manual_seed(seed)
     pipe = FairFacePipeline(unet=build_unet(32, (16, 32), 1, cross_attention_dim=16),
@@ -281,7 +282,8 @@ def test_a_reader_racing_a_release_gets_one_release(tmp_path, monkeypatch, race)
     returns the new release whole; it returned the old UNet with the new encoder, or hit FileNotFoundError."""
     import threading
 
-    from utils import pipeline, release
+    from utils.model import pipeline
+    from utils.hub import release
 
     root = str(tmp_path / "run")
     os.makedirs(root)
@@ -319,8 +321,8 @@ def test_release_finishes_beside_an_old_release_it_cannot_remove(tmp_path, monke
     must not stop this release nor later ones."""
     import errno
 
-    from utils import release
-    from utils.pipeline import load_pipeline
+    from utils.hub import release
+    from utils.model.pipeline import load_pipeline
 
     root = str(tmp_path / "run")
     os.makedirs(root)
@@ -385,7 +387,7 @@ def test_resume_applies_new_optimizer_and_ema_settings_and_can_turn_ema_on(data1
 def test_bf16_checkpoint_resumed_with_fp16_grad_scaler_is_one_line(tmp_path, capsys):
     """fp16 on a GPU has a grad scaler whose state accelerate loads from scaler.pt, which a bf16 or float32
     checkpoint lacks: refused with one line (it was a file error from inside accelerate)."""
-    from utils import checkpoints, resume_check
+    from utils.run import checkpoints, resume_check
 
     checkpoint = tmp_path / "checkpoint-4"
     checkpoint.mkdir()
@@ -418,13 +420,13 @@ def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_p
 def _two_gloo_ranks(script):
     """``script`` on two CPU processes (torchrun, gloo); requires exit 0, returns the CompletedProcess.
 
-    The script ends by leaving the process group (utils.distributed.leave_process_group): a gloo group left to
+    The script ends by leaving the process group (utils.run.distributed.leave_process_group): a gloo group left to
     interpreter shutdown aborts now and then ("terminate called without an active exception", SIGABRT on rank 0;
     CI, stop 26)."""
     from test_resume import free_port
 
     script.write_text(script.read_text() + "accelerator.wait_for_everyone()\n"
-                      "from utils.distributed import leave_process_group\nleave_process_group()\n")
+                      "from utils.run.distributed import leave_process_group\nleave_process_group()\n")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                              str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
@@ -433,7 +435,7 @@ def _two_gloo_ranks(script):
 
 
 def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
-    """What `latest` resolves to is decided on rank 0 and broadcast (utils.distributed.main_process_value)."""
+    """What `latest` resolves to is decided on rank 0 and broadcast (utils.run.distributed.main_process_value)."""
     script = tmp_path / "decide.py"
     script.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n"
                       "from accelerate import Accelerator\nfrom utils import distributed\n"
@@ -469,18 +471,18 @@ def test_ranks_that_see_different_latest_resume_from_rank_0s(data160, tmp_path):
 def test_pixel_cache_in_parts_is_byte_for_byte_the_one_process_build(tmp_path):
     """Parts of uneven size, encoded in any order (as processes finish) and assembled, give the files of a
     one-process build, byte for byte, over records that decode, are skipped or come in unusual modes."""
-    from utils import data
-    from utils.demo_data import make_demo_dataset
+    from utils.data import fairface, pixel_cache
+    from utils.data.demo_data import make_demo_dataset
 
-    dataset = data.load_fairface(make_demo_dataset(str(tmp_path / "odd"), num_images=40, resolution=32,
+    dataset = fairface.load_fairface(make_demo_dataset(str(tmp_path / "odd"), num_images=40, resolution=32,
                                                    broken_images=True))
-    one = data.build_pixel_cache(dataset, str(tmp_path / "one"), 24, progress=False)["folder"]
+    one = pixel_cache.build_pixel_cache(dataset, str(tmp_path / "one"), 24, progress=False)["folder"]
     for parts in (2, 4):  # 54 records: 27 + 27, 13 + 14 + 13 + 14
-        folder = data.pixel_cache_folder(dataset, str(tmp_path / f"{parts}-parts"), 24)
-        with data.pixel_cache_build(folder) as tmp:
+        folder = pixel_cache.pixel_cache_folder(dataset, str(tmp_path / f"{parts}-parts"), 24)
+        with pixel_cache.pixel_cache_build(folder) as tmp:
             for part in reversed(range(parts)):
-                data.encode_part(dataset, tmp, 24, part, parts, progress=False)
-            data.assemble_parts(tmp, parts, 24)
+                pixel_cache.encode_part(dataset, tmp, 24, part, parts, progress=False)
+            pixel_cache.assemble_parts(tmp, parts, 24)
         assert sorted(os.listdir(folder)) == sorted(os.listdir(one)) == ["meta.json", "pixels.npy", "valid.npy"]
         for name in os.listdir(one):
             with open(os.path.join(one, name), "rb") as a, open(os.path.join(folder, name), "rb") as b:
@@ -490,9 +492,9 @@ def test_pixel_cache_in_parts_is_byte_for_byte_the_one_process_build(tmp_path):
 
 def assert_one_process_build(cache_root, dataset_name, work):
     """``cache_root`` holds exactly the cache of ``dataset_name`` at 32 px, byte for byte the one-process build."""
-    from utils import data
+    from utils.data import fairface, pixel_cache
 
-    one = data.build_pixel_cache(data.load_fairface(dataset_name), str(work), 32, progress=False)["folder"]
+    one = pixel_cache.build_pixel_cache(fairface.load_fairface(dataset_name), str(work), 32, progress=False)["folder"]
     assert os.listdir(cache_root) == [os.path.basename(one)], os.listdir(cache_root)
     for name in os.listdir(one):
         with open(os.path.join(one, name), "rb") as f:
@@ -527,7 +529,7 @@ import sys
 from accelerate import Accelerator
 from train_fairface import parse_args
 from utils import run_setup
-from utils.distributed import leave_process_group
+from utils.run.distributed import leave_process_group
 
 accelerator = Accelerator()
 args = parse_args(["--dataset_name", sys.argv[1], "--resolution", "32", "--preprocess_cache", sys.argv[2]])
@@ -616,7 +618,7 @@ def test_finiteness_is_agreed_by_every_rank(tmp_path):
 def test_step_loss_is_the_mean_of_its_micro_batches():
     import torch
 
-    from utils.nonfinite import MicroBatchLoss
+    from utils.run.nonfinite import MicroBatchLoss
 
     step_loss = MicroBatchLoss()
     for value in (1.0, 2.0, 6.0):

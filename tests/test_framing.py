@@ -1,7 +1,7 @@
 """Framing (issue 15): the FairFace config as a fourth, optional condition (tight = 0.25, wide = 1.25).
 
 A tiny model trained on the generated two-layout data draws the framing it is asked for (read back from pixels
-by utils.demo_data.measure_framing); models saved before framing existed still load and sample; every script
+by utils.data.demo_data.measure_framing); models saved before framing existed still load and sample; every script
 refuses a bad --framing with a one-line error.
 """
 
@@ -16,10 +16,12 @@ from PIL import Image
 import make_grid
 import sample_fairface
 from conftest import TINY_MODEL_ARGS, run_script
-from utils import data, grid, objective
-from utils.demo_data import BACKGROUND
+from utils.data import fairface
+from utils import grid
+from utils.run import objective
+from utils.data.demo_data import BACKGROUND
 from utils.labels import CONFIG_FRAMING, FRAMINGS, decode_condition
-from utils.pipeline import ConditionEncoder, FairFacePipeline, build_unet, generate, load_pipeline
+from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet, generate, load_pipeline
 
 ROUND_TRIP_EPOCHS = 6  # 186 steps of batch 16 on 504 faces: enough for the tiny model to learn the framing
 FAST = ["--num_inference_steps", "3"]
@@ -126,12 +128,12 @@ def test_model_saved_without_framing_loads_and_samples(old_model, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- data, drops
 def test_each_row_carries_its_config_framing(demo_dataset):
-    merged = data.load_fairface(demo_dataset)
-    images = data.FairFaceImages(merged, 32)
+    merged = fairface.load_fairface(demo_dataset)
+    images = fairface.FairFaceImages(merged, 32)
     assert set(np.unique(images.attributes[:, 3])) == {CONFIG_FRAMING["0.25"], CONFIG_FRAMING["1.25"]}
-    one = data.load_fairface(demo_dataset, ["1.25"])
-    assert set(data.FairFaceImages(one, 32).attributes[:, 3]) == {1}
-    without = data.FairFaceImages(merged.remove_columns("framing"), 32)  # a dataset without the column: unknown
+    one = fairface.load_fairface(demo_dataset, ["1.25"])
+    assert set(fairface.FairFaceImages(one, 32).attributes[:, 3]) == {1}
+    without = fairface.FairFaceImages(merged.remove_columns("framing"), 32)  # a dataset without the column: unknown
     assert set(without.attributes[:, 3]) == {-1}
 
 

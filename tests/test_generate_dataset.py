@@ -206,7 +206,7 @@ def test_keep_verified_fills_every_condition(tiny_run, tmp_path):
     assert max(attempts) > 1, "no image was replaced: the test no longer exercises --keep verified"
     for row, (seed, attempt) in enumerate(zip(ds["seed"], attempts)):
         assert seed == 24 + (attempt - 1) * 12 + row  # attempt r of row i: seed + r * N + i
-    from utils.demo_data import measure_attributes
+    from utils.data.demo_data import measure_attributes
 
     read = measure_attributes([r["image"] for r in ds])
     assert (read["gender"] == 1).all() and (read["age"] == 4).all()
@@ -221,7 +221,7 @@ def test_memorisation_check_flags_rows_closer_than_unseen_images(tiny_run, demo_
     """--check_memorisation: every row's distance to its nearest training image and the flag past the threshold;
     a training image itself, through the same check, is flagged (distance 0)."""
     from utils import evaluation as ev
-    from utils.data import decode_image, load_fairface
+    from utils.data.fairface import decode_image, load_fairface
     from utils.evaluation.features import FeatureExtractor
 
     folder = tmp_path / "checked"
@@ -249,7 +249,7 @@ def test_memorisation_check_flags_rows_closer_than_unseen_images(tiny_run, demo_
 def test_fairface_distribution_counts_the_training_labels(tiny_run, demo_dataset, tmp_path):
     import datasets
 
-    from utils.dataset_plan import exact_counts
+    from utils.datasets.dataset_plan import exact_counts
 
     folder = tmp_path / "as-fairface"
     run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "0-13",
@@ -295,7 +295,7 @@ def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run
 
 
 def test_exact_counts_and_seeds_of_the_plan():
-    from utils.dataset_plan import Plan, exact_counts
+    from utils.datasets.dataset_plan import Plan, exact_counts
 
     assert exact_counts([1, 1, 1], 10) == [4, 3, 3]  # largest remainder, ties to the earlier entry
     assert exact_counts([3, 1], 6) == [5, 1] and sum(exact_counts([0.2, 0.7, 0.1], 1001)) == 1001

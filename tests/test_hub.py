@@ -50,7 +50,7 @@ def copy_run(output_dir, target):
 @pytest.fixture(scope="module")
 def pushed_run(tmp_path_factory):
     """2 epochs of 4 steps, trained and pushed as a user does it, with snapshots; uploads recorded locally."""
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     root = tmp_path_factory.mktemp("hub")
     data = make_demo_dataset(str(root / "data"), num_images=64, resolution=32)
@@ -174,8 +174,8 @@ def test_model_card_metadata_and_sections(pushed_run):
 
 def test_model_card_of_a_fairface_run(pushed_run):
     import train_fairface
-    from utils import model_card
-    from utils.pipeline import load_pipeline
+    from utils.hub import model_card
+    from utils.model.pipeline import load_pipeline
 
     args = train_fairface.parse_args(["--output_dir", "fairface-diffusion-128", "--use_ema"])  # the defaults
     card = model_card.build_model_card(load_pipeline(pushed_run.output_dir), args, 173_488, 50_000)
@@ -189,12 +189,12 @@ def test_model_card_of_a_fairface_run(pushed_run):
 # ---------------------------------------------------------------------------------------------- use by repo id
 def test_uploaded_release_loads_offline_by_repo_id(pushed_run, hub_cache, tmp_path):
     """What was uploaded suffices: load_pipeline and sample_fairface.py find it by repo id in the cache, offline."""
-    check = ("import sys, torch; from utils.pipeline import load_pipeline\n"
+    check = ("import sys, torch; from utils.model.pipeline import load_pipeline\n"
              f"hub, local = load_pipeline({REPO_ID!r}), load_pipeline(sys.argv[1])\n"
              "for name in ('unet', 'condition_encoder'):\n"
              "    a, b = getattr(hub, name).state_dict(), getattr(local, name).state_dict()\n"
              "    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name\n"
-             "print('same', type(hub.scheduler).__name__)\n")
+             "print('same', type(uploads.scheduler).__name__)\n")
     result = subprocess.run([sys.executable, "-c", check, pushed_run.output_dir], cwd=REPO, capture_output=True,
                             text=True, timeout=300, env={**os.environ, **hub_cache})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -212,7 +212,7 @@ def test_uploaded_release_loads_offline_by_repo_id(pushed_run, hub_cache, tmp_pa
 def test_card_snippet_samples_without_this_repository(pushed_run, hub_cache, tmp_path):
     """The card's Python block, run with only the libraries (not this repo) importable, from the offline cache."""
     from utils.labels import decode_condition
-    from utils.pipeline import generate, load_pipeline
+    from utils.model.pipeline import generate, load_pipeline
 
     with open(os.path.join(pushed_run.output_dir, "README.md"), encoding="utf-8") as f:
         [snippet] = [b for b in re.findall(r"```python\n(.*?)```", f.read(), re.S) if "trust_remote_code" not in b]
@@ -265,7 +265,7 @@ def test_plain_diffusers_in_a_clean_venv_draws_what_load_pipeline_draws(pushed_r
                                                                         tmp_path, where):
     """trust_remote_code from the uploaded files alone: no fairface-diffusion code importable, cwd elsewhere."""
     import torch
-    from utils.pipeline import load_pipeline
+    from utils.model.pipeline import load_pipeline
 
     card_block = "-"
     if where.startswith("repo id"):
@@ -318,7 +318,7 @@ def test_space_next_to_the_model_runs_the_app_on_the_repo_id(pushed_run, hub_cac
 
     space = record / "spaces" / space_id
     assert files_under(space) == {"README.md", "requirements.txt", "app.py", "utils/__init__.py", "utils/cli.py",
-                                  "utils/conditions.py", "utils/grid.py", "utils/labels.py", "utils/pipeline.py"}
+                                  "utils/model/conditions.py", "utils/grid.py", "utils/labels.py", "utils/model/pipeline.py"}
     for name in files_under(space) - {"README.md", "requirements.txt"}:
         assert (space / name).read_bytes() == open(os.path.join(REPO, name), "rb").read(), name
     from huggingface_hub import SpaceCard
@@ -347,11 +347,11 @@ def test_space_next_to_the_model_runs_the_app_on_the_repo_id(pushed_run, hub_cac
 # ---------------------------------------------------------------------------------------------- failures, later pushes
 @pytest.fixture
 def hub_module(monkeypatch):
-    """utils.hub with a fresh upload state and the network boundary replaced in-process (recorded in ``sent``)."""
+    """utils.hub.uploads with a fresh upload state and the network boundary replaced in-process (recorded in ``sent``)."""
     import huggingface_hub
-    from utils import hub
+    from utils.hub import uploads
 
-    monkeypatch.setattr(hub, "_uploads", hub._Uploads())
+    monkeypatch.setattr(uploads, "_uploads", uploads._Uploads())
     state = SimpleNamespace(sent=[], fail=set())
 
     def create_repo(repo_id, **kwargs):
@@ -372,45 +372,45 @@ def hub_module(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
-    return SimpleNamespace(hub=hub, state=state)
+    return SimpleNamespace(uploads=uploads, state=state)
 
 
 def test_failed_uploads_warn_or_say_how_to_retry(pushed_run, hub_module, tmp_path, caplog):
-    hub, state = hub_module.hub, hub_module.state
+    uploads, state = hub_module.uploads, hub_module.state
     run = copy_run(pushed_run.output_dir, tmp_path / "run")
     args = argparse.Namespace(output_dir=str(run), hub_model_id=REPO_ID, hub_private_repo=False, push_to_hub=True,
                               hub_push_snapshots=True)
 
     state.fail = {"create_repo"}  # a snapshot that cannot even start: a warning, training goes on
-    assert hub.push_snapshot(args, os.path.join(run, "epoch_1")) is None
+    assert uploads.push_snapshot(args, os.path.join(run, "epoch_1")) is None
     assert "could not upload snapshot epoch_1" in caplog.text and "network unreachable" in caplog.text
 
     state.fail = {"snapshots"}  # a background upload that fails: a warning; the release still goes up
     caplog.clear()
-    assert hub.push_snapshot(args, os.path.join(run, "epoch_1")) is not None
-    assert hub.push_release(args) == f"https://huggingface.co/{REPO_ID}"
+    assert uploads.push_snapshot(args, os.path.join(run, "epoch_1")) is not None
+    assert uploads.push_release(args) == f"https://huggingface.co/{REPO_ID}"
     assert [s.get("path_in_repo") for s in state.sent] == [None]
     assert "snapshot upload(s) failed: epoch_1" in caplog.text and "--hub_push_snapshots" in caplog.text
 
     state.fail = {"release"}  # the release itself: one line with the command that retries it
-    with pytest.raises(hub.PushError) as error:
-        hub.push_release(args)
+    with pytest.raises(uploads.PushError) as error:
+        uploads.push_release(args)
     message = str(error.value)
     assert "connection reset" in message and f"python -m utils.hub {run} --hub_model_id {REPO_ID}" in message
     assert "\n" not in message and os.path.isfile(os.path.join(run, "unet", "diffusion_pytorch_model.safetensors"))
 
 
 def test_check_push_access(hub_module, monkeypatch, tmp_path):
-    hub = hub_module.hub
+    uploads = hub_module.uploads
     args = argparse.Namespace(output_dir=str(tmp_path / "my run"), hub_model_id=None)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    with pytest.raises(hub.PushError, match="--hub_model_id"):
-        hub.check_push_access(args)  # "my run" is no repo name
+    with pytest.raises(uploads.PushError, match="--hub_model_id"):
+        uploads.check_push_access(args)  # "my run" is no repo name
     args.hub_model_id = REPO_ID
-    hub.check_push_access(args)
+    uploads.check_push_access(args)
     monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(hub.PushError, match="hf auth login"):
-        hub.check_push_access(args)
+    with pytest.raises(uploads.PushError, match="hf auth login"):
+        uploads.check_push_access(args)
 
 
 def test_push_a_finished_run_later_from_the_command_line(pushed_run, tmp_path):
@@ -436,6 +436,7 @@ def test_push_a_finished_run_later_from_the_command_line(pushed_run, tmp_path):
                             env={**os.environ, **fake_hub_env(tmp_path / "record2", FAKE_HUB_FAIL="upload_folder")})
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert f"retry with: python -m utils.hub {run} --hub_model_id {REPO_ID}" in failed.stderr.strip().splitlines()[-1]
-    from utils import atomic_files, hub
+    from utils.files import atomic_files
+    from utils.hub import uploads
 
-    assert issubclass(hub.PushError, atomic_files.SaveError)
+    assert issubclass(uploads.PushError, atomic_files.SaveError)

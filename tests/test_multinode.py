@@ -22,7 +22,7 @@ STEPS = 12  # test_resume's COMMON: --max_train_steps 12; 160 images at 2 x 8 pe
 
 @pytest.fixture(scope="module")
 def data160(tmp_path_factory):
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     return make_demo_dataset(str(tmp_path_factory.mktemp("multinode-data") / "fairface"), num_images=160,
                              resolution=32)
@@ -96,8 +96,8 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from utils.distributed import leave_process_group
-from utils.step_metrics import StepMetrics
+from utils.run.distributed import leave_process_group
+from utils.run.step_metrics import StepMetrics
 
 accelerator = Accelerator(cpu=True)
 metrics = StepMetrics(accelerator.device)
@@ -111,7 +111,7 @@ leave_process_group()  # a clean exit: no gloo teardown abort at interpreter shu
 
 
 def test_logged_loss_is_the_mean_over_every_process(tmp_path):
-    """utils/step_metrics: each rank's window mean differs (2 and 3); both log the global batch's 2.5."""
+    """utils/run/step_metrics: each rank's window mean differs (2 and 3); both log the global batch's 2.5."""
     script = tmp_path / "window.py"
     script.write_text(LOGGED_LOSS_SCRIPT)
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

@@ -1,4 +1,4 @@
-"""Diffusion objectives (utils.objective): min-SNR weights, the v-prediction target, and a v-prediction run (issue 7)."""
+"""Diffusion objectives (utils.run.objective): min-SNR weights, the v-prediction target, and a v-prediction run (issue 7)."""
 
 import json
 import math
@@ -10,8 +10,8 @@ import torch
 from diffusers import DDPMScheduler
 
 from conftest import TINY_MODEL_ARGS, run_script
-from utils import objective
-from utils.pipeline import SCHEDULERS, generate, load_pipeline
+from utils.run import objective
+from utils.model.pipeline import SCHEDULERS, generate, load_pipeline
 
 GAMMA = 5.0
 TIMESTEPS = [0, 10, 200, 500, 800, 999]  # SNR from ~1e5 (far above gamma) down to ~0 (far below)

@@ -19,8 +19,9 @@ from PIL import Image
 
 from conftest import REPO, TINY_MODEL_ARGS, run_script
 from test_resume import SMALL, assert_bitwise_equal, malicious_pickle, weights
-from utils import checkpoints, data
-from utils.demo_data import BROKEN_RECORDS_SKIPPED, ODD_RECORDS_CONVERTIBLE, _odd_records, make_demo_dataset
+from utils.run import checkpoints
+from utils.data import fairface, pixel_cache
+from utils.data.demo_data import BROKEN_RECORDS_SKIPPED, ODD_RECORDS_CONVERTIBLE, _odd_records, make_demo_dataset
 
 FAST = [*TINY_MODEL_ARGS, *SMALL, "--train_batch_size", "16", "--learning_rate", "1e-3", "--use_ema",
         "--save_model_epochs", "100", "--save_images_epochs", "100", "--num_inference_steps", "2"]
@@ -54,10 +55,10 @@ def test_odd_records_decode_to_rgb_and_broken_ones_to_none():
     bad, odd = records[:BROKEN_RECORDS_SKIPPED], records[BROKEN_RECORDS_SKIPPED:]
     assert len(odd) == ODD_RECORDS_CONVERTIBLE
     for record, name in bad:
-        assert data.decode_image(record, 32) is None, name
+        assert fairface.decode_image(record, 32) is None, name
     decoded = {}
     for record, name in odd:
-        pixels = data.decode_image(record, 32)
+        pixels = fairface.decode_image(record, 32)
         assert pixels is not None, name
         assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8, name
         decoded[name] = pixels.astype(int)
@@ -81,11 +82,11 @@ def _png_header_only(width, height):
 def test_decompression_bomb_guard():
     start = time.monotonic()
     for side in (5000, 20000, 100000):  # over our 4096*4096 cap; 20000+ also over PIL's own bomb limit
-        assert data.decode_image({"bytes": _png_header_only(side, side), "path": None}, 32) is None
+        assert fairface.decode_image({"bytes": _png_header_only(side, side), "path": None}, 32) is None
     assert time.monotonic() - start < 2, "the guard must refuse before decoding"
     buffer = io.BytesIO()
     Image.new("L", (4096, 4096), 200).save(buffer, "PNG")  # exactly at the cap: still decoded
-    pixels = data.decode_image({"bytes": buffer.getvalue(), "path": None}, 32)
+    pixels = fairface.decode_image({"bytes": buffer.getvalue(), "path": None}, 32)
     assert pixels is not None and (pixels == 200).all()
 
 
@@ -101,7 +102,7 @@ def test_broken_images_are_skipped_and_counted(broken_data, cache, tmp_path):
     assert os.path.isfile(tmp_path / "out" / "model_index.json")
     if cache:
         (folder,) = os.listdir(tmp_path / "cache")
-        meta = data.load_pixel_cache(str(tmp_path / "cache" / folder))["meta"]
+        meta = pixel_cache.load_pixel_cache(str(tmp_path / "cache" / folder))["meta"]
         assert meta["count"] == 160 and meta["skipped"] == BROKEN_RECORDS_SKIPPED
 
 
@@ -198,7 +199,7 @@ def _pickle_only_copy(pipeline_dir, target, marker):
 
 
 def test_pickle_only_model_folder_is_refused(nan_once, tmp_path):
-    from utils.pipeline import load_pipeline
+    from utils.model.pipeline import load_pipeline
 
     marker = tmp_path / "UNPICKLED"
     folder = _pickle_only_copy(nan_once[0], tmp_path / "pickled", marker)
@@ -208,7 +209,7 @@ def test_pickle_only_model_folder_is_refused(nan_once, tmp_path):
 
 
 def test_safetensors_are_used_and_a_bin_beside_them_is_never_unpickled(nan_once, tmp_path):
-    from utils.pipeline import load_pipeline
+    from utils.model.pipeline import load_pipeline
 
     marker = tmp_path / "UNPICKLED"
     folder = shutil.copytree(nan_once[0], tmp_path / "both", ignore=shutil.ignore_patterns("checkpoint-*"))
@@ -246,7 +247,7 @@ def disk_full(broken_data, tmp_path_factory):
 
 def assert_earlier_outputs_intact(out):
     """checkpoint-6 is the only checkpoint, complete, `latest`; the epoch_1 snapshot loads. Returns the weights."""
-    from utils.pipeline import load_pipeline
+    from utils.model.pipeline import load_pipeline
 
     assert sorted(n for n in os.listdir(out) if "checkpoint" in n) == ["checkpoint-6"]
     assert checkpoints.resolve_checkpoint(out, "latest") == os.path.join(out, "checkpoint-6")
@@ -300,10 +301,10 @@ def test_local_dataset_folders_are_never_served_stale_from_the_cache(tmp_path):
     same name, or the same folder regenerated, must still give its own data (and its own pixel-cache key)."""
     first = make_demo_dataset(str(tmp_path / "a" / "fairface"), num_images=16, resolution=32)
     other = make_demo_dataset(str(tmp_path / "b" / "fairface"), num_images=24, resolution=32, broken_images=True)
-    loaded = data.load_fairface(first)
+    loaded = fairface.load_fairface(first)
     assert len(loaded) == 16
-    assert len(data.load_fairface(other)) == 24 + BROKEN_RECORDS_SKIPPED + ODD_RECORDS_CONVERTIBLE
+    assert len(fairface.load_fairface(other)) == 24 + BROKEN_RECORDS_SKIPPED + ODD_RECORDS_CONVERTIBLE
     make_demo_dataset(first, num_images=32, resolution=32, seed=1)  # regenerated in place
-    reloaded = data.load_fairface(first)
+    reloaded = fairface.load_fairface(first)
     assert len(reloaded) == 32
-    assert data.cache_key(reloaded, 32) != data.cache_key(loaded, 32)
+    assert pixel_cache.cache_key(reloaded, 32) != pixel_cache.cache_key(loaded, 32)

@@ -17,8 +17,10 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL_ARGS, run_script
-from utils import labels, pipeline, remote_code
-from utils.pipeline import generate, load_pipeline
+from utils import labels
+from utils.model import pipeline
+from utils.hub import remote_code
+from utils.model.pipeline import generate, load_pipeline
 
 STEPS = 4
 STDLIB = set(sys.stdlib_module_names)
@@ -51,7 +53,7 @@ def images_of(pipe, output_type="np", **kwargs):
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     """train_fairface.py as short as it goes: 2 epochs of 4 steps, a snapshot after each, then the release."""
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     root = tmp_path_factory.mktemp("remote-code")
     data = make_demo_dataset(str(root / "data"), num_images=64, resolution=32)
@@ -236,7 +238,7 @@ def test_releases_without_code_still_load(short_run, tmp_path):
         os.remove(os.path.join(folder, path))
     with open(os.path.join(folder, "model_index.json")) as f:
         index = json.load(f)
-    index.update(_class_name="FairFacePipeline", condition_encoder=["utils.pipeline", "ConditionEncoder"])
+    index.update(_class_name="FairFacePipeline", condition_encoder=["utils.model.pipeline", "ConditionEncoder"])
     with open(os.path.join(folder, "model_index.json"), "w") as f:
         json.dump(index, f)
     old = generate(load_pipeline(folder), [(3, 1, 2)], [5], num_inference_steps=STEPS, output_type="np")

@@ -3,7 +3,7 @@ uninterrupted run ends, on one process, with gradient accumulation, and on 2 CPU
 
 Interrupted runs end like real preempted ones: a real SIGTERM/SIGINT (the script checkpoints and exits) or
 SIGKILL in the middle of writing a checkpoint. The hidden hook ``FAIRFACE_TEST_SAVE_FAULT=STEP:pause``
-(utils/checkpoints.py) holds the save of checkpoint-STEP inside its temporary folder until a signal comes, so the
+(utils/run/checkpoints.py) holds the save of checkpoint-STEP inside its temporary folder until a signal comes, so the
 stop step is deterministic. With 160 images and 16 images per optimizer step an epoch is 10 steps; every
 interrupted run here is resumed mid-epoch or at an epoch boundary and crosses into the next epoch.
 """
@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import REPO, TINY_MODEL_ARGS
-from utils import checkpoints
+from utils.run import checkpoints
 
 STEPS = 12  # 1.2 epochs
 SMALL = ["--block_out_channels", "16", "32", "--cross_attention_dim", "16"]  # 0.25 M parameters: fast steps
@@ -153,7 +153,7 @@ def resumed_from(output):
 @pytest.fixture(scope="session")
 def data160(tmp_path_factory):
     """160 synthetic faces: 10 steps per epoch at 16 images per step."""
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     return make_demo_dataset(str(tmp_path_factory.mktemp("resume-data") / "fairface"), num_images=160, resolution=32)
 

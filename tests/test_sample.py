@@ -14,7 +14,7 @@ import sample_fairface
 from conftest import run_script
 from utils import grid
 from utils.labels import decode_condition
-from utils.pipeline import SCHEDULERS, generate, load_pipeline
+from utils.model.pipeline import SCHEDULERS, generate, load_pipeline
 
 FAST = ["--num_inference_steps", "3"]
 

@@ -18,8 +18,8 @@ from PIL import Image
 import sample_fairface
 from conftest import run_script
 from utils.labels import UNKNOWN, decode_condition
-from utils.pipeline import (LEGACY_SAMPLING_DEFAULTS, SAMPLING_DEFAULTS, FairFacePipeline, conditions_to_tensor,
-                            denoise, generate, load_pipeline)
+from utils.model.pipeline import (LEGACY_SAMPLING_DEFAULTS, SAMPLING_DEFAULTS, FairFacePipeline,
+                                  conditions_to_tensor, denoise, generate, load_pipeline)
 
 CONDITIONS, SEEDS = [decode_condition(42), (None, 1, None)], [0, 1]
 

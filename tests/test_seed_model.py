@@ -22,7 +22,7 @@ THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 
 @pytest.fixture(scope="module")
 def data16(tmp_path_factory):
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     return make_demo_dataset(str(tmp_path_factory.mktemp("seed-model-data") / "fairface"), num_images=16,
                              resolution=32)
@@ -34,7 +34,7 @@ def unet_weights(folder, subfolder="unet"):
 
 def test_default_architecture_at_128px_trains_stops_resumes_and_releases(data16, tmp_path):
     from train_fairface import parse_args
-    from utils.pipeline import generate, load_pipeline
+    from utils.model.pipeline import generate, load_pipeline
 
     defaults = parse_args([])
     assert defaults.resolution == 128 and defaults.block_out_channels == [64, 128, 256, 512]

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from conftest import REPO, TINY_MODEL_ARGS, run_script
-from utils import data
+from utils.data import fairface
 from utils.labels import RACES, decode_condition
-from utils.pipeline import generate, load_pipeline
+from utils.model.pipeline import generate, load_pipeline
 
 SAMPLE_CONDITIONS = [42, 73, 120]  # train_fairface.SAMPLE_CONDITIONS, seeds 0, 1, 2
 
@@ -24,7 +24,7 @@ def test_merged_dataset_is_the_sum_of_configs_and_splits(demo_dataset):
     parts = [datasets.load_dataset(demo_dataset, config, split=split)
              for config in ("0.25", "1.25") for split in ("train", "validation")]
     assert all(len(part) > 0 for part in parts)
-    merged = data.load_fairface(demo_dataset)
+    merged = fairface.load_fairface(demo_dataset)
     assert len(merged) == sum(len(part) for part in parts) == 504
     assert merged.features["image"].decode is False  # decoding is ours, guarded
 
@@ -66,7 +66,7 @@ def test_final_pipeline_is_the_ema_release(tiny_run):
 
 
 def test_mislabelled_dataset_is_refused(tmp_path):
-    from utils.demo_data import make_demo_dataset
+    from utils.data.demo_data import make_demo_dataset
 
     swapped = list(RACES)
     swapped[0], swapped[1] = swapped[1], swapped[0]

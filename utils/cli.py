@@ -1,10 +1,21 @@
 """Command-line conventions shared by the scripts: defaults, argument types, one-line errors (exit 2)."""
 
 import argparse
+import os
 import re
 import sys
 
 DEFAULT_MODEL_DIR = "fairface-diffusion-128"  # train_fairface.py's --output_dir, sample_fairface.py's --model
+# train_fairface.py --demo (and distill_fairface.py --demo, which distils its model): a tiny model on procedurally
+# drawn faces (utils/data/demo_data.py); flags given explicitly still win. No EMA and no framing: at the demo's 1008
+# steps they cost fidelity, at 4x that budget they did not (docs/measurements.md).
+DEMO_DATA_DIR = os.path.join("demo_data", "fairface-synthetic")
+DEMO_DEFAULTS = dict(
+    dataset_name=DEMO_DATA_DIR, resolution=32, output_dir="fairface-demo", block_out_channels=[32, 64, 64],
+    layers_per_block=1, cross_attention_dim=64, train_batch_size=32, num_epochs=16, learning_rate=1e-3,
+    lr_warmup_steps=50, save_model_epochs=4, save_images_epochs=4, checkpointing_steps=200,
+    preprocess_cache=os.path.join("demo_data", "pixel-cache"), random_flip=True, use_ema=False, framing_condition=False,
+)
 
 
 def fail(message, prog=None):

@@ -1,4 +1,4 @@
-"""Evaluating a trained model (issue 8): one module per idea, each small functions on numpy arrays that can be
+"""Floor 4: evaluating a trained model (issue 8): one module per idea, each small functions on numpy arrays that can be
 tested against hand-computed values; the models (a zero-shot CLIP or FairFace-trained image classifiers, a
 DINOv2 feature model) are thin wrappers around ``transformers`` ``from_pretrained``, from safetensors only
 (offline from the Hub cache with ``HF_HUB_OFFLINE=1``). ``evaluate_fairface.py`` uses them as
@@ -14,6 +14,9 @@ DINOv2 feature model) are thin wrappers around ``transformers`` ``from_pretraine
 * ``memorisation``: every generated image's cosine distance to its nearest training image, against the same
   distance for real images the model did not see.
 * ``drawing`` (PIL only) of the plots, and ``report``: the markdown report.
+* ``cas``: Classification Accuracy Score, a small CNN trained on synthetic, real and both, tested on real.
+
+May import every lower floor (data/, model/, files/, run/'s process helpers); imported by the scripts only.
 """
 
 # flake8: noqa: F401 -- the package's interface: everything evaluate_fairface.py and the tests use, as ev.<name>
@@ -25,7 +28,6 @@ from .drawing import SHORT_NAMES, bar_panels, confusion_heatmap, hstack, pair_gr
 from .features import FeatureExtractor, from_pretrained_safetensors, record_features
 from .fidelity import accuracy, confusion_matrix, fidelity_metrics, group_accuracy
 from .frechet import feature_statistics, frechet_by_group, frechet_distance, frechet_distance_between
-from .memorisation import (NearCopyCheck, add_memorisation_args, memorisation, nearest_neighbours,
-                           reference_distances)
+from .memorisation import NearCopyCheck, add_memorisation_args, memorisation, nearest_neighbours, reference_distances
 from .report import fmt_number, fmt_percent, report_markdown
 from .samples import RealPool, attribute_arrays, find_samples, sample_per_condition

@@ -152,13 +152,13 @@ class ImageClassifierAttribute:
 
 
 class DemoAttributeClassifier:
-    """``--classifier demo``: reads age, gender and race from utils/demo_data.py's drawn faces by their colours
+    """``--classifier demo``: reads age, gender and race from utils/data/demo_data.py's drawn faces by their colours
     (``measure_attributes``), as one-hot probabilities. Only meaningful for models trained on demo data."""
 
     kind, model_id, attributes = "demo faces read by pixels", "demo", tuple(ATTRIBUTES)
 
     def predict(self, images):
-        from ..demo_data import measure_attributes
+        from ..data.demo_data import measure_attributes
 
         measured = measure_attributes(to_pil(images)) if len(images) else {a: np.zeros(0, int) for a in ATTRIBUTES}
         return {a: np.eye(len(names))[measured[a]].reshape(-1, len(names)) for a, names in ATTRIBUTES.items()}

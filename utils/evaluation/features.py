@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..pipeline import has_pickled_weights_only
+from ..model.pipeline import has_pickled_weights_only
 
 
 def unit_rows(features):
@@ -17,7 +17,7 @@ def unit_rows(features):
 
 def from_pretrained_safetensors(model_class, model_id):
     """``model_class.from_pretrained(model_id)`` from safetensors only: a folder or repo that holds only pickled
-    weights is refused (ValueError / OSError, one line), never unpickled, as utils.pipeline does for pipelines."""
+    weights is refused (ValueError / OSError, one line), never unpickled, as utils.model.pipeline does for pipelines."""
     if os.path.isdir(model_id) and has_pickled_weights_only(model_id):
         raise ValueError(f"{model_id} holds only pickled weights (.bin/.pt); refusing to unpickle them. "
                          "Convert them to safetensors first.")
@@ -69,7 +69,7 @@ class _DecodedRecords(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
-        from ..data import decode_image
+        from ..data.fairface import decode_image
 
         return decode_image(self.pool.record(int(self.indices[i])), self.resolution)
 
@@ -90,7 +90,7 @@ def record_features(extractor, pool, indices, resolution, batch_size=64, num_wor
                     desc="features"):
     """Features (len(indices), D) of pool records, NaN rows for unusable images.
 
-    Streamed: records are decoded (``utils.data.decode_image`` at ``resolution``, as the generated images) and
+    Streamed: records are decoded (``utils.data.fairface.decode_image`` at ``resolution``, as the generated images) and
     preprocessed in ``num_workers`` data-loader processes; only the features are kept.
     """
     from tqdm.auto import tqdm

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import torch
 
-from ..atomic_files import write_file_atomic
+from ..files.atomic_files import write_file_atomic
 from ..cli import percentile, positive_int
 from .features import record_features, unit_rows
 
@@ -152,8 +152,8 @@ def load_near_copy_check(args, state, device, resolution, cache_path):
     """generate_dataset.py --check_memorisation: the NearCopyCheck of ``args``' training images and flags, built
     by one process per disk and kept at ``cache_path``, loaded by the other processes and by reruns."""
     from ..cli import fail, load_or_fail
-    from ..data import load_fairface
-    from ..distributed import in_writer_order
+    from ..data.fairface import load_fairface
+    from ..run.distributed import in_writer_order
     from .features import FeatureExtractor
     from .samples import RealPool
 

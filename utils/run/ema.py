@@ -36,7 +36,7 @@ def load_ema(ema, folder):
 
 def load_emas(ema_folders, checkpoint):
     """Load each EMA ({checkpoint subfolder: EMAModel}) that the checkpoint holds; returns the subfolders it
-    lacks (a run trained without --use_ema, resumed with it under --allow_resume_changes: utils/resume_check.py
+    lacks (a run trained without --use_ema, resumed with it under --allow_resume_changes: utils/run/resume_check.py
     has refused any other such resume before)."""
     missing = []
     for folder, ema in ema_folders.items():

@@ -1,5 +1,5 @@
-"""Uploads to the Hugging Face Hub, and the ``python -m utils.hub`` command line. The release these upload
-(pipeline, samples.png, model card) is written by utils/model_card.py's ``save_release``.
+"""Uploads to the Hugging Face Hub (the ``python -m utils.hub`` command line is utils/hub/__main__.py). The release these upload
+(pipeline, samples.png, model card) is written by utils/hub/model_card.py's ``save_release``.
 
 ``push_snapshot(args, folder)``
     Uploads ``epoch_{E}/`` to ``epoch_{E}/`` of the repo in the background (``run_as_future``): training goes on,
@@ -8,7 +8,7 @@
     Waits for the snapshot uploads, creates the repo if needed and uploads the release in one commit.
 
 Only the files of ``RELEASE_PATTERNS`` (an allowlist: model card, samples, pipeline configs, safetensors and the
-generated pipeline code of utils/remote_code.py)
+generated pipeline code of utils/hub/remote_code.py)
 leave the machine: never ``checkpoint-*`` (optimizer state, pickled RNG states), logs, ``*.bin``/``*.pkl`` or
 the training samples. The access token is huggingface_hub's own business (``hf auth login`` or ``HF_TOKEN``,
 resolved by huggingface_hub): this module never reads, passes, prints or writes one, and the card holds no local
@@ -18,7 +18,7 @@ A failed or skipped push can be done later without training again (from the repo
 
     python -m utils.hub OUTPUT_DIR [--hub_model_id user/repo] [--hub_private_repo] [--hub_push_snapshots]
 
-``--space`` also creates a Space next to the model repo that serves app.py's demo page for it (utils/space.py),
+``--space`` also creates a Space next to the model repo that serves app.py's demo page for it (utils/hub/space.py),
 and links it from the model card.
 """
 
@@ -26,15 +26,14 @@ import argparse
 import concurrent.futures
 import logging
 import os
-import re
 import shlex
 
 import huggingface_hub
 
-from . import atomic_files, release, remote_code, run_folder, space
-from .cli import fail
-from .model_card import requested_repo_id, set_card_repo_id, set_card_space
-from .pipeline import PIPELINE_FILES
+from ..files import atomic_files
+from . import remote_code
+from .model_card import requested_repo_id, set_card_repo_id
+from ..model.pipeline import PIPELINE_FILES
 
 logger = logging.getLogger(__name__)
 
@@ -187,73 +186,3 @@ def check_push_access(args):
     if huggingface_hub.get_token() is None:
         raise PushError("--push_to_hub: not logged in to the Hugging Face Hub; run `hf auth login` "
                         "(`huggingface-cli login` with huggingface_hub < 1.0) or set HF_TOKEN first")
-
-
-# ------------------------------------------------------------------------------------------------ command line
-def parse_args(input_args=None):
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Upload a finished train_fairface.py run to the Hugging Face Hub: the release at the root of "
-                    "OUTPUT_DIR with its model card and samples (and its epoch_N/ snapshots with "
-                    "--hub_push_snapshots). Log in first with `hf auth login` or set HF_TOKEN.")
-    parser.add_argument("output_dir", help="train_fairface.py's --output_dir")
-    parser.add_argument("--hub_model_id", type=repo_id_arg, default=None,
-                        help="user/repo (default: the folder's name under your account)")
-    parser.add_argument("--hub_private_repo", action="store_true")
-    parser.add_argument("--hub_push_snapshots", action="store_true", help="Also upload the epoch_N/ snapshots.")
-    parser.add_argument("--space", action="store_true",
-                        help="Also create a gradio Space next to the model repo that serves app.py for it.")
-    parser.add_argument("--hub_space_id", type=repo_id_arg, default=None,
-                        help="The Space's user/name (default: the model's repo id + -demo).")
-    return parser.parse_args(input_args)
-
-
-def main(args):
-    # A release whose finish a kill interrupted is complete in .release-new (the first one: nothing at the root yet).
-    pending = os.path.isfile(os.path.join(args.output_dir, release.PENDING, "model_index.json"))
-    if not (pending or os.path.isfile(os.path.join(args.output_dir, "model_index.json"))):
-        fail(f"{args.output_dir} holds no released pipeline (no model_index.json); train with train_fairface.py "
-             "first", prog=PROG)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
-    try:  # never upload a folder that a run is writing, nor a release that a kill interrupted
-        if os.access(args.output_dir, os.W_OK):  # (no run writes into a read-only folder)
-            run_folder.lock(args.output_dir)
-            release.finish(args.output_dir)
-        elif pending:
-            fail(f"{args.output_dir} holds an unfinished release ({release.PENDING}/) and is read-only; run this "
-                 "where it is writable, so the release is finished before it is uploaded", prog=PROG)
-    except (run_folder.FolderInUse, OSError) as error:
-        fail(str(error), prog=PROG)
-    if args.hub_push_snapshots:
-        snapshots = [name for name in os.listdir(args.output_dir) if re.fullmatch(r"epoch_\d+", name)
-                     and os.path.isfile(os.path.join(args.output_dir, name, "model_index.json"))]
-        for name in sorted(snapshots, key=lambda n: int(n.split("_")[1])):
-            push_snapshot(args, os.path.join(args.output_dir, name))
-    try:
-        if args.space:  # the Space first: the card that push_release uploads links to it
-            model_id, space_id = _space_step(args, lambda: create_space(args))
-        push_release(args)
-        if args.space:
-            print(f"pushed the demo app to {_space_step(args, lambda: space.upload_space(space_id, model_id))}")
-    except PushError as error:
-        fail(str(error), prog=PROG)
-
-
-def create_space(args):
-    """(model repo id, Space repo id), both resolved by the Hub; the card links the Space."""
-    model_id = _create_repo(args).repo_id
-    space_id = space.create_space(args, model_id).repo_id
-    set_card_space(args.output_dir, f"https://huggingface.co/spaces/{space_id}")
-    return model_id, space_id
-
-
-def _space_step(args, step):
-    try:
-        return step()
-    except Exception as error:  # whatever huggingface_hub raises; the local release is untouched
-        raise PushError(f"could not create the Space ({_error_text(error)}); retry with: "
-                        f"{retry_command(args)} --space") from error
-
-
-if __name__ == "__main__":
-    main(parse_args())

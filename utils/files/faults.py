@@ -5,7 +5,15 @@ import os
 import signal
 import time
 
-from .stop_signals import StopRequest
+
+# The ``pause`` action waits for a stop signal. utils/run/stop_signals.py's handler tells this hook (``stopping``)
+# rather than the hook asking the handler: the files floor imports nothing above it.
+stopping = False
+
+
+def note_stop_signal(received=True):
+    global stopping
+    stopping = received
 
 
 def fault_hook(where):
@@ -15,7 +23,7 @@ def fault_hook(where):
     its temporary folder), ``pixel-cache`` (after each cached batch, on every process that decodes a part),
     ``pixel-cache-parts`` (every part written, before the machine's first process assembles them), ``release``
     (the new release written, not yet committed) or ``release-moves`` (committed, moving into the root;
-    ``utils/release.py``).
+    ``utils/hub/release.py``).
     ACTION: ``pause`` waits there until a stop signal (at most 60 s), ``hold`` waits 60 s whatever comes (to
     kill the run there), ``sleep:SECONDS`` that long, ``wait:PATH`` until the file PATH exists (at most 300 s), ``kill`` SIGKILLs this
     process at once, ``enospc`` fails like a full disk."""
@@ -30,7 +38,7 @@ def fault_hook(where):
         time.sleep(float(action[6:]))
         return
     deadline = time.monotonic() + (300 if action.startswith("wait:") else 60)
-    while time.monotonic() < deadline and not (action == "pause" and StopRequest.received is not None):
+    while time.monotonic() < deadline and not (action == "pause" and stopping):
         if action.startswith("wait:") and os.path.exists(action[5:]):
             break
         time.sleep(0.02)

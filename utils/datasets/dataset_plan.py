@@ -11,7 +11,7 @@ Shards. Rows are cut into shards of ``--shard_size`` consecutive rows, written a
 A shard on disk is finished (written atomically), so a rerun skips it.
 
 Record. The flags that decide the images are saved in the dataset folder (``RECORD_FILE``); a rerun with
-another value is refused with one line naming the flag, as training resume is (utils/resume_check.py).
+another value is refused with one line naming the flag, as training resume is (utils/run/resume_check.py).
 ``prepare_folder`` checks, locks and records the folder before any image is drawn.
 """
 
@@ -21,11 +21,11 @@ import os
 
 import numpy as np
 
-from . import run_folder
-from .atomic_files import write_json_atomic
-from .cli import fail
+from ..run import run_folder
+from ..files.atomic_files import write_json_atomic
+from ..cli import fail
 from .dataset_shards import remove_partial_shards
-from .labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition, parse_label
+from ..labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition, parse_label
 
 RECORD_FILE = ".generate_dataset.json"
 DATA_DIR = "data"
@@ -77,7 +77,7 @@ def dataset_weights(label_counts, condition_ids):
 def fairface_weights(dataset_name, condition_ids):
     """FairFace's own frequencies: how often each condition occurs in ``dataset_name``'s 0.25 train split (a Hub
     id or a local folder in its layout). ValueError/OSError when it cannot be read."""
-    from .data import load_fairface
+    from ..data.fairface import load_fairface
 
     train = load_fairface(dataset_name, ["0.25"], ["train"])
     return dataset_weights(np.stack([np.asarray(train[a]) for a in ATTRIBUTES], axis=1), condition_ids)

@@ -29,11 +29,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from .labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_framing, parse_label
+from ..labels import AGES, GENDERS, RACES, UNKNOWN, decode_condition, parse_framing, parse_label
 
-# A release committed but not yet moved into the root of --output_dir (utils/release.py); loaded instead.
+# A release committed but not yet moved into the root of --output_dir (utils/hub/release.py); loaded instead.
 PENDING_RELEASE = ".release-new"
-# The list of a release's entries, replaced last when a release moves into the root (utils/release.py): its
+# The list of a release's entries, replaced last when a release moves into the root (utils/hub/release.py): its
 # identity (inode, times) changes with every release, so a reader compares it before and after reading.
 RELEASE_MANIFEST = ".release-files.json"
 RELEASE_READ_ATTEMPTS = 5  # a reader that raced this many releases in a row gives up (one line)
@@ -61,7 +61,7 @@ SCHEDULERS = {
     "unipc": UniPCMultistepScheduler,
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
-    "lcm": LCMScheduler,  # consistency sampling: for distilled students only (utils/consistency.py)
+    "lcm": LCMScheduler,  # consistency sampling: for distilled students only (utils/model/consistency.py)
 }
 
 
@@ -356,7 +356,7 @@ def _release_state(root):
 
 def _load_release_consistently(root, device, dtype, scheduler):
     """A local folder's pipeline, never a mix of two releases: a run may release into it while it is read
-    (utils/release.py). The release state is taken before and after the read; if it changed, the read is
+    (utils/hub/release.py). The release state is taken before and after the read; if it changed, the read is
     repeated, and a read that failed because files moved under it counts as changed."""
     for _ in range(RELEASE_READ_ATTEMPTS):
         before = _release_state(root)

@@ -11,7 +11,7 @@ Writers. With several nodes on one shared ``--output_dir`` / ``--preprocess_cach
 unique: one process per node. ``in_writer_order`` runs an idempotent build-or-load step on the global main
 first, then on each other node's local main (a node-local disk that does not see the first build builds its
 own copy), then on every other process, which only loads. The pixel cache is built in the same order of
-machines, but by all the processes of a machine together (utils/run_setup.py ``build_pixel_cache``).
+machines, but by all the processes of a machine together (utils/run/run_setup.py ``build_pixel_cache``).
 """
 
 import os

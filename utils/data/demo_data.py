@@ -21,7 +21,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .labels import AGES, ATTRIBUTES, GENDERS, NUM_CONDITIONS, RACES, decode_condition
+from ..labels import AGES, ATTRIBUTES, GENDERS, NUM_CONDITIONS, RACES, decode_condition
 
 REFERENCE_RESOLUTION = 64  # measure_attributes resizes every image to this size before reading its regions
 CONFIG_ZOOM = {"0.25": 1.0, "1.25": 0.8}  # "1.25": the same face, 80 % as large, with more background around
@@ -270,7 +270,7 @@ def _readme(parts):
         for split in ("train", "validation"):
             lines += [f"  - split: {split}", f"    path: {config}/{split}-00000-of-00001.parquet"]
     lines += ["---", "", "# FairFace (synthetic demo)", "",
-              "Procedurally drawn faces written by `utils/demo_data.py` in the layout of `HuggingFaceM4/FairFace`",
+              "Procedurally drawn faces written by `utils/data/demo_data.py` in the layout of `HuggingFaceM4/FairFace`",
               "(same configs, splits, columns and ClassLabel features), for offline training runs and tests.",
               "They are not photographs of anyone: skin tone encodes race, hair style gender, hair lightness age.", "",
               "| config | split | records |", "|---|---|---:|"]

@@ -11,7 +11,7 @@ import os
 
 import huggingface_hub
 
-from .pipeline import PENDING_RELEASE, PIPELINE_FILES
+from ..model.pipeline import PENDING_RELEASE, PIPELINE_FILES
 
 WEIGHT_FILES = [("unet", "diffusion_pytorch_model.safetensors"),
                 ("condition_encoder", "diffusion_pytorch_model.safetensors")]

@@ -5,7 +5,7 @@ The root also holds checkpoints, snapshots and logs, so a release cannot be swap
 1. ``write(folder)`` fills ``.tmp-release/`` (plus ``.release-files.json``, the list of its entries), fsynced.
    A kill or a full disk here leaves the previous release untouched; the next start deletes the leftover.
 2. ``.tmp-release`` is renamed to ``.release-new`` (one atomic rename): the commit point. From here on the new
-   release is complete in ``.release-new`` and ``utils.pipeline.load_pipeline`` loads it from there.
+   release is complete in ``.release-new`` and ``utils.model.pipeline.load_pipeline`` loads it from there.
 3. ``finish``: the previous release's entries are moved aside, the new ones hard-linked into the root (no
    data is copied, so a full disk cannot stop it halfway), the list last; then ``.release-new`` is renamed away
    and deleted. A kill anywhere in 3 is finished by the next start of a run on the folder (or by
@@ -21,8 +21,8 @@ import json
 import os
 import shutil
 
-from . import atomic_files, faults
-from .pipeline import PENDING_RELEASE as PENDING, RELEASE_MANIFEST as MANIFEST
+from ..files import atomic_files, faults
+from ..model.pipeline import PENDING_RELEASE as PENDING, RELEASE_MANIFEST as MANIFEST
 
 TEMPORARY = ".tmp-release"
 # The entries of a release written before the list existed (their names are all the previous version wrote).
@@ -96,7 +96,7 @@ def _empty_folder(root, name, create=True):
     """``root/name`` emptied (created when ``create``), or, where what is left there cannot be removed, another
     fresh ``name-N``: on NFS a file that a reader still has open stays as ``.nfsXXXX`` until it is closed (the
     old release's weights, say), and must not stop every later release. Leftovers are removed by the next start
-    (utils/run_folder.py: ``.old-*``)."""
+    (utils/run/run_folder.py: ``.old-*``)."""
     for attempt in range(100):
         path = os.path.join(root, name if attempt == 0 else f"{name}-{os.getpid()}-{attempt}")
         shutil.rmtree(path, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The training objective and the randomness of one training step.
 
-Exact resume is by construction: the data order depends only on (seed, epoch) (``utils.data.EpochSampler``)
+Exact resume is by construction: the data order depends only on (seed, epoch) (``utils.data.fairface.EpochSampler``)
 and every random draw of a training step (timesteps, noise, flips, condition dropout) comes from a generator
 seeded with (seed, global step, micro-batch, rank). A resumed run therefore replays exactly the draws the
 uninterrupted run would have made, whatever state the global RNGs or data-loader workers are in.
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.training_utils import compute_snr
 
-from .data import to_model_range
+from ..data.fairface import to_model_range
 
 
 def step_generator(seed, global_step, micro_step, rank, device):

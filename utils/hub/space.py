@@ -18,7 +18,7 @@ import tempfile
 
 import huggingface_hub
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 APP = "app.py"
 # What app.py and the utils/ modules it imports need at run time; gradio is the Space SDK's own.
 SPACE_PACKAGES = ("torch", "diffusers", "safetensors", "huggingface_hub", "pillow", "numpy", "tqdm")
@@ -32,14 +32,15 @@ def app_files(entry=APP):
         if path in found:
             continue
         found.append(path)
-        package = os.path.dirname(path).replace("/", ".")
+        package = os.path.dirname(path).split("/")
         with open(os.path.join(REPO, path), encoding="utf-8") as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = ".".join(filter(None, [package if node.level else "", node.module or ""]))
+                here = package[:len(package) - node.level + 1] if node.level else []  # `from ..x`: one folder up
+                base = ".".join(filter(None, [*here, node.module or ""]))
                 names = [base] + [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue

@@ -12,8 +12,8 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .cli import DEFAULT_MODEL_DIR, GuidanceInterval, fail, positive_int
-from .labels import FRAMINGS, NUM_CONDITIONS, decode_condition, describe, parse_label, slug
+from ..cli import DEFAULT_MODEL_DIR, GuidanceInterval, fail, positive_int
+from ..labels import FRAMINGS, NUM_CONDITIONS, decode_condition, describe, parse_label, slug
 from .pipeline import LEGACY_SAMPLING_DEFAULTS, SAMPLING_DEFAULTS, SCHEDULERS, load_pipeline
 
 DEFAULT_GUIDANCE_SCALE = SAMPLING_DEFAULTS["guidance_scale"]  # train_fairface.py's --guidance_scale
@@ -159,7 +159,7 @@ def resolve_device_dtype(device, dtype=None):
 
 
 def load_pipeline_or_exit(model, device=None, dtype=None, scheduler=None):
-    """utils.pipeline.load_pipeline, with a one-line error (exit 2) instead of a traceback when it cannot load."""
+    """utils.model.pipeline.load_pipeline, with a one-line error (exit 2) instead of a traceback when it cannot load."""
     if not os.path.isdir(model) and not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
         fail(f"no model at {model!r}: train one with `accelerate launch train_fairface.py` (writes "
              f"{DEFAULT_MODEL_DIR}/; add --demo for a quick offline one in fairface-demo/), or pass "

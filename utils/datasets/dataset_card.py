@@ -14,8 +14,8 @@ import os
 import numpy as np
 import torch
 
-from .atomic_files import write_file_atomic
-from .labels import AGES, ATTRIBUTES, FRAMINGS, GENDERS, RACES
+from ..files.atomic_files import write_file_atomic
+from ..labels import AGES, ATTRIBUTES, FRAMINGS, GENDERS, RACES
 
 FAIRFACE = "HuggingFaceM4/FairFace"
 
@@ -74,7 +74,7 @@ def write_preview(output_dir, paths, count=6):
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from .grid import labelled_grid
+    from ..grid import labelled_grid
 
     rows = []
     for path in [paths[round(k * (len(paths) - 1) / max(1, count - 1))] for k in range(count)]:

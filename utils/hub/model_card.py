@@ -3,7 +3,7 @@
 ``save_release(pipeline, args, num_images, global_step)``
     The final pipeline at the root of ``--output_dir``, ``samples.png`` (a labelled grid: one row per condition,
     one column per seed) and the model card ``README.md`` (``model_card_template.md``), replacing the previous
-    release as a whole, never a mix of both (``utils/release.py``).
+    release as a whole, never a mix of both (``utils/hub/release.py``).
 ``build_model_card(pipeline, args, num_images, global_step)``
     The card: how to sample, the 126 conditions, the training settings, the data (never a local path), licence,
     intended use, limitations and bias.
@@ -19,9 +19,9 @@ import re
 import huggingface_hub
 
 from . import release, remote_code
-from .grid import labelled_grid
-from .labels import AGES, GENDERS, RACES, decode_condition, describe_condition, encode_condition, label_table_markdown
-from .pipeline import generate
+from ..grid import labelled_grid
+from ..labels import AGES, GENDERS, RACES, decode_condition, describe_condition, encode_condition, label_table_markdown
+from ..model.pipeline import generate
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def card_repo_id(args):
 # ------------------------------------------------------------------------------------------------ release
 def save_release(pipeline, args, num_images, global_step, card=None):
     """Pipeline (safetensors), samples.png and README.md at the root of --output_dir, replacing the previous
-    release as a whole (utils/release.py). ``card``: a ready card (a distilled student's); default: the
+    release as a whole (utils/hub/release.py). ``card``: a ready card (a distilled student's); default: the
     trained model's card built here."""
     if card is None:
         card = build_model_card(pipeline, args, num_images, global_step)
@@ -82,10 +82,10 @@ def describe_data(args, num_images):
         synthetic = getattr(args, "demo", False)
         if not synthetic and os.path.isfile(readme):
             with open(readme, encoding="utf-8") as f:
-                synthetic = "synthetic demo" in f.read().lower()  # utils/demo_data.py's dataset card
+                synthetic = "synthetic demo" in f.read().lower()  # utils/data/demo_data.py's dataset card
         if synthetic:
             return ("synthetic demo data", f"synthetic demo data: {num_images:,} procedurally drawn faces in the "
-                    f"FairFace layout (`utils/demo_data.py`, local folder `{folder}`, {parts}); no photographs of "
+                    f"FairFace layout (`utils/data/demo_data.py`, local folder `{folder}`, {parts}); no photographs of "
                     "people.", None, True)
         return (f"a local copy of FairFace-layout data (`{folder}`)",
                 f"a local dataset folder `{folder}` in the layout and label order of FairFace ({parts}): "
@@ -107,14 +107,14 @@ def _run_setup(args):
     if is_initialized():
         state = AcceleratorState()
         precision = str(state.mixed_precision)
-        if precision == "fp16" and state.device.type == "cpu":  # no float16 autocast on a CPU (utils/flag_checks.py)
+        if precision == "fp16" and state.device.type == "cpu":  # no float16 autocast on a CPU (utils/run/flag_checks.py)
             precision = "no"
         return state.num_processes, precision
     return 1, args.mixed_precision or "no"
 
 
 def build_model_card(pipeline, args, num_images, global_step, repo_id=None):
-    """The model card (huggingface_hub.ModelCard) of a release, from utils/model_card_template.md."""
+    """The model card (huggingface_hub.ModelCard) of a release, from utils/hub/model_card_template.md."""
     repo_id = repo_id or card_repo_id(args)
     data_short, data_long, dataset_id, synthetic = describe_data(args, num_images)
     world, precision = _run_setup(args)

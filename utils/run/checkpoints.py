@@ -9,8 +9,8 @@ import os
 import re
 import shutil
 
-from .atomic_files import SaveError, fsync_tree, replace_folder, write_json_atomic
-from .faults import fault_hook, stale_listing
+from ..files.atomic_files import SaveError, fsync_tree, replace_folder, write_json_atomic
+from ..files.faults import fault_hook, stale_listing
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 TRAINING_STATE = "training_state.json"  # written last: its presence marks a complete checkpoint

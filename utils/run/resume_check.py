@@ -80,7 +80,7 @@ def check_or_exit(checkpoint, current, allow_changes, flags=DATA_FLAGS + MODEL_F
     implies (the old behaviour), so a new default is a change to accept, not a silent switch. ``grad_scaler``:
     this run has fp16's grad scaler (fp16 on a GPU); a checkpoint written without one (bf16 or float32) has no
     scaler state for accelerate to load: refused with one line, not a file error."""
-    from .cli import fail
+    from ..cli import fail
     from .checkpoints import read_training_state
 
     if checkpoint is None:

@@ -6,15 +6,16 @@ import sys
 
 import torch
 
+from ..files import faults
+
 
 class StopRequest:
     """SIGTERM/SIGINT ask the run to stop after the current optimizer step (checkpoint, clean exit);
-    a second signal exits at once. Data-loader workers ignore both (``utils.data.ignore_stop_signals``)."""
-
-    received = None  # the first signal's number, for code without the instance (the save test hook)
+    a second signal exits at once. Data-loader workers ignore both (``utils.data.fairface.ignore_stop_signals``)."""
 
     def __init__(self, after="this step and saving a checkpoint"):
-        self.signal = StopRequest.received = None
+        self.signal = None
+        faults.note_stop_signal(False)
         self.after = after  # what the run finishes before it stops, for the message
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
@@ -23,7 +24,8 @@ class StopRequest:
         if self.signal is not None:
             sys.stderr.write(f"\nsecond {signal.Signals(signum).name}: exiting now without saving\n")
             os._exit(128 + signum)
-        self.signal = StopRequest.received = signum
+        self.signal = signum
+        faults.note_stop_signal()  # a save paused by the test hook goes on
         sys.stderr.write(f"\n{signal.Signals(signum).name} received: stopping after {self.after} (send it again "
                          "to exit at once)\n")
 

@@ -16,7 +16,7 @@ def check(parser, args):
     levels = len(args.block_out_channels)
     if any(level < 0 or level >= levels for level in args.attention_levels):
         parser.error(f"--attention_levels must be between 0 and {levels - 1} (indexes of --block_out_channels)")
-    groups = min(32, args.block_out_channels[0])  # utils.pipeline.build_unet's GroupNorm groups
+    groups = min(32, args.block_out_channels[0])  # utils.model.pipeline.build_unet's GroupNorm groups
     if any(c % groups for c in args.block_out_channels):
         parser.error(f"--block_out_channels must be multiples of {groups} (GroupNorm groups: the first value, at "
                      "most 32)")

@@ -8,9 +8,9 @@ to ``data/.tmp-<name>``, flushed to disk and renamed: a killed run leaves a whol
 import io
 import os
 
-from .atomic_files import SaveError, fsync_dir
-from .faults import fault_hook
-from .labels import ATTRIBUTES, FRAMINGS
+from ..files.atomic_files import SaveError, fsync_dir
+from ..files.faults import fault_hook
+from ..labels import ATTRIBUTES, FRAMINGS
 
 TMP_PREFIX = ".tmp-"
 VERIFY_COLUMNS = ["p_age", "p_gender", "p_race", "verified", "attempts"]

@@ -8,7 +8,7 @@ on every rank with one line naming the folder and the holder, and the live run n
 a flock when its process dies, however it dies (SIGKILL, OOM killer), so a killed run never blocks the next.
 
 Once the lock is taken, the same process removes the temporary folders of killed runs (``.tmp-*``, ``.old-*``)
-and finishes a release that a kill interrupted (``utils.release.finish``).
+and finishes a release that a kill interrupted (``utils.hub.release.finish``).
 """
 
 import datetime
@@ -19,7 +19,7 @@ import shutil
 import socket
 import sys
 
-from . import file_locks
+from ..files import file_locks
 
 LOCK_FILE = ".run-lock"
 LEFTOVER_PREFIXES = (".tmp-", ".old-", ".write-test-")  # checkpoint/snapshot/release temporaries, rename-asides
@@ -63,7 +63,7 @@ def lock(output_dir):
 
 def remove_leftovers(output_dir):
     """Delete the temporary folders and files that killed runs left in ``output_dir``; returns their names."""
-    from .release import PENDING
+    from ..hub.release import PENDING
 
     removed = []
     for name in sorted(os.listdir(output_dir)):
@@ -86,8 +86,8 @@ def claim(accelerator, output_dir):
     If the folder is in use, every rank exits 2 with the same one-line error (``utils.cli.fail``)."""
     from accelerate.utils import broadcast_object_list
 
-    from . import release
-    from .cli import fail
+    from ..hub import release
+    from ..cli import fail
 
     refusal = None
     if accelerator.is_main_process:

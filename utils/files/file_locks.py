@@ -1,6 +1,6 @@
 """File locks (``flock``) that tell "held by another process" apart from "this file system cannot lock".
 
-Used for the run lock of --output_dir (utils/run_folder.py) and the pixel-cache builds (utils/data.py).
+Used for the run lock of --output_dir (utils/run/run_folder.py) and the pixel-cache builds (utils/data/pixel_cache.py).
 ``flock`` fails with EWOULDBLOCK/EAGAIN when another process holds the lock; any other error (ENOLCK on NFS
 without a lock daemon, ENOSYS on Lustre mounted without ``flock``, EOPNOTSUPP on some FUSE file systems) means
 the file system cannot lock at all, and is reported as that (``LocksUnavailable``), with what the user can do:

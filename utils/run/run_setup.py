@@ -2,7 +2,7 @@
 
 ``check_output_dir(args)``: the output folder is writable, the Hub is reachable when pushing, and the
 checkpoint to resume from exists, all before anything slow. ``make_accelerator(args)``: the Accelerator,
-logging, and the run lock on --output_dir (utils/run_folder.py). ``load_training_data(args, accelerator)``:
+logging, and the run lock on --output_dir (utils/run/run_folder.py). ``load_training_data(args, accelerator)``:
 the dataset (the demo's generated one when --demo) and its pixel cache, built once per disk by all the processes
 of the machine that builds it.
 """
@@ -14,8 +14,11 @@ import os
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
-from . import atomic_files, checkpoints, data, distributed, flag_checks, hub, run_folder
-from .cli import fail, positive_int
+from ..files import atomic_files
+from . import checkpoints, distributed, flag_checks, run_folder
+from ..data import fairface, pixel_cache
+from ..hub import uploads
+from ..cli import fail, positive_int
 
 
 def add_ddp_timeout_arg(parser):
@@ -39,8 +42,8 @@ def check_output_dir(args):
         fail(f"output folder {args.output_dir!r} is not writable: {error.strerror or error}")
     if args.push_to_hub:  # not logged in / no valid repo name: fail now, not after days of training
         try:
-            hub.check_push_access(args)
-        except hub.PushError as error:
+            uploads.check_push_access(args)
+        except uploads.PushError as error:
             fail(str(error))
     checkpoint = None
     if args.resume_from_checkpoint:  # checked before the data: a wrong path fails at once
@@ -68,12 +71,12 @@ def make_accelerator(args, logger):
 
 def load_training_data(args, accelerator):
     """(dataset, FairFaceImages) of --dataset_name etc.; --demo generates the demo data if it is missing."""
-    def build_or_load_data():  # one writer per disk: the global main first (utils/distributed.py)
+    def build_or_load_data():  # one writer per disk: the global main first (utils/run/distributed.py)
         try:
             if args.demo and not os.path.isdir(args.dataset_name):
-                from .demo_data import make_demo_dataset
+                from ..data.demo_data import make_demo_dataset
                 make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
-            return data.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
+            return fairface.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
                                       args.cache_dir)
         except ValueError as error:
             fail(str(error))
@@ -84,31 +87,31 @@ def load_training_data(args, accelerator):
             cache = build_pixel_cache(args, accelerator, dataset)
         except OSError as error:  # not a folder, disk full, ...
             fail(f"cannot build the pixel cache in {args.preprocess_cache!r}: {error.strerror or error}")
-    return dataset, data.FairFaceImages(dataset, args.resolution, cache)
+    return dataset, fairface.FairFaceImages(dataset, args.resolution, cache)
 
 
 def build_pixel_cache(args, accelerator, dataset):
     """The pixel cache of --preprocess_cache, built by every process of a machine: each decodes a contiguous block
     of the images into part files of its own, the machine's local main assembles them and commits the cache
-    (utils/data.py; byte for byte a one-process build). Machines in writer order (utils/distributed.py): the
+    (utils/fairface.py; byte for byte a one-process build). Machines in writer order (utils/run/distributed.py): the
     global main's first; then every other machine whose disk does not show that cache (a node-local
     --preprocess_cache) builds its own copy, and one that shares the disk loads the first. Every rank calls it."""
-    folder = data.pixel_cache_folder(dataset, args.preprocess_cache, args.resolution)
+    folder = pixel_cache.pixel_cache_folder(dataset, args.preprocess_cache, args.resolution)
     main_node = accelerator.process_index == accelerator.local_process_index  # the global main's machine
     for builders in (main_node, not main_node):  # which machines build in this round
         with contextlib.ExitStack() as build:
             tmp = None
-            if builders and accelerator.is_local_main_process and not data.pixel_cache_complete(folder):
-                tmp = build.enter_context(data.pixel_cache_build(folder))  # held (locked) until committed
+            if builders and accelerator.is_local_main_process and not pixel_cache.pixel_cache_complete(folder):
+                tmp = build.enter_context(pixel_cache.pixel_cache_build(folder))  # held (locked) until committed
             tmp, part, parts = distributed.node_main_value(accelerator, tmp)
             if tmp is not None:
-                data.encode_part(dataset, tmp, args.resolution, part, parts, args.dataloader_num_workers,
+                pixel_cache.encode_part(dataset, tmp, args.resolution, part, parts, args.dataloader_num_workers,
                                  progress=accelerator.is_local_main_process)
             accelerator.wait_for_everyone()  # every part written
             if tmp is not None and accelerator.is_local_main_process:
-                data.assemble_parts(tmp, parts, args.resolution)
+                pixel_cache.assemble_parts(tmp, parts, args.resolution)
         accelerator.wait_for_everyone()  # committed
-    return data.load_pixel_cache(folder)
+    return pixel_cache.load_pixel_cache(folder)
 
 
 def run_main(main, parse_args):

@@ -1,0 +1,95 @@
+"""utils/ reads as the architecture (issue 32): folders on floors, imports only downward, small modules.
+
+The floor plan is utils/__init__.py's docstring; this test holds the code to it. A module imports from its own
+folder and from lower floors; no script imports another; no module under utils/ outgrows one sitting.
+"""
+
+import ast
+import glob
+import os
+
+import pytest
+
+from conftest import REPO
+
+# utils/__init__.py's floors. The loose modules at the top of utils/ are floor 0 with files/.
+FLOORS = {"labels": 0, "cli": 0, "grid": 0, "files": 0, "data": 1, "model": 1, "hub": 2, "run": 3, "datasets": 4,
+          "evaluation": 4}
+COMMANDS = {"utils/hub/__main__.py"}  # `python -m utils.hub`: a command, like the scripts, may import any floor
+SCRIPTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "*.py")))
+MAX_LINES = 450
+MAX_LOOSE_MODULES = 8
+
+
+def utils_files():
+    return sorted(os.path.relpath(p, REPO).replace(os.sep, "/")
+                  for p in glob.glob(os.path.join(REPO, "utils", "**", "*.py"), recursive=True))
+
+
+def imported_modules(path):
+    """Absolute dotted names of everything ``path`` (relative to the repo) imports, relative imports resolved."""
+    package = os.path.dirname(path).split("/")
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            here = package[:len(package) - node.level + 1] if node.level else []
+            base = ".".join(filter(None, [*here, node.module or ""]))
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def group(folder):
+    """The loose modules are one group: they may import each other (grid.py uses labels.py)."""
+    return "loose" if folder in {"labels", "cli", "grid"} else folder
+
+
+def folder_of(dotted):
+    """'utils.run.checkpoints' -> 'run'; 'utils.labels' -> 'labels'; None outside utils or for utils itself."""
+    parts = dotted.split(".")
+    return parts[1] if parts[0] == "utils" and len(parts) > 1 else None
+
+
+def test_every_import_runs_down_a_floor():
+    upward = []
+    for path in utils_files():
+        source = folder_of(path[:-3].replace("/", "."))
+        if path in COMMANDS or source is None:
+            continue
+        for name in imported_modules(path):
+            target = folder_of(name)
+            if target in FLOORS and group(target) != group(source) and FLOORS[target] >= FLOORS[source]:
+                upward.append(f"{path} imports {name} (floor {FLOORS[target]} from floor {FLOORS[source]})")
+    assert not upward, "\n".join(upward)
+
+
+def test_every_folder_is_on_a_floor_and_says_what_it_may_import():
+    folders = {os.path.basename(os.path.dirname(p))
+               for p in glob.glob(os.path.join(REPO, "utils", "*", "__init__.py"))}
+    loose = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "utils", "*.py"))} - {"__init__"}
+    assert folders | loose == set(FLOORS), "a new folder or loose module needs its floor here and in utils/__init__.py"
+    assert len(loose) <= MAX_LOOSE_MODULES
+    with open(os.path.join(REPO, "utils", "__init__.py"), encoding="utf-8") as f:
+        plan = ast.get_docstring(ast.parse(f.read()))
+    for folder in folders:
+        assert f"{folder}/" in plan, f"utils/__init__.py's floor plan does not name {folder}/"
+        with open(os.path.join(REPO, "utils", folder, "__init__.py"), encoding="utf-8") as f:
+            doc = ast.get_docstring(ast.parse(f.read())) or ""
+        assert f"Floor {FLOORS[folder]}" in doc and "May import" in doc, f"utils/{folder}/__init__.py"
+
+
+def test_no_script_imports_another():
+    found = []
+    for path in [f"{s}.py" for s in SCRIPTS] + utils_files():
+        for name in imported_modules(path):
+            if name.split(".")[0] in SCRIPTS and name.split(".")[0] != path[:-3]:
+                found.append(f"{path} imports {name}")
+    assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("path", utils_files())
+def test_modules_stay_readable_in_one_sitting(path):
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+        assert len(f.readlines()) <= MAX_LINES, f"{path}: split it by idea"

@@ -1,0 +1,6 @@
+"""Floor 4: a generated, labelled dataset (generate_dataset.py). What it holds before any image is drawn: counts,
+one seed per image, shards, the command record and the folder's checks (``dataset_plan``); its parquet shards
+(``dataset_shards``); its card and preview (``dataset_card``).
+
+May import every lower floor; imported by the scripts only.
+"""
