@@ -35,6 +35,8 @@ def parse_args(argv=None):
     parser.add_argument("--memory_images", type=int, default=126, help="The smaller memory run's size; the larger "
                         "is 10x (default: %(default)s).")
     parser.add_argument("--shard_size", type=int, default=126, help="Shard size of the memory runs.")
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="Also the two memory runs (--no-memory: speed only, as benchmarks/gpu_suite.sh runs it).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (and OMP_NUM_THREADS).")
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--work_dir", default=None, help="Keep the generated folders here (default: a temporary "
@@ -87,7 +89,7 @@ def main(args):
     speed = {name: median(values) for name, values in timings.items()}
 
     memory = {}
-    for images in (args.memory_images, 10 * args.memory_images):
+    for images in (args.memory_images, 10 * args.memory_images) if args.memory else ():
         folder = os.path.join(work, f"memory-{images}")
         code = ("import resource, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, '.'); "
                 "runpy.run_path('generate_dataset.py', run_name='__main__'); "
@@ -108,6 +110,8 @@ def main(args):
     print(f"\ngenerate_dataset / generate(): {speed['generate_dataset'] / speed['generate()']:.3f}x "
           "(target >= 0.95x)\n")
     sizes = sorted(memory)
+    if not sizes:
+        return end_run(args, work)
     print(markdown_table(["dataset images", "shard size", "peak RSS (MiB)"],
                          [[n, args.shard_size, f"{memory[n]:.0f}"] for n in sizes]))
     print(f"\npeak RSS at {sizes[1]} / at {sizes[0]} images: {memory[sizes[1]] / memory[sizes[0]]:.3f}x "

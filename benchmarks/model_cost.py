@@ -30,7 +30,10 @@ def parse_args(argv=None):
     add = parser.add_argument
     add("--resolution", type=int, default=128)
     add("--tiny", action="store_true", help="A 1 M-parameter UNet instead of the seed's (CPU dry runs).")
-    add("--batch_size", type=int, default=None, help="Batch of the peak-memory step (default 64 CUDA, 4 CPU).")
+    add("--batch_size", type=int, nargs="+", default=None,
+        help="Batches of the peak-memory steps, one measurement each (default 64 CUDA, 4 CPU).")
+    add("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+        help="Peak memory in fp32 and/or under bf16 autocast (--mixed_precision bf16), each at every batch.")
     add("--device", default=None, help="Default: cuda if available, else cpu.")
     add("--json", default=None, help="Also write the numbers to this file (benchmarks/gpu_suite.sh).")
     return parser.parse_args(argv)
@@ -108,8 +111,9 @@ def flops_per_image(unet, encoder, noise_scheduler, resolution, device):
     return forward, counter.get_total_flops()
 
 
-def peak_step_bytes(unet, encoder, noise_scheduler, resolution, batch, device):
-    """Peak memory of one optimizer step at ``batch`` (see the module docstring for what is measured)."""
+def peak_step_bytes(unet, encoder, noise_scheduler, resolution, batch, device, bf16=False):
+    """Peak memory of one optimizer step at ``batch`` (see the module docstring for what is measured); None when
+    it does not fit in the GPU's memory."""
     import torch
 
     params = list(unet.parameters()) + list(encoder.parameters())
@@ -119,15 +123,30 @@ def peak_step_bytes(unet, encoder, noise_scheduler, resolution, batch, device):
         torch.cuda.reset_peak_memory_stats(device)
     else:
         before = _rss_bytes()
-    training_loss(unet, encoder, noise_scheduler, batch, resolution, device).backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = training_loss(unet, encoder, noise_scheduler, batch, resolution, device)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        loss = optimizer = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device), "CUDA max_memory_allocated (weights, AdamW state included)"
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.empty_cache()
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    return max(peak - before, 0), "CPU: growth of the process's peak RSS over the step (AdamW state included)"
+    return max(peak - before, 0)
+
+
+def peak_note(device):
+    if device.type == "cuda":
+        return "CUDA max_memory_allocated (weights, AdamW state included)"
+    return "CPU: growth of the process's peak RSS over the step (AdamW state included)"
 
 
 def _rss_bytes():
@@ -140,7 +159,7 @@ def main(args):
     from diffusers import DDPMScheduler
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    batch = args.batch_size or (64 if device.type == "cuda" else 4)
+    batches = args.batch_size or [64 if device.type == "cuda" else 4]
     config = model_config(args.tiny)
     unet, encoder = build(args.resolution, config, device)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
@@ -148,23 +167,33 @@ def main(args):
     unet_params = sum(p.numel() for p in unet.parameters())
     encoder_params = sum(p.numel() for p in encoder.parameters())
     forward, backward = flops_per_image(unet, encoder, noise_scheduler, args.resolution, device)
-    peak, peak_note = peak_step_bytes(unet, encoder, noise_scheduler, args.resolution, batch, device)
+    peaks = []
+    for precision in args.precision:
+        for batch in sorted(batches):
+            fits = not peaks or peaks[-1]["peak_bytes"] is not None or peaks[-1]["precision"] != precision
+            peak = peak_step_bytes(unet, encoder, noise_scheduler, args.resolution, batch, device,
+                                   bf16=precision == "bf16") if fits else None  # a larger batch fits no better
+            peaks.append(dict(precision=precision, batch=batch, peak_bytes=peak))
+    first = peaks[0]
     result = dict(model="tiny" if args.tiny else "seed", resolution=args.resolution, unet_params=unet_params,
                   encoder_params=encoder_params, forward_flops=forward, backward_flops=backward,
-                  training_flops_per_image=forward + backward, peak_batch=batch, peak_bytes=peak,
-                  peak_note=peak_note, device=str(device), config=config)
+                  training_flops_per_image=forward + backward, peak_batch=first["batch"],
+                  peak_bytes=first["peak_bytes"], peaks=peaks, peak_note=peak_note(device), device=str(device),
+                  config=config)
     rows = [["UNet parameters", f"{unet_params / 1e6:.1f} M"], ["condition encoder parameters", f"{encoder_params:,}"],
             ["forward FLOPs per image", f"{forward / 1e9:.1f} GFLOP"],
             ["backward FLOPs per image", f"{backward / 1e9:.1f} GFLOP"],
             ["training FLOPs per image (forward + backward)", f"{(forward + backward) / 1e9:.1f} GFLOP"],
-            [f"peak memory, one AdamW step at batch {batch}", f"{peak / 2**30:.2f} GiB"]]
+            *([f"peak memory, one AdamW step at batch {p['batch']}, {p['precision']}",
+               f"{p['peak_bytes'] / 2**30:.2f} GiB" if p["peak_bytes"] is not None else "out of memory"]
+              for p in peaks)]
     print(f"## Training cost: {result['model']} UNet {config['block_out_channels']}, layers_per_block "
           f"{config['layers_per_block']}, attention at {config['attention_levels']}, {args.resolution} px")
     print()
     print(markdown_table(["quantity", "value"], rows))
     print()
     print(f"FLOPs: torch.utils.flop_counter.FlopCounterMode (matmul, convolution, attention kernels). Peak memory: "
-          f"{peak_note}.")
+          f"{peak_note(device)}.")
     print("\n".join(machine_lines(device)))
     if args.json:
         with open(args.json, "w") as f:

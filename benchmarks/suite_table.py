@@ -1,9 +1,10 @@
-"""benchmarks/gpu_suite.sh's one table, from the results its benchmarks wrote into one folder.
+"""benchmarks/gpu_suite.sh's one table, from whatever its steps finished in one folder.
 
-Reads ``model_cost.json`` and ``training_speed.json`` (their ``--json`` output) and ``sampling_speed.log``
-(benchmarks/sampling_speed.py's printed markdown table, read by column name) and, when there,
-``student_sampling_speed.log`` (the same at 2 steps, guidance 1: a distilled student's sampler), and prints one
-markdown table.
+Reads, when there: ``training_speed.json`` (fp32 and bf16), ``training_speed_compile.json`` (bf16 +
+torch.compile, its warm-up apart), ``model_cost.json`` (FLOPs; peak memory per batch size), ``sampling_speed.log``
+and ``student_sampling_speed.log`` (benchmarks/sampling_speed.py's printed tables, read by column name),
+``dataset_generation.log`` (generate_dataset.py's images/s) and ``status.txt`` (gpu_suite.sh's line per step:
+done, skipped or out of time). A step that did not finish is a row that says so; the table is printed anyway.
 
     python benchmarks/suite_table.py RESULTS_DIR
 """
@@ -36,34 +37,91 @@ def gib(value):
     return f"{value / 2**30:.2f} GiB" if value else "n/a"
 
 
-def suite_rows(folder):
-    with open(os.path.join(folder, "model_cost.json")) as f:
-        cost = json.load(f)
-    with open(os.path.join(folder, "training_speed.json")) as f:
-        speed = json.load(f)
-    with open(os.path.join(folder, "sampling_speed.log")) as f:
-        sampling = markdown_rows(f.read(), "sampler")
-    if not sampling:
-        raise SystemExit("suite_table.py: error: no sampling table in sampling_speed.log")
-    model = (f"{speed['model']} UNet, {cost['unet_params'] / 1e6:.1f} M parameters, {speed['resolution']} px, "
-             f"{cost['training_flops_per_image'] / 1e9:.1f} GFLOP per training image")
-    rows = [["training cost", model, "", "", gib(cost["peak_bytes"]) + f" (batch {cost['peak_batch']})", ""]]
+def _read(folder, name):
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f) if name.endswith(".json") else f.read()
+
+
+def step_status(folder):
+    """{step name: outcome} from gpu_suite.sh's status.txt."""
+    text = _read(folder, "status.txt") or ""
+    return dict(line.split("|", 1) for line in text.splitlines() if "|" in line)
+
+
+def training_rows(speed, only=None):
+    rows = []
     for variant in speed["variants"]:
+        if only and variant["variant"] != only:
+            continue
         mfu = f"{variant['mfu']:.1%}" if variant["mfu"] is not None else "n/a"
         rows.append([f"training, batch {speed['batch']}", variant["variant"], f"{variant['images_per_s']:.1f}",
                      f"{variant['speedup']:.2f}x", gib(variant["peak_bytes"]), mfu])
-    for row in sampling:
-        if row.get("images/s"):
-            rows.append(["sampling", row["sampler"], row["images/s"], row.get("speed-up", ""), "",
-                         f"all three attributes: {row.get('all three', 'n/a')}"])
-    student = os.path.join(folder, "student_sampling_speed.log")  # a distilled student's sampler, same UNet
-    if os.path.isfile(student):
-        with open(student) as f:
-            for row in markdown_rows(f.read(), "sampler"):
-                if row.get("images/s") and row["sampler"].startswith("pipeline"):
-                    rows.append(["sampling, as a distilled student", row["sampler"], row["images/s"],
-                                 row.get("speed-up", ""), "", "speed only (undistilled weights)"])
-    return speed["device_name"], rows
+    return rows
+
+
+def sampling_rows(text, kind, student=False):
+    rows = []
+    for row in markdown_rows(text or "", "sampler"):
+        if not row.get("images/s") or (student and not row["sampler"].startswith("pipeline")):
+            continue
+        note = "speed only (undistilled weights)" if student else f"all three attributes: {row.get('all three', 'n/a')}"
+        rows.append([kind, row["sampler"], row["images/s"], row.get("speed-up", ""), "", note])
+    return rows
+
+
+def suite_rows(folder):
+    """(device name, rows): training, peak memory per batch, sampling, dataset generation; unfinished steps say so."""
+    status, rows, device = step_status(folder), [], None
+
+    def missing(step, kind):
+        if status.get(step, "done") != "done" or step not in status:
+            rows.append([kind, f"not measured: {status.get(step, 'not run')}", "", "", "", ""])
+
+    speed, compiled = _read(folder, "training_speed.json"), _read(folder, "training_speed_compile.json")
+    cost = _read(folder, "model_cost.json")
+    if speed:
+        device = speed["device_name"]
+        model = f"{speed['model']} UNet, {speed['params'] / 1e6:.1f} M parameters, {speed['resolution']} px"
+        if cost:
+            model += f", {cost['training_flops_per_image'] / 1e9:.1f} GFLOP per training image"
+        rows.append(["training cost", model, "", "", "", ""])
+        rows += training_rows(speed)
+    else:
+        missing("training speed", "training")
+    if compiled:
+        device = device or compiled["device_name"]
+        rows += training_rows(compiled, only="fast + torch.compile")
+        warmup = compiled.get("warmup_seconds", {}).get("fast + torch.compile", 0)
+        rows[-1][1] += f" (compile warm-up {warmup:.0f} s, not timed; ratio to its own run's fp32)"
+    else:
+        missing("torch.compile", "training, bf16 + torch.compile")
+    if cost:
+        older = [dict(batch=cost["peak_batch"], precision="fp32", peak_bytes=cost["peak_bytes"])]
+        for peak in cost.get("peaks", older):
+            memory = gib(peak["peak_bytes"]) if peak["peak_bytes"] is not None else "out of memory"
+            rows.append(["peak memory, one training step", f"batch {peak['batch']}, {peak['precision']}", "", "",
+                         memory, ""])
+    else:
+        missing("model cost", "peak memory")
+    teacher = sampling_rows(_read(folder, "sampling_speed.log"), "sampling")
+    rows += teacher or []
+    if not teacher:
+        missing("sampling", "sampling")
+    student = sampling_rows(_read(folder, "student_sampling_speed.log"), "sampling, as a distilled student", True)
+    rows += student or []
+    if not student:
+        missing("student sampling", "sampling, as a distilled student")
+    generation = [row for row in markdown_rows(_read(folder, "dataset_generation.log") or "", "variant")
+                  if row["variant"] == "generate_dataset"]
+    for row in generation:
+        rows.append(["generate_dataset.py", "images/s, parquet shards included", row["images/s (median of rounds)"],
+                     "", "", ""])
+    if not generation:
+        missing("dataset generation", "generate_dataset.py")
+    return device or "device unknown (no training step finished)", rows
 
 
 def main(argv=None):

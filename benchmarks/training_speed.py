@@ -296,7 +296,8 @@ def main(args):
         with open(args.json, "w") as f:
             json.dump(dict(device=str(device), device_name=torch.cuda.get_device_name(device) if cuda else "CPU",
                            model="tiny" if tiny else "seed", resolution=res, batch=batch_size, params=params,
-                           flops_per_image=flops_step / batch_size, peak_note=peak_note, variants=results), f, indent=2)
+                           flops_per_image=flops_step / batch_size, peak_note=peak_note, variants=results,
+                           warmup_seconds=warmup_seconds), f, indent=2)
 
 
 if __name__ == "__main__":

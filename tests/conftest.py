@@ -5,7 +5,11 @@ datasets/Hub caches live in a temporary folder for the whole session (datasets c
 and config, so a shared real cache could serve stale data).
 """
 
+import contextlib
+import importlib
+import io
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +28,23 @@ os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "da
 # --no-use_ema: EMA is on by default for full-data runs (off with --demo); tests that need it pass --use_ema after.
 TINY_MODEL_ARGS = ["--resolution", "32", "--block_out_channels", "32", "64", "--layers_per_block", "1",
                    "--cross_attention_dim", "32", "--report_to", "none", "--lr_warmup_steps", "10", "--no-use_ema"]
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 now (torchrun's --master_port, the app's --port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_error(script, *argv):
+    """(exit status, stderr) of ``script``'s ``parse_args(argv)`` that must fail: the argument check as the command
+    line runs it, in this process (a subprocess per bad flag pays seconds of imports for nothing)."""
+    module = importlib.import_module(os.path.splitext(script)[0])
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exit_:
+        module.parse_args([str(arg) for arg in argv])
+    return exit_.value.code, stderr.getvalue()
 
 
 def run_script(script, *args, check=True, env=None, timeout=1800):

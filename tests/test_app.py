@@ -15,7 +15,6 @@ The browser is Debian's /usr/bin/chromium with its chromedriver, driven by Selen
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_script
+from conftest import REPO, free_port, run_script
 from utils.data.demo_data import measure_attributes, measure_framing
+
+pytestmark = pytest.mark.e2e  # every test here trains a model or runs a script
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,9 +42,7 @@ TIGHT, WIDE = 0, 1
 def app(demo_model, tmp_path_factory):
     """``python app.py --model DEMO --port P`` running; yields (url, log path). Stopped at the end."""
     root = tmp_path_factory.mktemp("app")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = root / "app.log"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONUNBUFFERED": "1"}

@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from safetensors.torch import load_file
 
-from conftest import REPO, run_script
+from conftest import REPO, parse_error, run_script
 from utils.model import consistency
 from utils.data.demo_data import measure_attributes
 from utils.model.pipeline import denoise, generate, guided_prediction, load_pipeline
@@ -121,6 +121,7 @@ def count_unet_calls(pipe):
     return calls
 
 
+@pytest.mark.e2e
 def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run):
     for name in ("model_index.json", "README.md", "samples.png", "fairface_pipeline.py",
                  "unet/diffusion_pytorch_model.safetensors", "condition_encoder/condition_encoder.py"):
@@ -161,6 +162,7 @@ def test_student_is_a_release_sampling_one_evaluation_per_step(student, tiny_run
     assert teacher_guidance.value == 2 and teacher_guidance.interactive is not False
 
 
+@pytest.mark.e2e
 def test_the_scripts_sample_the_student_with_its_saved_sampler(student, tmp_path):
     """sample_fairface.py, make_grid.py and generate_dataset.py draw with the student's saved defaults and nothing
     to set (they passed its distilled_guidance_scale record on to the pipeline call: a TypeError, stop 18)."""
@@ -178,12 +180,20 @@ def test_the_scripts_sample_the_student_with_its_saved_sampler(student, tmp_path
     assert len(rows) == 2 and rows[0]["image"].size == (size, size)
 
 
+@pytest.mark.e2e
 def test_one_segment_student_is_lcm_sampling_four_steps(tiny_run, demo_dataset, tmp_path):
-    """--num_segments 1: LCM's objective, LCMScheduler, 4 saved steps (its best at --demo's budget)."""
+    """--num_segments 1: LCM's objective, LCMScheduler, 4 saved steps (its best at --demo's budget). The same run
+    releases the online student (--release_weights student) instead of its EMA target."""
     output_dir = tmp_path / "lcm"
     run_script("distill_fairface.py", "--teacher", tiny_run, "--dataset_name", demo_dataset, "--output_dir",
                output_dir, "--num_segments", "1", "--num_ddim_timesteps", "10", *COMMON, "--max_train_steps", "4",
-               "--checkpointing_steps", "4")
+               "--checkpointing_steps", "4", "--release_weights", "student")
+    weights = "diffusion_pytorch_model.safetensors"
+    released = load_file(os.path.join(output_dir, "unet", weights))
+    online = load_file(os.path.join(output_dir, "checkpoint-4", "unet", weights))
+    target = load_file(os.path.join(output_dir, "checkpoint-4", "unet_target", weights))
+    assert all(torch.equal(released[k], online[k]) for k in online)
+    assert not all(torch.equal(released[k], target[k]) for k in target)
     pipe = load_pipeline(str(output_dir))
     settings = pipe.sampling_settings()
     assert type(pipe.scheduler).__name__ == "LCMScheduler" and settings["num_inference_steps"] == 4
@@ -195,6 +205,7 @@ def test_one_segment_student_is_lcm_sampling_four_steps(tiny_run, demo_dataset, 
     assert calls == [2] * 4 and np.asarray(images).std() > 0.05
 
 
+@pytest.mark.e2e
 def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student, tiny_run, tmp_path):
     """benchmarks/distillation.py, as README's command runs it, on a release and on one of its run's checkpoints
     (a training-length curve): a row per setting with its UNet evaluations counted, the checkpoint's weights used,
@@ -242,6 +253,7 @@ def guided_student(tiny_run, demo_dataset, tmp_path_factory):
     return str(output_dir)
 
 
+@pytest.mark.e2e
 def test_guidance_student_samples_with_the_teachers_sampler_one_evaluation_per_step(guided_student, tiny_run):
     """--method guidance: a release with the teacher's own sampler (scheduler and its config), the guidance it
     learned saved as distilled_guidance_scale, one UNet evaluation per image per step, and a card that says how."""
@@ -255,6 +267,7 @@ def test_guidance_student_samples_with_the_teachers_sampler_one_evaluation_per_s
     assert calls == [2] * settings["num_inference_steps"] and np.asarray(images).std() > 0.05
 
 
+@pytest.mark.e2e
 def test_push_sends_the_student_release_only(guided_student, tiny_run):
     """--push_to_hub: the release with its card (naming the teacher's weights), never a checkpoint's pickles."""
     from test_hub import PIPELINE_FILES, files_under
@@ -267,6 +280,7 @@ def test_push_sends_the_student_release_only(guided_student, tiny_run):
     assert os.path.isfile(os.path.join(guided_student, f"checkpoint-{STEPS}", "optimizer.bin"))  # kept, not sent
 
 
+@pytest.mark.e2e
 def test_the_distilled_target_is_what_the_teachers_sampler_steps_with(tiny_run):
     """guided_prediction with one timestep per image (both methods' teacher output) equals the teacher pipeline's
     guided prediction at its sampler's timesteps, and moves from the conditional prediction (scale 1) as the scale
@@ -297,6 +311,7 @@ def demo_student(demo_model, demo_dataset, tmp_path_factory):
     return str(output_dir)
 
 
+@pytest.mark.e2e
 def test_student_draws_the_requested_gender(demo_student):
     """Its saved sampler (2 segments: DDIM, 2 steps, one evaluation each, no guidance) draws the gender asked for.
     (Measured on the docs' LCM demo student: 100 % both ways; with its sampler reading the v output as epsilon,
@@ -309,6 +324,7 @@ def test_student_draws_the_requested_gender(demo_student):
         assert np.mean(read == gender) >= 0.9, (gender, read)
 
 
+@pytest.mark.e2e
 def test_resume_is_bitwise_exact_and_checked(tiny_run, demo_dataset, student, tmp_path):
     """The first half, then --resume_from_checkpoint latest: the same weights, student and target, as the run
     straight through; a resume with another guidance scale is refused (exit 2)."""
@@ -343,6 +359,7 @@ def test_resume_is_bitwise_exact_and_checked(tiny_run, demo_dataset, student, tm
         assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
 
 
+@pytest.mark.e2e
 def test_sigterm_and_kill_9_then_resume_is_bitwise_exact(tiny_run, demo_dataset, student, tmp_path):
     """SIGTERM while checkpoint-2 is written: the run finishes it, says how to resume, exits 0, releases nothing;
     resumed, SIGKILL while checkpoint-4 is half written: checkpoint-2 stays; `latest` then ends bitwise where the
@@ -376,13 +393,21 @@ def test_sigterm_and_kill_9_then_resume_is_bitwise_exact(tiny_run, demo_dataset,
     assert os.path.isfile(os.path.join(out, "model_index.json"))
 
 
+@pytest.mark.parametrize("flags, message", [([], "--teacher"), (["--learning_rate", "-1"], "learning_rate")])
+def test_bad_flags_exit_2_with_one_line(tmp_path, flags, message):
+    teacher = [] if not flags else ["--teacher", tmp_path / "teacher"]
+    code, stderr = parse_error("distill_fairface.py", *teacher, "--output_dir", tmp_path / "out", *flags)
+    assert code == 2 and message in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
+
+
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, message", [
-    ([], "--teacher"), (["--num_ddim_timesteps", "33"], "must divide"), (["--learning_rate", "-1"], "learning_rate"),
+    (["--num_ddim_timesteps", "33"], "must divide"),
     (["--num_segments", "3"], "--num_segments 3 must divide --num_ddim_timesteps 50"),
     (["--method", "guidance", "--num_segments", "2"], "--method consistency only")])
-def test_bad_flags_exit_2_with_one_line(tiny_run, tmp_path, flags, message):
-    teacher = [] if not flags else ["--teacher", tiny_run]
-    result = run_script("distill_fairface.py", *teacher, "--output_dir", tmp_path / "out", *flags, check=False)
+def test_flags_that_do_not_fit_the_teacher_exit_2_with_one_line(tiny_run, tmp_path, flags, message):
+    result = run_script("distill_fairface.py", "--teacher", tiny_run, "--output_dir", tmp_path / "out", *flags,
+                        check=False)
     assert result.returncode == 2 and message in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
 
@@ -401,6 +426,7 @@ np.savez(sys.argv[2], images=images, calls=np.array(calls))
 """
 
 
+@pytest.mark.e2e
 def test_plain_diffusers_in_a_clean_venv_samples_the_student_as_we_do(student, clean_python, tmp_path):
     (tmp_path / "plain.py").write_text(PLAIN)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -99,6 +99,7 @@ def _assert_png(path):
 
 
 # --------------------------------------------------------------------------------------------- end to end
+@pytest.mark.e2e
 def test_sampled_evaluation_writes_metrics_report_and_plots(evaluation):
     output_dir, metrics, stdout = evaluation
     assert metrics["counts"]["generated"] == 6 and metrics["counts"]["conditions"] == 3
@@ -135,6 +136,7 @@ def test_sampled_evaluation_writes_metrics_report_and_plots(evaluation):
     assert "accuracy: age" in stdout
 
 
+@pytest.mark.e2e
 def test_samples_are_seeded_per_image(evaluation, tiny_run):
     """Image k of a condition is the pipeline's image for seed k: reproducible outside this script."""
     from utils.labels import decode_condition
@@ -146,6 +148,7 @@ def test_samples_are_seeded_per_image(evaluation, tiny_run):
     assert np.abs(np.asarray(again, dtype=np.int16) - saved).max() <= 1
 
 
+@pytest.mark.e2e
 def test_samples_dir_reuse_with_image_classifier_and_heldout_split(evaluation, demo_dataset, tiny_models, tmp_path):
     """Reuses saved images (a subset of their conditions), a FairFace-label classifier for gender, a held-out
     split as memorisation reference, and a data-loader worker decoding the training pool."""
@@ -192,6 +195,7 @@ def test_missing_models_and_data_are_one_line_errors(flag, value, message, tiny_
     assert "error: " + message.format(tmp=tmp_path) in error
 
 
+@pytest.mark.e2e
 def test_per_framing_accuracy_and_frechet_distance(tiny_run, demo_dataset, tiny_models, tmp_path):
     """--framing tight wide: every condition sampled in both framings, each against real images of its config."""
     output_dir = tmp_path / "eval"

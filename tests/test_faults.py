@@ -138,6 +138,7 @@ def reference(data160, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ kill -9
+@pytest.mark.e2e
 def test_sigkill_storm_one_process_ends_bitwise_equal(data160, reference, tmp_path):
     """8 kills: in the pixel-cache build, in checkpoint-3's save (no checkpoint yet), at a random moment, in a
     later checkpoint's save, in the epoch_2 snapshot, at a random moment, in the release (twice)."""
@@ -148,6 +149,7 @@ def test_sigkill_storm_one_process_ends_bitwise_equal(data160, reference, tmp_pa
     assert_same_outputs(reference, out, STEPS, 3)
 
 
+@pytest.mark.e2e
 def test_sigkill_storm_two_processes_kills_one_rank(data160, tmp_path):
     root = tmp_path / "reference"
     run(args_for(data160, root / "run", root / "cache", TWO), tmp_path / "reference.log", nproc=2)
@@ -169,6 +171,7 @@ def release_weights(folder):
             for key, tensor in getattr(pipe, name).state_dict().items()}
 
 
+@pytest.mark.e2e
 def test_release_is_never_a_mix_after_a_kill_or_a_full_disk(data160, reference, tmp_path):
     """A finished 30-step run trains on to 33 steps; its new release is killed and starved of disk space in
     both halves: the root always loads as the previous release or the new one, and a rerun finishes it."""
@@ -212,6 +215,7 @@ def test_release_is_never_a_mix_after_a_kill_or_a_full_disk(data160, reference, 
 
 
 # ------------------------------------------------------------------------------------------------ one run per folder
+@pytest.mark.e2e
 def test_second_run_on_a_live_folder_is_refused_and_the_first_goes_on(data160, reference, tmp_path):
     out, go = str(tmp_path / "run"), tmp_path / "go"
     args = args_for(data160, out, tmp_path / "cache", ONE)
@@ -279,6 +283,7 @@ def test_checkpoint_from_before_the_framing_flag_is_checked_by_its_encoder(tmp_p
     assert resume_check.check_or_exit(str(checkpoint), {**current, "framing_condition": False}, False) == []
 
 
+@pytest.mark.e2e
 def test_resume_with_changed_flags_end_to_end(data160, reference, tmp_path):
     out = str(tmp_path / "run")
     shutil.copytree(reference, out)
@@ -351,6 +356,7 @@ def test_bad_flag_is_a_one_line_error(flags, fragment, capsys):
     assert "error: " in last and fragment in last, last
 
 
+@pytest.mark.e2e
 def test_bad_flags_as_a_user_runs_them(data160, tmp_path):
     """The issue's cases from the command line: one line, exit 2, no traceback; wandb missing says how to
     install it. A pixel-cache path that is a file: one line too."""
@@ -368,6 +374,7 @@ def test_bad_flags_as_a_user_runs_them(data160, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.e2e
 def test_fp16_on_a_cpu_says_it_trains_in_float32(data160, tmp_path):
     log = run(["--dataset_name", data160, "--output_dir", tmp_path / "run", *TINY_MODEL_ARGS, *SMALL,
                "--train_batch_size", "16", "--max_train_steps", "1", "--save_model_epochs", "100",

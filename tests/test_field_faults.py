@@ -22,6 +22,7 @@ TINY_DEMO = ["--num_epochs", "1", "--max_train_steps", "4", "--checkpointing_ste
 
 
 # ------------------------------------------------------------------------------------------------ quick start
+@pytest.mark.e2e
 def test_quick_start_resumes_with_the_command_it_prints(tmp_path):
     """A first `--demo` run (its data not generated yet) stopped by Ctrl-C prints how to resume; that exact
     command, from the same folder, resumes (it was refused: the record held the relative data path)."""
@@ -146,6 +147,7 @@ def test_guidance_interval_to_inf_is_saved_as_strict_json(tmp_path):
     assert load_pipeline(str(tmp_path / "pipe")).sampling_settings()["guidance_interval"] == (0.0, 999.0)
 
 
+@pytest.mark.e2e
 def test_hub_uploads_a_release_whose_first_finish_was_interrupted(tiny_pipeline_folder, tmp_path):
     """A kill during the first release's finish leaves it complete in .release-new and nothing at the root:
     `python -m utils.hub` finishes it and uploads it (it refused: "no model_index.json")."""
@@ -229,6 +231,7 @@ def test_a_file_system_that_cannot_lock_is_said_so(tmp_path, monkeypatch, code):
     run_folder._held.pop(os.path.join(str(tmp_path), run_folder.LOCK_FILE)).close()
 
 
+@pytest.mark.e2e
 def test_training_on_a_file_system_without_locks_is_one_line(tmp_path):
     """The whole script: exit 2, one line naming the cause and the way out (it was "in use by another run")."""
     (tmp_path / "fake").mkdir()
@@ -243,6 +246,7 @@ def test_training_on_a_file_system_without_locks_is_one_line(tmp_path):
     assert "ENOLCK" in last and "FAIRFACE_NO_FILE_LOCKS=1" in last and "Traceback" not in result.stderr
 
 
+@pytest.mark.e2e
 def test_without_fcntl_the_scripts_import_and_training_says_linux_and_macos(tmp_path):
     """Windows has no fcntl: the modules still import; a run stops with one line saying where it runs."""
     code = ("import sys, runpy; sys.modules['fcntl'] = None; sys.argv = sys.argv[1:]; "
@@ -346,6 +350,7 @@ def test_release_finishes_beside_an_old_release_it_cannot_remove(tmp_path, monke
 
 # ------------------------------------------------------------------------------------------------ resume settings
 
+@pytest.mark.e2e
 def test_resume_applies_new_optimizer_and_ema_settings_and_can_turn_ema_on(data160, tmp_path):
     """A run without EMA, resumed with --use_ema (--allow_resume_changes), a new --learning_rate, Adam settings and
     EMA settings: the EMA starts from the resumed weights, the new values are applied and logged (the EMA was a
@@ -400,6 +405,7 @@ def test_bf16_checkpoint_resumed_with_fp16_grad_scaler_is_one_line(tmp_path, cap
 
 
 # ------------------------------------------------------------------------------------------------ several ranks
+@pytest.mark.e2e
 def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_path):
     """Two gloo processes; rank 0 alone assembles the pixel cache, slowly (12 s), while rank 1 waits in a
     barrier: with --ddp_timeout 3 the wait ends the run (the timeout reaches the process group), with the
@@ -423,7 +429,7 @@ def _two_gloo_ranks(script):
     The script ends by leaving the process group (utils.run.distributed.leave_process_group): a gloo group left to
     interpreter shutdown aborts now and then ("terminate called without an active exception", SIGABRT on rank 0;
     CI, stop 26)."""
-    from test_resume import free_port
+    from conftest import free_port
 
     script.write_text(script.read_text() + "accelerator.wait_for_everyone()\n"
                       "from utils.run.distributed import leave_process_group\nleave_process_group()\n")
@@ -434,11 +440,12 @@ def _two_gloo_ranks(script):
     return result
 
 
+@pytest.mark.e2e
 def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
     """What `latest` resolves to is decided on rank 0 and broadcast (utils.run.distributed.main_process_value)."""
     script = tmp_path / "decide.py"
     script.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n"
-                      "from accelerate import Accelerator\nfrom utils import distributed\n"
+                      "from accelerate import Accelerator\nfrom utils.run import distributed\n"
                       "accelerator = Accelerator()\n"
                       "seen = distributed.main_process_value(accelerator, f'checkpoint-seen-by-{accelerator.process_index}')\n"
                       "print(f'rank {accelerator.process_index}: {seen}', flush=True)\n")
@@ -446,6 +453,7 @@ def test_main_process_value_is_rank_0s_on_every_rank(tmp_path):
     assert "rank 0: checkpoint-seen-by-0" in result.stdout and "rank 1: checkpoint-seen-by-0" in result.stdout
 
 
+@pytest.mark.e2e
 def test_ranks_that_see_different_latest_resume_from_rank_0s(data160, tmp_path):
     """A requeued 2-process run on NFS: rank 1's stale directory cache lacks checkpoint-4 (the test hook
     FAIRFACE_TEST_STALE_LISTING=1 hides the newest checkpoint from rank 1's listing), so rank 1 alone resolves
@@ -501,6 +509,7 @@ def assert_one_process_build(cache_root, dataset_name, work):
             assert (cache_root / os.path.basename(one) / name).read_bytes() == f.read(), name
 
 
+@pytest.mark.e2e
 def test_two_ranks_build_the_pixel_cache_together(data160, tmp_path):
     """torchrun, 2 gloo processes: each decodes half of the images into part files of its own, rank 0 assembles
     them. Rank 0 SIGKILLed with both parts written and nothing assembled leaves no cache that loads, only a
@@ -540,10 +549,11 @@ leave_process_group()
 """
 
 
+@pytest.mark.e2e
 def test_two_machines_of_two_processes_on_their_own_disks_each_build_the_cache(data160, tmp_path):
     """Two torchrun "machines" of two processes each, each with a --preprocess_cache the other does not see
     (node-local disks): each machine's processes build its own copy, byte for byte the one-process build."""
-    from test_resume import free_port
+    from conftest import free_port
 
     script = tmp_path / "cache.py"
     script.write_text(NODE_CACHE_SCRIPT)
@@ -581,6 +591,7 @@ def _fp16_run(data, out, log, *extra, scale="1024"):
     return finish(launch(args, log, env={"FAIRFACE_TEST_CPU_GRAD_SCALER": scale}))
 
 
+@pytest.mark.e2e
 def test_fp16_grad_scaler_survives_a_nonfinite_step(data160, tmp_path):
     """fp16 with a grad scaler (a CPU torch.amp.GradScaler through the test hook), accumulation 2, step 3's loss
     planted NaN: the step is skipped, the scaler updates, training goes on to the end (it raised "unscale_() has
@@ -591,6 +602,7 @@ def test_fp16_grad_scaler_survives_a_nonfinite_step(data160, tmp_path):
     assert "done: 6 steps" in output and "unscale_" not in output
 
 
+@pytest.mark.e2e
 def test_fp16_overflows_count_towards_max_nonfinite_steps(data160, tmp_path):
     """Steps the grad scaler skips (here: every step overflows at a scale of 2**100) are non-finite steps: the run
     stops after --max_nonfinite_steps of them with its checkpoint (they counted as finite: it never stopped)."""
@@ -600,12 +612,13 @@ def test_fp16_overflows_count_towards_max_nonfinite_steps(data160, tmp_path):
     assert "3 non-finite steps in a row; stopped" in output.strip().splitlines()[-1]
 
 
+@pytest.mark.e2e
 def test_finiteness_is_agreed_by_every_rank(tmp_path):
     """A loss non-finite on rank 1 only is non-finite on both ranks (all-reduced), so the ranks' streaks never
     drift apart into a lone checkpoint-and-stop (before, each rank judged fp16 steps by its own loss)."""
     script = tmp_path / "agree.py"
     script.write_text(f"import sys; sys.path.insert(0, {REPO!r})\n"
-                      "import torch\nfrom accelerate import Accelerator\nfrom utils import nonfinite\n"
+                      "import torch\nfrom accelerate import Accelerator\nfrom utils.run import nonfinite\n"
                       "accelerator = Accelerator()\n"
                       "rank = accelerator.process_index\n"
                       "mine = torch.tensor(float('nan') if rank == 1 else 0.5)\n"

@@ -15,7 +15,7 @@ from PIL import Image
 
 import make_grid
 import sample_fairface
-from conftest import TINY_MODEL_ARGS, run_script
+from conftest import TINY_MODEL_ARGS, parse_error, run_script
 from utils.data import fairface
 from utils import grid
 from utils.run import objective
@@ -63,6 +63,7 @@ def _figure_area(images):
     return (np.linalg.norm(pixels[:, :48] - np.asarray(BACKGROUND, dtype=np.float64), axis=-1) > 60).mean((1, 2))
 
 
+@pytest.mark.e2e
 def test_requested_framing_is_drawn(framing_run):
     """Same conditions and seeds asked tight and wide: the wide faces are drawn smaller (more margin).
 
@@ -79,6 +80,7 @@ def test_requested_framing_is_drawn(framing_run):
     assert np.median(wide / tight) < 0.9
 
 
+@pytest.mark.e2e
 def test_sample_and_grid_files_carry_the_framing(framing_run, tmp_path):
     paths = sample_fairface.main(sample_fairface.parse_args(
         ["--model", framing_run, "--condition", "42", "--num_images", "1", "--framing", "wide", "--grid",
@@ -154,11 +156,12 @@ def test_framing_has_its_own_dropout():
     ("evaluate_fairface.py", []),
 ])
 def test_bad_framing_is_a_one_line_error(script, extra, tmp_path):
-    result = run_script(script, "--model", tmp_path, *extra, "--framing", "medium", check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: argument --framing: invalid choice: 'medium'" in result.stderr.strip().splitlines()[-1]
+    code, stderr = parse_error(script, "--model", tmp_path, *extra, "--framing", "medium")
+    assert code == 2 and "Traceback" not in stderr
+    assert "error: argument --framing: invalid choice: 'medium'" in stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.e2e
 def test_framing_for_a_model_without_it_is_a_one_line_error(old_model, tmp_path):
     result = run_script("sample_fairface.py", "--model", old_model, "--condition", "42", "--framing", "wide",
                         "--output_dir", tmp_path, *FAST, check=False)

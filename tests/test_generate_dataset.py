@@ -13,10 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, free_port, run_script
 from test_evaluate import tiny_models  # noqa: F401 (fixture: a tiny DINOv2 feature model)
 from test_hub import fake_hub_env, files_under
-from test_resume import free_port
 
 # 3 conditions x 2 framings x 2 images = 12 rows in 4 shards of 3; 2 sampler steps keep each run in seconds.
 COMMON = ["--conditions", "0", "42", "125", "--images_per_condition", "2", "--framing", "tight", "wide",
@@ -51,6 +50,7 @@ def dataset(tiny_run, tmp_path_factory):
     return str(output_dir), result.stdout
 
 
+@pytest.mark.e2e
 def test_features_exact_counts_and_seeds_through_load_dataset(dataset):
     from utils.labels import AGES, GENDERS, RACES
 
@@ -71,6 +71,7 @@ def test_features_exact_counts_and_seeds_through_load_dataset(dataset):
     assert image.size == (32, 32) and np.asarray(image).std() > 0
 
 
+@pytest.mark.e2e
 def test_card_yaml_parses_and_its_counts_match(dataset):
     from huggingface_hub import DatasetCard
 
@@ -92,6 +93,7 @@ def test_card_yaml_parses_and_its_counts_match(dataset):
     assert "/tmp" not in card.content and "Kärkkäinen" in card.text
 
 
+@pytest.mark.e2e
 def test_rerun_of_a_finished_dataset_changes_nothing(dataset, tiny_run):
     folder, _ = dataset
     before, card = shard_bytes(folder), open(os.path.join(folder, "README.md"), "rb").read()
@@ -101,6 +103,7 @@ def test_rerun_of_a_finished_dataset_changes_nothing(dataset, tiny_run):
     assert {p: os.path.getmtime(p) for p in mtimes} == mtimes  # skipped, not rewritten
 
 
+@pytest.mark.e2e
 def test_two_processes_write_the_same_bytes(dataset, tiny_run, tmp_path):
     """torchrun, 2 CPU processes on gloo: shards k % 2 each, the same dataset bitwise."""
     output_dir = tmp_path / "tiny-synthetic"
@@ -115,6 +118,7 @@ def test_two_processes_write_the_same_bytes(dataset, tiny_run, tmp_path):
     assert open(output_dir / "README.md").read() == open(os.path.join(dataset[0], "README.md")).read()
 
 
+@pytest.mark.e2e
 def test_kill_storm_then_rerun_equals_the_uninterrupted_dataset(dataset, tiny_run, tmp_path):
     folder = str(tmp_path / "tiny-synthetic")
     # A kill -9 inside a shard's write (flushed, not yet renamed): shard 0 done, shard 1 a temporary file only.
@@ -123,20 +127,24 @@ def test_kill_storm_then_rerun_equals_the_uninterrupted_dataset(dataset, tiny_ru
     assert result.returncode == -signal.SIGKILL
     assert sorted(os.listdir(os.path.join(folder, "data"))) == [".tmp-train-00001-of-00004.parquet",
                                                                 "train-00000-of-00004.parquet"]
-    # Then kill -9s at seeded random moments (loading, drawing, writing), each run going on from the last.
+    # Then kill -9s at seeded random moments (loading, drawing, writing), each run going on from the last. The
+    # last shard's write holds each run (60 s) so that no run can finish before its kill: every kill hits a live run.
     rng = np.random.default_rng(19)
     script = [sys.executable, os.path.join(REPO, "generate_dataset.py"), "--model", tiny_run, "--output_dir", folder]
-    for delay in rng.uniform(4, 14, size=3):
+    hold = {"FAIRFACE_TEST_SAVE_FAULT": f"train-{NUM_SHARDS - 1:05d}-of-{NUM_SHARDS:05d}.parquet:hold"}
+    for delay in rng.uniform(2, 12, size=3):
         process = subprocess.Popen(script + COMMON, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True, env={**os.environ, **ONE_THREAD})
+                                   start_new_session=True, env={**os.environ, **ONE_THREAD, **hold})
         time.sleep(delay)
+        assert process.poll() is None, f"the run ended (exit {process.returncode}) before its kill"
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        assert process.wait() == -signal.SIGKILL
     result = generate(tiny_run, folder)
     assert shard_bytes(folder) == shard_bytes(dataset[0])  # image bytes included
     assert not [n for n in os.listdir(os.path.join(folder, "data")) if n.startswith(".")]
 
 
+@pytest.mark.e2e
 def test_changed_command_and_foreign_folder_are_refused(dataset, tiny_run, tmp_path):
     folder, _ = dataset
     before = shard_bytes(folder)
@@ -155,6 +163,7 @@ def test_changed_command_and_foreign_folder_are_refused(dataset, tiny_run, tmp_p
     assert os.listdir(other) == ["beach.jpg"]
 
 
+@pytest.mark.e2e
 def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path):
     cases = [(["--conditions", "200"], "invalid condition"), (["--distribution", "zipf"], "not uniform, fairface"),
              (["--images_per_condition", "0"], "positive integer")]
@@ -176,6 +185,7 @@ def test_bad_input_is_one_line_and_exit_2(tiny_run, tmp_path):
     assert sorted(os.listdir(folder / "data")) == ["train-00000-of-00004.parquet"]
 
 
+@pytest.mark.e2e
 def test_distribution_file_gives_exact_counts(tiny_run, tmp_path):
     weights = tmp_path / "weights.json"
     weights.write_text(json.dumps({"gender": {"female": 3, "male": 1}}))  # conditions 0-13: 7 male, 7 female
@@ -189,6 +199,7 @@ def test_distribution_file_gives_exact_counts(tiny_run, tmp_path):
     assert sorted({c: ds["condition_id"].count(c) for c in range(14)}.values()) == [1] * 7 + [3] * 7
 
 
+@pytest.mark.e2e
 def test_keep_verified_fills_every_condition(tiny_run, tmp_path):
     """--keep verified with the demo faces' pixel reader, checking gender and age: unrecognised images are replaced
     from the next seeds until every row is verified; the card reports the first-try acceptance. Condition 63
@@ -216,6 +227,26 @@ def test_keep_verified_fills_every_condition(tiny_run, tmp_path):
     print(f"first-try acceptance {first_try:.2f}, most images drawn for a row {max(attempts)}")
 
 
+@pytest.mark.e2e
+def test_verify_alone_scores_every_row_and_keeps_them_all(tiny_run, tmp_path):
+    """--verify without --keep verified: each row carries the reader's scores and verdict; none is replaced."""
+    folder = tmp_path / "scored"
+    run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", folder, "--conditions", "63",
+               "--images_per_condition", "12", "--num_inference_steps", "2", "--batch_size", "12", "--shard_size",
+               "12", "--verify", "--classifier", "demo", "--seed", "24", env=ONE_THREAD)
+    ds = load(folder)
+    assert len(ds) == 12 and list(ds["seed"]) == list(range(24, 36))
+    from utils.data.demo_data import measure_attributes
+    from utils.labels import decode_condition
+
+    age, gender, race = decode_condition(63)
+    read = measure_attributes([r["image"] for r in ds])
+    assert list(ds["verified"]) == [bool(g == gender and a == age and r == race) for g, a, r in
+                                    zip(read["gender"], read["age"], read["race"])]
+    assert not all(ds["verified"]), "every row verified: the test no longer tells a verdict from a constant"
+
+
+@pytest.mark.e2e
 def test_memorisation_check_flags_rows_closer_than_unseen_images(tiny_run, demo_dataset,
                                                                  tiny_models, tmp_path):  # noqa: F811
     """--check_memorisation: every row's distance to its nearest training image and the flag past the threshold;
@@ -246,6 +277,7 @@ def test_memorisation_check_flags_rows_closer_than_unseen_images(tiny_run, demo_
     assert copy_distance[0] < threshold / 10 and copy_flag[0]  # the same image: 0 up to float rounding
 
 
+@pytest.mark.e2e
 def test_fairface_distribution_counts_the_training_labels(tiny_run, demo_dataset, tmp_path):
     import datasets
 
@@ -262,6 +294,7 @@ def test_fairface_distribution_counts_the_training_labels(tiny_run, demo_dataset
     assert [ds["condition_id"].count(c) for c in range(14)] == exact_counts(frequency, 28)
 
 
+@pytest.mark.e2e
 def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run, tmp_path):
     import datasets
 
@@ -309,6 +342,7 @@ def test_exact_counts_and_seeds_of_the_plan():
     assert plan.shards_of(0, 2) == [0] and plan.shards_of(1, 2) == [1] and plan.shards_of(0, 1) == [0, 1]
 
 
+@pytest.mark.e2e
 def test_classification_accuracy_score_end_to_end(dataset, demo_dataset, tmp_path):
     """Train on the tiny model's 12 images / 12 real / both, test on the demo data's validation split."""
     output_dir = tmp_path / "cas"
@@ -324,3 +358,13 @@ def test_classification_accuracy_score_end_to_end(dataset, demo_dataset, tmp_pat
     report = open(output_dir / "report.md").read()
     assert "| race | " in report and "| Latino_Hispanic | " in report and "trained on real+synthetic" in report
     assert "12 synthetic, 12 real training images; 100 real test images" in result.stdout
+
+    # Other splits and a seeded test subset, in this process: the real images come from --train_split, the
+    # test images from --test_split, --max_test of them.
+    import evaluate_cas
+
+    evaluate_cas.main(evaluate_cas.parse_args([
+        "--synthetic", dataset[0], "--dataset_name", demo_dataset, "--train_split", "validation", "--test_split",
+        "train", "--max_test", "30", "--train_steps", "2", "--batch_size", "8", "--output_dir", tmp_path / "other"]))
+    metrics = json.load(open(tmp_path / "other" / "metrics.json"))
+    assert metrics["counts"]["test"] == 30 and all(r["count"] == 30 for r in metrics["cas"].values())

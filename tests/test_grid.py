@@ -42,6 +42,7 @@ def test_labelled_grid_layout():
         labelled_grid(images, 2, 2)
 
 
+@pytest.mark.e2e
 def test_epochs_grid_as_a_user(tiny_run, tmp_path):
     output = tmp_path / "figures" / "grid.png"  # the parent folder is created
     result = run_script("make_grid.py", "--run_dir", tiny_run, "--conditions", "0", "1", "42", "--output", output,
@@ -57,6 +58,7 @@ def test_epochs_grid_as_a_user(tiny_run, tmp_path):
     assert not np.array_equal(tiles[:TILE, :TILE], tiles[2 * TILE:, :TILE])
 
 
+@pytest.mark.e2e
 def test_epochs_in_numeric_order_and_default_output(tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = make_grid.parse_args(["--run_dir", tiny_run, "--epochs", "3", "1", "--conditions", "5",
@@ -68,6 +70,7 @@ def test_epochs_in_numeric_order_and_default_output(tiny_run, tmp_path, monkeypa
         margins(image, rows=2, cols=1)
 
 
+@pytest.mark.e2e
 def test_atlas_is_9_ages_by_14_gender_race(tiny_run, tmp_path):
     output = make_grid.main(make_grid.parse_args(["--atlas", "--model", tiny_run, "--output", str(tmp_path / "a.png"),
                                                   "--num_inference_steps", "1", "--guidance_scale", "1",
@@ -78,6 +81,7 @@ def test_atlas_is_9_ages_by_14_gender_race(tiny_run, tmp_path):
         assert has_ink(image.crop((left + 13 * TILE, 0, image.width, top)))  # "Female Southeast Asian"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, expected", [
     (["--run_dir", "{tmp}/missing"], "no run folder"),
     (["--run_dir", "{tmp}"], "no epoch_{E}/ snapshots"),

@@ -80,6 +80,7 @@ def hub_cache(pushed_run, tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------------- uploads
+@pytest.mark.e2e
 def test_push_sends_the_release_and_asked_for_snapshots_only(pushed_run):
     creates = [c for c in pushed_run.calls if c["call"] == "create_repo"]
     assert [(c["repo_id"], c["exist_ok"], c["private"]) for c in creates] == [(REPO_ID, True, None)]
@@ -108,6 +109,7 @@ def test_push_sends_the_release_and_asked_for_snapshots_only(pushed_run):
     assert f"https://huggingface.co/{REPO_ID}" in pushed_run.log
 
 
+@pytest.mark.e2e
 def test_the_token_is_never_passed_printed_or_written(pushed_run):
     assert not [c for c in pushed_run.calls if c["token_argument"]], "huggingface_hub resolves the token itself"
     assert TOKEN not in pushed_run.log
@@ -135,6 +137,7 @@ def test_hub_model_id_is_checked_before_training(capsys):
 
 
 # ---------------------------------------------------------------------------------------------- the card
+@pytest.mark.e2e
 def test_model_card_metadata_and_sections(pushed_run):
     from huggingface_hub import ModelCard
 
@@ -172,6 +175,7 @@ def test_model_card_metadata_and_sections(pushed_run):
         assert grid.width > 4 * 96 and grid.height > 7 * 96  # 7 conditions x 4 seeds, labelled
 
 
+@pytest.mark.e2e
 def test_model_card_of_a_fairface_run(pushed_run):
     import train_fairface
     from utils.hub import model_card
@@ -187,6 +191,7 @@ def test_model_card_of_a_fairface_run(pushed_run):
 
 
 # ---------------------------------------------------------------------------------------------- use by repo id
+@pytest.mark.e2e
 def test_uploaded_release_loads_offline_by_repo_id(pushed_run, hub_cache, tmp_path):
     """What was uploaded suffices: load_pipeline and sample_fairface.py find it by repo id in the cache, offline."""
     check = ("import sys, torch; from utils.model.pipeline import load_pipeline\n"
@@ -200,8 +205,6 @@ def test_uploaded_release_loads_offline_by_repo_id(pushed_run, hub_cache, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert "same DPMSolverMultistepScheduler" in result.stdout
 
-    if not os.path.isfile(os.path.join(REPO, "sample_fairface.py")):
-        pytest.skip("sample_fairface.py not written yet")
     run_script("sample_fairface.py", "--model", REPO_ID, "--condition", "42", "--num_images", "1",
                "--num_inference_steps", "3", "--output_dir", tmp_path / "samples", env=hub_cache)
     [name] = os.listdir(tmp_path / "samples")
@@ -209,6 +212,7 @@ def test_uploaded_release_loads_offline_by_repo_id(pushed_run, hub_cache, tmp_pa
         assert image.size == (32, 32)
 
 
+@pytest.mark.e2e
 def test_card_snippet_samples_without_this_repository(pushed_run, hub_cache, tmp_path):
     """The card's Python block, run with only the libraries (not this repo) importable, from the offline cache."""
     from utils.labels import decode_condition
@@ -260,6 +264,7 @@ np.savez(out, **result)
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("where", ["local release folder", "repo id from the offline Hub cache"])
 def test_plain_diffusers_in_a_clean_venv_draws_what_load_pipeline_draws(pushed_run, hub_cache, clean_python,
                                                                         tmp_path, where):
@@ -300,6 +305,7 @@ def test_plain_diffusers_in_a_clean_venv_draws_what_load_pipeline_draws(pushed_r
 
 
 # ---------------------------------------------------------------------------------------------- the Space
+@pytest.mark.e2e
 def test_space_next_to_the_model_runs_the_app_on_the_repo_id(pushed_run, hub_cache, tmp_path):
     run = copy_run(pushed_run.output_dir, tmp_path / "run")
     record = tmp_path / "record"
@@ -375,6 +381,7 @@ def hub_module(monkeypatch):
     return SimpleNamespace(uploads=uploads, state=state)
 
 
+@pytest.mark.e2e
 def test_failed_uploads_warn_or_say_how_to_retry(pushed_run, hub_module, tmp_path, caplog):
     uploads, state = hub_module.uploads, hub_module.state
     run = copy_run(pushed_run.output_dir, tmp_path / "run")
@@ -413,6 +420,7 @@ def test_check_push_access(hub_module, monkeypatch, tmp_path):
         uploads.check_push_access(args)
 
 
+@pytest.mark.e2e
 def test_push_a_finished_run_later_from_the_command_line(pushed_run, tmp_path):
     run = copy_run(pushed_run.output_dir, tmp_path / "my-faces")
     record = tmp_path / "record"
@@ -440,3 +448,16 @@ def test_push_a_finished_run_later_from_the_command_line(pushed_run, tmp_path):
     from utils.hub import uploads
 
     assert issubclass(uploads.PushError, atomic_files.SaveError)
+
+
+@pytest.mark.e2e
+def test_hub_space_id_names_the_space(pushed_run, hub_module, tmp_path):
+    """``python -m utils.hub RUN --space --hub_space_id user/name``: the Space goes there, the card links it."""
+    from utils.hub.__main__ import main, parse_args
+
+    run = copy_run(pushed_run.output_dir, tmp_path / "run")
+    main(parse_args([str(run), "--hub_model_id", REPO_ID, "--space", "--hub_space_id", "fake-user/faces-app"]))
+    sent = [(call["repo_id"], call.get("repo_type")) for call in hub_module.state.sent]
+    assert sent == [(REPO_ID, None), ("fake-user/faces-app", "space")]
+    card = open(os.path.join(run, "README.md"), encoding="utf-8").read()
+    assert "https://huggingface.co/spaces/fake-user/faces-app" in card

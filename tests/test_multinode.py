@@ -14,8 +14,10 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from test_resume import COMMON, assert_same_run, finish, free_port, run
+from conftest import REPO, free_port
+from test_resume import COMMON, assert_same_run, finish, run
+
+pytestmark = pytest.mark.e2e  # every test here trains a model or runs a script
 
 STEPS = 12  # test_resume's COMMON: --max_train_steps 12; 160 images at 2 x 8 per step: 10 steps per epoch
 

@@ -96,6 +96,7 @@ def v_run(demo_dataset, tmp_path_factory):
     return str(output_dir)
 
 
+@pytest.mark.e2e
 def test_v_prediction_run_saves_and_samples_with_v_prediction(v_run):
     with open(os.path.join(v_run, "scheduler", "scheduler_config.json")) as f:
         assert json.load(f)["prediction_type"] == "v_prediction"
@@ -107,6 +108,7 @@ def test_v_prediction_run_saves_and_samples_with_v_prediction(v_run):
     assert [image.size for image in images] == [(32, 32)] * 2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", list(SCHEDULERS))
 def test_pipeline_interprets_the_unet_output_as_v(v_run, name):
     """An oracle UNet that returns the exact v of a known image: sampling must end on that image. Read as

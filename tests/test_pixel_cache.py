@@ -86,10 +86,11 @@ def test_unchanged_selection_reuses_the_cache_without_rebuilding(demo_dataset, t
     assert os.listdir(root) == [os.path.basename(first["folder"])]
 
 
+@pytest.mark.e2e
 def test_cache_key_is_stable_across_processes(demo_dataset):
     """A second run (another process) of the same command must find the first run's cache."""
     here = pixel_cache.cache_key(fairface.load_fairface(demo_dataset), 16)
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from utils import data; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from utils.data import fairface, pixel_cache; "
             "print(pixel_cache.cache_key(fairface.load_fairface(sys.argv[2]), 16))")
     there = subprocess.run([sys.executable, "-c", code, REPO, demo_dataset], capture_output=True, text=True,
                            check=True, env=os.environ).stdout.strip().splitlines()[-1]

@@ -73,6 +73,7 @@ def remote_pipe(short_run):
 
 
 # ---------------------------------------------------------------------------------------------- the shipped code
+@pytest.mark.e2e
 def test_every_save_ships_the_generated_code(short_run):
     source = remote_code.pipeline_source()
     for folder in (short_run, os.path.join(short_run, "epoch_1"), os.path.join(short_run, "epoch_2")):
@@ -111,6 +112,7 @@ def test_a_foreign_relative_import_is_refused(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- plain diffusers
+@pytest.mark.e2e
 def test_plain_diffusers_draws_what_load_pipeline_draws(remote_pipe, short_run):
     assert type(remote_pipe).__name__ == "FairFacePipeline"
     assert type(remote_pipe).__module__.startswith("diffusers_modules."), "loaded from the shipped file"
@@ -129,6 +131,7 @@ def test_plain_diffusers_draws_what_load_pipeline_draws(remote_pipe, short_run):
     assert partial.shape == (1, 32, 32, 3) and not np.array_equal(partial, by_name)
 
 
+@pytest.mark.e2e
 def test_output_types_and_images_per_condition(remote_pipe):
     as_np, as_pt, as_pil = (images_of(remote_pipe, kind) for kind in ("np", "pt", "pil"))
     assert as_np.shape == (2, 32, 32, 3) and as_np.dtype == np.float32 and 0 <= as_np.min() <= as_np.max() <= 1
@@ -143,6 +146,7 @@ def test_output_types_and_images_per_condition(remote_pipe):
     assert four.shape == (4, 32, 32, 3) and np.allclose(four[[0, 2]], as_np, atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_callback_on_step_end(remote_pipe):
     seen = []
 
@@ -163,6 +167,7 @@ def test_callback_on_step_end(remote_pipe):
         images_of(remote_pipe, callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"])
 
 
+@pytest.mark.e2e
 def test_progress_bar_config_and_dtype(remote_pipe, short_run, capfd):
     from diffusers import DiffusionPipeline
 
@@ -191,6 +196,7 @@ def planted_run(short_run, tmp_path_factory):
     return folder, marker
 
 
+@pytest.mark.e2e
 def test_planted_code_runs_under_trust_remote_code(short_run, tmp_path):
     """The plant works: plain diffusers with trust_remote_code does run it (so the tests below can fail)."""
     from diffusers import DiffusionPipeline
@@ -202,6 +208,7 @@ def test_planted_code_runs_under_trust_remote_code(short_run, tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.e2e
 def test_load_pipeline_never_runs_shipped_code(planted_run, short_run):
     folder, marker = planted_run
     pipe = load_pipeline(folder)
@@ -209,6 +216,7 @@ def test_load_pipeline_never_runs_shipped_code(planted_run, short_run):
     assert np.array_equal(images_of(pipe, show_progress=False), images_of(load_pipeline(short_run), show_progress=False))
 
 
+@pytest.mark.e2e
 def test_scripts_never_run_shipped_code(planted_run, tmp_path):
     folder, marker = planted_run
     run_script("sample_fairface.py", "--model", folder, "--condition", "42", "--num_images", "1",
@@ -219,6 +227,7 @@ def test_scripts_never_run_shipped_code(planted_run, tmp_path):
     assert not marker.exists(), marker.read_text()
 
 
+@pytest.mark.e2e
 def test_evaluate_never_runs_shipped_code(planted_run, demo_dataset, tmp_path):
     from test_evaluate import EVAL_ARGS, _write_clip, _write_dinov2
 
@@ -231,6 +240,7 @@ def test_evaluate_never_runs_shipped_code(planted_run, demo_dataset, tmp_path):
     assert (tmp_path / "eval" / "metrics.json").exists() and not marker.exists()
 
 
+@pytest.mark.e2e
 def test_releases_without_code_still_load(short_run, tmp_path):
     """What releases looked like before the code shipped: model_index.json names this repository's classes."""
     folder = copy_release(short_run, tmp_path / "old")
@@ -244,3 +254,20 @@ def test_releases_without_code_still_load(short_run, tmp_path):
     old = generate(load_pipeline(folder), [(3, 1, 2)], [5], num_inference_steps=STEPS, output_type="np")
     new = generate(load_pipeline(short_run), [(3, 1, 2)], [5], num_inference_steps=STEPS, output_type="np")
     assert np.array_equal(old[0], new[0])
+
+
+# ---------------------------------------------------------------------------------------------- old releases
+OLD_RELEASE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "release-2026-12-before-utils-move")
+
+
+def test_a_release_saved_before_utils_was_regrouped_still_loads():
+    """tests/fixtures/: a release saved by the code before utils/ moved into folders (issue 32), with the pixels
+    that code drew. Our loader and plain diffusers (the release's own shipped code) still draw them."""
+    from diffusers import DiffusionPipeline
+
+    expected = np.load(OLD_RELEASE + ".npy")
+    for pipe in (load_pipeline(OLD_RELEASE), DiffusionPipeline.from_pretrained(OLD_RELEASE, trust_remote_code=True)):
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(condition_ids=[42, 125], generator=[torch.Generator().manual_seed(s) for s in (0, 1)],
+                      num_inference_steps=4, guidance_scale=2.0, output_type="np").images
+        assert np.allclose(images, expected, atol=1e-5), type(pipe).__module__

@@ -11,7 +11,6 @@ interrupted run here is resumed mid-epoch or at an epoch boundary and crosses in
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_MODEL_ARGS
+from conftest import REPO, TINY_MODEL_ARGS, free_port
 from utils.run import checkpoints
 
 STEPS = 12  # 1.2 epochs
@@ -31,12 +30,6 @@ WEIGHT_FOLDERS = ("unet", "condition_encoder", "unet_ema", "condition_encoder_em
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(args, log_path, env=None, nproc=1, script="train_fairface.py"):
     """Start ``script`` (torchrun with ``nproc`` CPU processes) in its own session, output to log_path."""
     script = os.path.join(REPO, script)
@@ -168,6 +161,7 @@ def reference(data160, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------ tests
+@pytest.mark.e2e
 def test_sigterm_then_kill_during_save_then_resume_is_bitwise_exact(data160, reference, tmp_path):
     """One process: SIGTERM at step 3 (clean stop), resume, SIGKILL while checkpoint-6 is being written,
     resume from `latest` = checkpoint-3 (mid-epoch, crossing into epoch 2): bitwise the reference."""
@@ -210,6 +204,7 @@ def test_sigterm_then_kill_during_save_then_resume_is_bitwise_exact(data160, ref
     assert checkpoints.resolve_checkpoint(out, "latest") == f"{out}/checkpoint-12"
 
 
+@pytest.mark.e2e
 def test_sigint_to_process_group_with_workers_and_accumulation_is_exact(data160, tmp_path):
     """--gradient_accumulation_steps 2 (2 x 8 images per step), one data-loader worker. Ctrl-C reaches the whole
     process group: the worker ignores it (one message, from the main process), the run stops at step 4,
@@ -235,6 +230,7 @@ def test_sigint_to_process_group_with_workers_and_accumulation_is_exact(data160,
     assert_same_run(reference_dir, out)
 
 
+@pytest.mark.e2e
 def test_second_signal_exits_at_once(data160, tmp_path):
     """A second SIGTERM (here while checkpoint-4 is being written) exits at once, non-zero, leaving no
     checkpoint-4; `latest` is still the complete checkpoint-2."""
@@ -253,6 +249,7 @@ def test_second_signal_exits_at_once(data160, tmp_path):
     assert latest == os.path.join(out, "checkpoint-2") and weights(latest)  # complete, loadable
 
 
+@pytest.mark.e2e
 def test_two_processes_sigterm_at_epoch_end_then_resume_is_exact(data160, tmp_path):
     """torchrun, 2 CPU processes (gloo), 8 images each per step. SIGTERM to torchrun (forwarded to both ranks)
     while checkpoint-10 -- the last step of epoch 1 -- is written: the ranks agree to stop after the epoch's
@@ -311,6 +308,7 @@ def test_latest_and_rotation_follow_write_order(tmp_path):
         GradientState._reset_state()
 
 
+@pytest.mark.e2e
 def test_benchmark_ema_variants_are_checkpointed_and_resume_exactly(data160, tmp_path):
     """The fidelity benchmark's hidden --ema_variants: their EMAs are in every checkpoint (safetensors, like
     --use_ema's), so a run stopped by SIGTERM at step 3 and resumed ends with the uninterrupted run's EMAs."""

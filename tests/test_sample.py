@@ -36,6 +36,7 @@ def pixels(path):
         return np.asarray(image)
 
 
+@pytest.mark.e2e
 def test_sample_by_id_with_grid_as_a_user(tiny_run, tmp_path):
     result = run_script("sample_fairface.py", "--model", tiny_run, "--condition", "42", "125", "--num_images", "2",
                         "--grid", "--output_dir", tmp_path, *FAST)
@@ -54,6 +55,7 @@ def test_sample_by_id_with_grid_as_a_user(tiny_run, tmp_path):
     assert np.array_equal(corner, np.asarray(last))  # condition 125, seed 1: the bottom-right tile
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("flags, name", [
     (["--age", "20-29", "--gender", "male", "--race", "East Asian"], "20-29_male_east-asian_seed0003.png"),
     (["--gender", "F", "--race", "black"], "anyage_female_black_seed0003.png"),
@@ -81,6 +83,7 @@ def test_bad_conditions_exit_2_with_one_line(capsys, flags, expected):
     assert err.count("\n") == 1 and "error:" in err and expected in err, err
 
 
+@pytest.mark.e2e
 def test_missing_model_says_how_to_get_one(tmp_path):
     result = run_script("sample_fairface.py", "--condition", "42", "--model", tmp_path / "no-model", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -102,6 +105,7 @@ def test_default_model_and_non_pipeline_folder_exit_2(tmp_path, monkeypatch, cap
     assert exit_info.value.code == 2 and "pickled" in err and err.count("\n") == 1
 
 
+@pytest.mark.e2e
 def test_same_seed_same_image_whatever_the_batch(tiny_run, tmp_path):
     name = expected_name(42, 1)
     # Whatever else is in the batch (another condition, another seed): bit-for-bit the same image.
@@ -122,6 +126,7 @@ def test_same_seed_same_image_whatever_the_batch(tiny_run, tmp_path):
     assert np.abs(reference.astype(int) - pixels(tmp_path / "b4" / expected_name(42, 2))).mean() > 10
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("guidance_scale, unet_batch", [(1.0, 2), (3.0, 4)])
 def test_one_unet_call_per_step_with_or_without_guidance(tiny_run, guidance_scale, unet_batch):
     pipe = load_pipeline(tiny_run)
@@ -133,6 +138,7 @@ def test_one_unet_call_per_step_with_or_without_guidance(tiny_run, guidance_scal
     assert batches == [unet_batch] * 3 and len(images) == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 def test_every_scheduler_runs(tiny_run, tmp_path, scheduler):
     paths = sample(tiny_run, tmp_path, "--condition", "7", "--num_images", "1", "--scheduler", scheduler)

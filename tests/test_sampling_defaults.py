@@ -16,7 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 import sample_fairface
-from conftest import run_script
+from conftest import parse_error, run_script
 from utils.labels import UNKNOWN, decode_condition
 from utils.model.pipeline import (LEGACY_SAMPLING_DEFAULTS, SAMPLING_DEFAULTS, FairFacePipeline,
                                   conditions_to_tensor, denoise, generate, load_pipeline)
@@ -63,6 +63,7 @@ def old_release(tiny_run, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- the interval
+@pytest.mark.e2e
 def test_guidance_only_on_the_steps_inside_the_interval(tiny_run):
     pipe = load_pipeline(tiny_run)
     pipe.scheduler.set_timesteps(6)
@@ -72,6 +73,7 @@ def test_guidance_only_on_the_steps_inside_the_interval(tiny_run):
     assert batches == [2, 4, 4, 4, 4, 2]  # 2 images: guided steps batch the null and conditional predictions
 
 
+@pytest.mark.e2e
 def test_interval_over_every_step_is_the_old_sampler_bitwise(tiny_run):
     pipe = load_pipeline(tiny_run)
     expected = seed_commit_sampler(pipe, 5, 3.0)
@@ -82,6 +84,7 @@ def test_interval_over_every_step_is_the_old_sampler_bitwise(tiny_run):
     assert batches == [4] * 10
 
 
+@pytest.mark.e2e
 def test_empty_interval_is_the_unguided_sampler_bitwise(tiny_run):
     pipe = load_pipeline(tiny_run)
     unguided = sample(pipe, num_inference_steps=5, guidance_scale=1.0)
@@ -92,6 +95,7 @@ def test_empty_interval_is_the_unguided_sampler_bitwise(tiny_run):
     assert (guided - unguided).abs().max() > 0.05  # guidance does change the images
 
 
+@pytest.mark.e2e
 def test_bad_interval_is_a_value_error(tiny_run):
     pipe = load_pipeline(tiny_run)
     for bad in [(500, 100), (1, 2, 3)]:
@@ -100,6 +104,7 @@ def test_bad_interval_is_a_value_error(tiny_run):
 
 
 # ---------------------------------------------------------------------------------------------- saved defaults
+@pytest.mark.e2e
 def test_training_saves_the_sampling_defaults_and_from_pretrained_uses_them(tiny_run):
     index = json.loads(open(f"{tiny_run}/model_index.json").read())
     expected = dict(SAMPLING_DEFAULTS, guidance_interval=SAMPLING_DEFAULTS["guidance_interval"] and
@@ -120,6 +125,7 @@ def test_training_saves_the_sampling_defaults_and_from_pretrained_uses_them(tiny
     assert batches == expected_batches * 2
 
 
+@pytest.mark.e2e
 def test_custom_defaults_round_trip_through_save_pretrained(tiny_run, tmp_path):
     pipe = load_pipeline(tiny_run)
     mine = dict(num_inference_steps=3, guidance_scale=2.5, guidance_interval=(300.0, 999.0))
@@ -133,6 +139,7 @@ def test_custom_defaults_round_trip_through_save_pretrained(tiny_run, tmp_path):
     assert torch.equal(sample(loaded), sample(pipe, **mine)) and len(batches) == 3
 
 
+@pytest.mark.e2e
 def test_old_release_keeps_the_old_defaults(old_release):
     pipe = load_pipeline(old_release)
     assert pipe.sampling_settings() == LEGACY_SAMPLING_DEFAULTS == dict(num_inference_steps=25, guidance_scale=2.0,
@@ -143,6 +150,7 @@ def test_old_release_keeps_the_old_defaults(old_release):
 
 
 # ---------------------------------------------------------------------------------------------- the command line
+@pytest.mark.e2e
 def test_cli_defaults_come_from_the_model_and_flags_override_them(tiny_run, old_release, tmp_path):
     result = run_script("sample_fairface.py", "--model", old_release, "--condition", "42", "--num_images", "1",
                         "--output_dir", tmp_path / "old")
@@ -165,7 +173,7 @@ def test_cli_defaults_come_from_the_model_and_flags_override_them(tiny_run, old_
     ("sample_fairface.py", ["low", "high"]), ("make_grid.py", ["9", "1"]), ("train_fairface.py", ["nan", "5"]),
 ])
 def test_bad_guidance_interval_flag_exits_2_with_one_line(script, values):
-    result = run_script(script, "--condition" if script == "sample_fairface.py" else "--seed", "0",
-                        "--guidance_interval", *values, check=False)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "--guidance_interval needs two timesteps 0 <= LO <= HI" in result.stderr
+    code, stderr = parse_error(script, "--condition" if script == "sample_fairface.py" else "--seed", "0",
+                               "--guidance_interval", *values)
+    assert code == 2 and stderr.count("\n") == 1, stderr
+    assert "--guidance_interval needs two timesteps 0 <= LO <= HI" in stderr

@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 
 from test_resume import finish, launch, resumed_from, saving, wait_for
 
+pytestmark = pytest.mark.e2e  # every test here trains a model or runs a script
+
 CHEAP = ["--train_batch_size", "1", "--max_train_steps", "2", "--checkpointing_steps", "1", "--report_to", "none",
          "--num_inference_steps", "1", "--guidance_scale", "1", "--save_model_epochs", "100",
          "--save_images_epochs", "100", "--lr_warmup_steps", "0"]

@@ -11,6 +11,8 @@ import pytest
 
 from conftest import REPO, TINY_MODEL_ARGS
 
+pytestmark = pytest.mark.e2e  # every test here trains a model or runs a script
+
 
 def launch(demo_dataset, tmp_path, user_threads=None):
     """``accelerate launch train_fairface.py`` for one step, from a clean environment as a user's shell has it."""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY_MODEL_ARGS, run_script
+from conftest import REPO, TINY_MODEL_ARGS, free_port, parse_error, run_script
 from utils.data import fairface
 from utils.labels import RACES, decode_condition
 from utils.model.pipeline import generate, load_pipeline
@@ -29,6 +29,7 @@ def test_merged_dataset_is_the_sum_of_configs_and_splits(demo_dataset):
     assert merged.features["image"].decode is False  # decoding is ours, guarded
 
 
+@pytest.mark.e2e
 def test_run_writes_snapshots_samples_and_final_pipeline(tiny_run):
     names = set(os.listdir(tiny_run))
     assert {"epoch_1", "epoch_2", "epoch_3", "model_index.json", "unet", "condition_encoder", "scheduler"} <= names
@@ -43,6 +44,7 @@ def test_run_writes_snapshots_samples_and_final_pipeline(tiny_run):
     assert not [n for n in names if n.startswith(".tmp")]
 
 
+@pytest.mark.e2e
 def test_snapshot_reloads_and_reproduces_its_samples(tiny_run):
     """The condition encoder was saved with the UNet: the reloaded snapshot redraws the training-time samples."""
     pipe = load_pipeline(os.path.join(tiny_run, "epoch_3"))
@@ -55,6 +57,7 @@ def test_snapshot_reloads_and_reproduces_its_samples(tiny_run):
     assert np.abs(np.asarray(other, dtype=np.int16) - np.asarray(images[0], dtype=np.int16)).mean() > 2
 
 
+@pytest.mark.e2e
 def test_final_pipeline_is_the_ema_release(tiny_run):
     from safetensors.torch import load_file
 
@@ -65,6 +68,7 @@ def test_final_pipeline_is_the_ema_release(tiny_run):
         assert json.load(f)["races"] == list(RACES)  # label names travel with the model
 
 
+@pytest.mark.e2e
 def test_mislabelled_dataset_is_refused(tmp_path):
     from utils.data.demo_data import make_demo_dataset
 
@@ -78,6 +82,7 @@ def test_mislabelled_dataset_is_refused(tmp_path):
     assert not os.path.exists(tmp_path / "out" / "unet")
 
 
+@pytest.mark.e2e
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     result = run_script("train_fairface.py", "--dataset_name", tmp_path / "nowhere", "--output_dir", tmp_path / "out",
                         *TINY_MODEL_ARGS, check=False)
@@ -85,6 +90,7 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("train_fairface.py: error: cannot load dataset")
 
 
+@pytest.mark.e2e
 def test_demo_flag_generates_data_and_trains(tmp_path):
     """`--demo` goes through the same load_dataset code, with data generated on first use."""
     result = run_script("train_fairface.py", "--demo", "--dataset_name", tmp_path / "demo-data", "--output_dir",
@@ -110,9 +116,10 @@ def test_full_data_defaults_are_ema_and_framing():
     assert parse_args(["--demo", "--use_ema", "--framing_condition"]).use_ema  # flags given still win
 
 
+@pytest.mark.e2e
 def test_two_process_cpu_run_writes_one_set_of_outputs(demo_dataset, tmp_path):
     output_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                os.path.join(REPO, "train_fairface.py"), "--dataset_name", demo_dataset, "--output_dir",
                str(output_dir), *TINY_MODEL_ARGS, "--train_batch_size", "8", "--num_epochs", "1",
                "--max_train_steps", "6", "--checkpointing_steps", "3", "--save_model_epochs", "1"]
@@ -134,10 +141,11 @@ def test_two_process_cpu_run_writes_one_set_of_outputs(demo_dataset, tmp_path):
     (["--hub_push_snapshots"], "needs --push_to_hub"),
 ])
 def test_bad_arguments_exit_2(bad_args, message, tmp_path):
-    result = run_script("train_fairface.py", "--output_dir", tmp_path, *TINY_MODEL_ARGS, *bad_args, check=False)
-    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    code, stderr = parse_error("train_fairface.py", "--output_dir", tmp_path, *TINY_MODEL_ARGS, *bad_args)
+    assert code == 2 and message in stderr.strip().splitlines()[-1] and "Traceback" not in stderr
 
 
+@pytest.mark.e2e
 def test_push_without_login_fails_before_training(demo_dataset, tmp_path):
     result = run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", tmp_path / "out",
                         *TINY_MODEL_ARGS, "--push_to_hub", "--hub_model_id", "someone/x", "--max_train_steps", "2",
