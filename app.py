@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from utils.cli import DEFAULT_MODEL_DIR, positive_int  # noqa: E402
 from utils.model.conditions import GRID_FRAMING, load_pipeline_or_exit, resolve_device_dtype  # noqa: E402
 from utils.grid import atlas_grid  # noqa: E402
-from utils.labels import (AGES, ATTRIBUTES, FRAMINGS, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe,
+from utils.labels import (AGES, ATTRIBUTES, FRAMINGS, GENDERS, NUM_CONDITIONS, RACES, decode_condition, describe,  # noqa: E402
                           parse_framing, parse_label)
 from utils.model.pipeline import generate  # noqa: E402
 

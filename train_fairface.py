@@ -32,8 +32,8 @@ from utils.data import fairface
 from utils.hub import uploads, model_card, remote_code
 from utils.run.ema import build_emas, ema_variant, load_emas, start_emas_from
 from utils.labels import FRAMINGS, decode_condition
-from utils.cli import (DEFAULT_MODEL_DIR, DEMO_DEFAULTS, GuidanceInterval, beta, fail, finite_float, nonnegative_float,
-                       nonnegative_int, positive_float, positive_int, probability)
+from utils.cli import (DEFAULT_MODEL_DIR, DEMO_DEFAULTS, GuidanceInterval, beta, fail, finite_float,
+                       nonnegative_float, nonnegative_int, positive_float, positive_int, probability)
 from utils.model.pipeline import (ConditionEncoder, FairFacePipeline, build_unet, denoise, generate,
                                   DEFAULT_SCHEDULER, SAMPLING_DEFAULTS)
 

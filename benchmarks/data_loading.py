@@ -6,12 +6,12 @@ pipeline, for one epoch at a time, in two variants:
 * **decode per item** (no cache, what every epoch costs without ``--preprocess_cache``): ``FairFaceImages``
   without a cache reads each record from the ``datasets`` table and runs ``utils.data.fairface.decode_image`` (JPEG
   decode, RGB conversion, centre crop and bicubic resize to the training resolution);
-* **pixel cache**: ``FairFaceImages`` over the memory-mapped uint8 array that ``utils.data.pixel_cache.build_pixel_cache``
-  wrote once (a gather of ready pixels per item).
+* **pixel cache**: ``FairFaceImages`` over the memory-mapped uint8 array that
+  ``utils.data.pixel_cache.build_pixel_cache`` wrote once (a gather of ready pixels per item).
 
 Both go through what training uses: a fresh ``torch.utils.data.DataLoader`` per epoch with
-``utils.data.fairface.EpochSampler``, ``utils.data.fairface.collate``, the same batch size and ``num_workers`` (0 and 2). Worker
-start-up is inside the timed epoch, as it is in training (a new loader each epoch). Each variant is timed
+``utils.data.fairface.EpochSampler``, ``utils.data.fairface.collate``, the same batch size and ``num_workers``
+(0 and 2). Worker start-up is inside the timed epoch, as it is in training (a new loader each epoch). Each variant is timed
 twice: the DataLoader alone (what the cache replaces), and with each batch then moved to the training device
 and put through the training-time ``utils.run.objective.prepare_batch`` (scale to [-1, 1], random flip, condition
 dropout) as the training step does - on a GPU that part runs on the GPU; on a CPU it is CPU work that the

@@ -9,8 +9,9 @@
 #   3. benchmarks/sampling_speed.py  the teacher's default sampler at batch 64 vs the seed's loop
 #   4. the same as a distilled 2-evaluation student samples (2 steps, guidance 1; speed only, same UNet)
 #   5. benchmarks/dataset_generation.py --no-memory   generate_dataset.py's images/s on the same model
-#   6. training_speed.py --torch_compile   bf16 + torch.compile, its warm-up reported apart; only when at least
-#      COMPILE_NEEDS seconds are left (an H200 took 140 s to compile alone: docs/measurements.md, GPU suite)
+#   6. training_speed.py --torch_compile   bf16 + torch.compile, its warm-up reported apart (written as soon as it
+#      is done, so a cut step still tells it); only when COMPILE_NEEDS seconds (170) are left: an H200 took 140 s
+#      to compile alone (docs/measurements.md, GPU suite)
 #
 #   bash benchmarks/gpu_suite.sh            # on a CUDA machine; logs and JSON in $GPU_SUITE_DIR (default: a temp dir)
 #   bash benchmarks/gpu_suite.sh --tiny     # CPU-sized dry run of the same steps (tests/test_gpu_suite.py)
@@ -22,10 +23,12 @@ case "${1:-}" in
   "") ;;
   *) echo "gpu_suite.sh: error: unknown argument ${1} (only --tiny)" >&2; exit 2 ;;
 esac
+start=$SECONDS  # the budget counts from here: the CUDA check's torch import included
 budget="${GPU_SUITE_BUDGET:-330}"
 [[ $budget =~ ^[0-9]+$ ]] || { echo "gpu_suite.sh: error: GPU_SUITE_BUDGET must be whole seconds, got $budget" >&2; exit 2; }
 out="${GPU_SUITE_DIR:-$(mktemp -d -t fairface-gpu-suite-XXXXXX)}"
 mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.log  # a reused folder: no earlier run's numbers in this table (the trained model stays)
 : > "$out/status.txt"
 if [[ $tiny == 1 ]]; then
   device=cpu
@@ -41,10 +44,20 @@ else
   speed=(--no-tiny --batch_size 64 --warmup_steps 2 --steps 10 --rounds 2)
   sampling=(--batch_size 64 --num_images 128 --seed_loop_images 2 --seed_loop_steps 200)
   generation=(--images 128 --rounds 1 --batch_size 64)
-  compile_needs="${COMPILE_NEEDS:-200}"
+  compile_needs="${COMPILE_NEEDS:-170}"
 fi
-start=$SECONDS
 echo "[gpu_suite] results in $out; time budget ${budget} s"
+
+# Ctrl-C or an outer timeout: stop the running step (its whole process group) and still print the table.
+running="" running_name=""
+finish() {
+  trap - INT TERM
+  [[ -n $running ]] && kill -TERM -- "-$running" 2>/dev/null
+  echo "${running_name:-suite}|stopped by a signal" >> "$out/status.txt"
+  python benchmarks/suite_table.py "$out"
+  exit 130
+}
+trap finish INT TERM
 
 # step NAME MIN_SECONDS LOG COMMAND...: run COMMAND under what is left of the budget, log to LOG, note the outcome.
 step() {
@@ -57,10 +70,17 @@ step() {
     echo "[gpu_suite] $name skipped (${left} s left)"
     return
   fi
-  timeout --kill-after=10 "$left" "$@" > "$log" 2>&1
+  # timeout runs the step in a process group of its own (killed whole, children included); 5 s kept for the table
+  local limit=$((left > 10 ? left - 5 : left)) began=$SECONDS
+  timeout --kill-after=5 "$limit" "$@" > "$log" 2>&1 &
+  running=$! running_name=$name
+  wait "$running"
   local code=$?
-  if (( code == 124 || code == 137 )); then
+  running="" running_name=""
+  if (( code == 124 || (code == 137 && SECONDS - began >= limit) )); then
     echo "$name|ran out of the ${budget} s budget" >> "$out/status.txt"
+  elif (( code == 137 )); then
+    echo "$name|killed (out of memory?): $(tail -1 "$log")" >> "$out/status.txt"
   elif (( code != 0 )); then
     echo "$name|failed (exit $code): $(tail -1 "$log")" >> "$out/status.txt"
     tail -20 "$log"
@@ -95,4 +115,4 @@ echo
 python benchmarks/suite_table.py "$out"
 echo
 echo "Total $((SECONDS - start)) s of the ${budget} s budget. Full logs: $out/*.log"
-grep -h -E "^- (CPU:|device:|Python)" "$out"/*.log 2>/dev/null | sort -u
+grep -h -E "^- (CPU:|device:|Python)" "$out"/*.log 2>/dev/null | sort -u || true

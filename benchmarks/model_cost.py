@@ -129,7 +129,7 @@ def peak_step_bytes(unet, encoder, noise_scheduler, resolution, batch, device, b
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         return None
     finally:
         optimizer.zero_grad(set_to_none=True)
@@ -173,6 +173,8 @@ def main(args):
             fits = not peaks or peaks[-1]["peak_bytes"] is not None or peaks[-1]["precision"] != precision
             peak = peak_step_bytes(unet, encoder, noise_scheduler, args.resolution, batch, device,
                                    bf16=precision == "bf16") if fits else None  # a larger batch fits no better
+            if peaks and device.type != "cuda":
+                peak = "n/a"  # a process's peak RSS only grows: on a CPU only the first step is its own
             peaks.append(dict(precision=precision, batch=batch, peak_bytes=peak))
     first = peaks[0]
     result = dict(model="tiny" if args.tiny else "seed", resolution=args.resolution, unet_params=unet_params,
@@ -185,7 +187,8 @@ def main(args):
             ["backward FLOPs per image", f"{backward / 1e9:.1f} GFLOP"],
             ["training FLOPs per image (forward + backward)", f"{(forward + backward) / 1e9:.1f} GFLOP"],
             *([f"peak memory, one AdamW step at batch {p['batch']}, {p['precision']}",
-               f"{p['peak_bytes'] / 2**30:.2f} GiB" if p["peak_bytes"] is not None else "out of memory"]
+               f"{p['peak_bytes'] / 2**30:.2f} GiB" if isinstance(p["peak_bytes"], int) else
+               "out of memory" if p["peak_bytes"] is None else "n/a (CPU: measured for the first step only)"]
               for p in peaks)]
     print(f"## Training cost: {result['model']} UNet {config['block_out_channels']}, layers_per_block "
           f"{config['layers_per_block']}, attention at {config['attention_levels']}, {args.resolution} px")

@@ -82,6 +82,8 @@ def suite_rows(folder):
 
     speed, compiled = _read(folder, "training_speed.json"), _read(folder, "training_speed_compile.json")
     cost = _read(folder, "model_cost.json")
+    if speed and not speed["variants"]:  # cut after its warm-ups: nothing timed
+        speed = None
     if speed:
         device = speed["device_name"]
         model = f"{speed['model']} UNet, {speed['params'] / 1e6:.1f} M parameters, {speed['resolution']} px"
@@ -91,17 +93,22 @@ def suite_rows(folder):
         rows += training_rows(speed)
     else:
         missing("training speed", "training")
-    if compiled:
+    warmup = (compiled or {}).get("warmup_seconds", {}).get("fast + torch.compile")
+    if compiled and compiled["variants"]:
         device = device or compiled["device_name"]
         rows += training_rows(compiled, only="fast + torch.compile")
-        warmup = compiled.get("warmup_seconds", {}).get("fast + torch.compile", 0)
         rows[-1][1] += f" (compile warm-up {warmup:.0f} s, not timed; ratio to its own run's fp32)"
+    elif warmup is not None:
+        rows.append(["training, bf16 + torch.compile", f"compile warm-up {warmup:.0f} s; timing not measured: "
+                     f"{status.get('torch.compile', 'not run')}", "", "", "", ""])
     else:
         missing("torch.compile", "training, bf16 + torch.compile")
     if cost:
         older = [dict(batch=cost["peak_batch"], precision="fp32", peak_bytes=cost["peak_bytes"])]
         for peak in cost.get("peaks", older):
-            memory = gib(peak["peak_bytes"]) if peak["peak_bytes"] is not None else "out of memory"
+            memory = peak["peak_bytes"]
+            memory = "out of memory" if memory is None else gib(memory) if isinstance(memory, int) else \
+                "n/a (CPU: first step only)"
             rows.append(["peak memory, one training step", f"batch {peak['batch']}, {peak['precision']}", "", "",
                          memory, ""])
     else:

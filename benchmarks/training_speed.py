@@ -228,6 +228,12 @@ def main(args):
             step += 1
         warmup_seconds[variant.name] = time.perf_counter() - start
         print(f"warm-up {variant.name}: {warmup_seconds[variant.name]:.1f} s", flush=True)
+    if args.json:  # the warm-ups (torch.compile's above all) are known even if a time limit cuts the timing
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump(dict(device_name=torch.cuda.get_device_name(device) if cuda else "CPU", variants=[],
+                           warmup_seconds=warmup_seconds, partial=True), f, indent=2)
 
     for round_index in range(args.rounds):
         order = variants[::-1] if round_index % 2 else variants

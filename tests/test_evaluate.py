@@ -1,4 +1,4 @@
-"""evaluate_fairface.py end to end (tiny random CLIP/DINOv2/ViT, offline) and utils/evaluation.py against
+"""evaluate_fairface.py end to end (tiny random CLIP/DINOv2/ViT, offline) and utils/evaluation/ against
 hand-computed values (issue 8)."""
 
 import json

@@ -3,7 +3,9 @@
 with what finished and which step ran out."""
 
 import os
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -43,7 +45,7 @@ def test_gpu_suite_tiny_prints_one_table_of_real_numbers(tmp_path):
     assert compiled and "the CPU dry run does not compile" in compiled[0][1]
     peaks = [cells for cells in rows if cells[0] == "peak memory, one training step"]
     assert [cells[1] for cells in peaks] == ["batch 2, fp32", "batch 4, fp32", "batch 2, bf16", "batch 4, bf16"]
-    assert all(cells[4].endswith("GiB") for cells in peaks)
+    assert peaks[0][4].endswith("GiB") and all(cells[4] == "n/a (CPU: first step only)" for cells in peaks[1:])
     sampling = [cells for cells in rows if cells[0] == "sampling"]
     assert len(sampling) == 2 and sampling[0][1].startswith("seed loop") and sampling[1][1].startswith("pipeline")
     assert all(float(cells[2]) > 0 for cells in sampling) and sampling[1][3].endswith("x")
@@ -60,12 +62,12 @@ def test_gpu_suite_tiny_prints_one_table_of_real_numbers(tmp_path):
 
 @pytest.mark.e2e
 def test_a_budget_that_runs_out_still_prints_what_finished(tmp_path):
-    """5 s: the first step (training speed) is cut, the rest are skipped; the table says so, exit status 0."""
-    result = suite(tmp_path, budget=5)
+    """2 s: the first step (training speed) is cut, the rest are skipped; the table says so, exit status 0."""
+    result = suite(tmp_path, budget=2)
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     rows = {cells[0]: cells[1] for cells in table_rows(result.stdout)}
-    assert rows["training"] == "not measured: ran out of the 5 s budget"
-    assert rows["peak memory"] == "not measured: skipped: the 5 s budget was spent"
+    assert rows["training"] == "not measured: ran out of the 2 s budget"
+    assert rows["peak memory"] == "not measured: skipped: the 2 s budget was spent"
     assert "generate_dataset.py" in rows and "Total" in result.stdout
 
 
@@ -76,3 +78,22 @@ def test_gpu_suite_refuses_unknown_arguments():
     result = subprocess.run(["bash", os.path.join(REPO, "benchmarks", "gpu_suite.sh"), "--tiny"], cwd=REPO,
                             capture_output=True, text=True, timeout=60, env={**os.environ, "GPU_SUITE_BUDGET": "5m"})
     assert result.returncode == 2 and "GPU_SUITE_BUDGET must be whole seconds" in result.stderr
+
+
+@pytest.mark.e2e
+def test_ctrl_c_stops_the_running_step_and_prints_the_table(tmp_path):
+    """SIGINT to the suite (Ctrl-C, or an outer timeout's SIGTERM): the running benchmark stops with it (no
+    process left behind) and the table of what finished is still printed."""
+    env = {**os.environ, "GPU_SUITE_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(["bash", os.path.join(REPO, "benchmarks", "gpu_suite.sh"), "--tiny"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout.readline().startswith("[gpu_suite] results in")
+    time.sleep(3)  # inside the first step
+    process.send_signal(signal.SIGINT)
+    out = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, out
+    rows = {cells[0]: cells[1] for cells in table_rows(out)}
+    assert rows["training"] == "not measured: stopped by a signal" and rows["peak memory"] == "not measured: not run"
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"benchmarks/training_speed.py.*{tmp_path}"], capture_output=True)
+    assert left.returncode == 1, left.stdout

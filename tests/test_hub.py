@@ -199,7 +199,7 @@ def test_uploaded_release_loads_offline_by_repo_id(pushed_run, hub_cache, tmp_pa
              "for name in ('unet', 'condition_encoder'):\n"
              "    a, b = getattr(hub, name).state_dict(), getattr(local, name).state_dict()\n"
              "    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name\n"
-             "print('same', type(uploads.scheduler).__name__)\n")
+             "print('same', type(hub.scheduler).__name__)\n")
     result = subprocess.run([sys.executable, "-c", check, pushed_run.output_dir], cwd=REPO, capture_output=True,
                             text=True, timeout=300, env={**os.environ, **hub_cache})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -324,7 +324,8 @@ def test_space_next_to_the_model_runs_the_app_on_the_repo_id(pushed_run, hub_cac
 
     space = record / "spaces" / space_id
     assert files_under(space) == {"README.md", "requirements.txt", "app.py", "utils/__init__.py", "utils/cli.py",
-                                  "utils/model/conditions.py", "utils/grid.py", "utils/labels.py", "utils/model/pipeline.py"}
+                                  "utils/grid.py", "utils/labels.py", "utils/model/__init__.py",
+                                  "utils/model/conditions.py", "utils/model/pipeline.py"}
     for name in files_under(space) - {"README.md", "requirements.txt"}:
         assert (space / name).read_bytes() == open(os.path.join(REPO, name), "rb").read(), name
     from huggingface_hub import SpaceCard

@@ -248,7 +248,7 @@ def test_releases_without_code_still_load(short_run, tmp_path):
         os.remove(os.path.join(folder, path))
     with open(os.path.join(folder, "model_index.json")) as f:
         index = json.load(f)
-    index.update(_class_name="FairFacePipeline", condition_encoder=["utils.model.pipeline", "ConditionEncoder"])
+    index.update(_class_name="FairFacePipeline", condition_encoder=["utils.pipeline", "ConditionEncoder"])
     with open(os.path.join(folder, "model_index.json"), "w") as f:
         json.dump(index, f)
     old = generate(load_pipeline(folder), [(3, 1, 2)], [5], num_inference_steps=STEPS, output_type="np")

@@ -15,4 +15,7 @@ Each folder is one idea and sits on a floor. A module imports from its own folde
                            checkpoints, EMA, objective, non-finite steps, metrics, stop signals, processes
     floor 4  datasets/     a generated dataset's plan, parquet shards and card (generate_dataset.py)
              evaluation/   fidelity, Fréchet distance, diversity, memorisation, CAS (evaluate_*.py)
+
+pipeline.py is no module of its own: the old import path that model cards already on the Hub print
+(``from utils.pipeline import load_pipeline``), an alias of model/pipeline.py.
 """

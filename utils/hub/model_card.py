@@ -9,7 +9,7 @@
     intended use, limitations and bias.
 ``set_card_repo_id`` / ``set_card_space``
     Edit a saved card once the upload knows the repo id the Hub resolved, or the Space that serves the model
-    (utils/hub.py calls them just before it uploads).
+    (utils/hub/uploads.py calls them just before it uploads).
 """
 
 import logging

@@ -1,5 +1,5 @@
-"""Uploads to the Hugging Face Hub (the ``python -m utils.hub`` command line is utils/hub/__main__.py). The release these upload
-(pipeline, samples.png, model card) is written by utils/hub/model_card.py's ``save_release``.
+"""Uploads to the Hugging Face Hub; the ``python -m utils.hub`` command line is utils/hub/__main__.py. The release
+these upload (pipeline, samples.png, model card) is written by utils/hub/model_card.py's ``save_release``.
 
 ``push_snapshot(args, folder)``
     Uploads ``epoch_{E}/`` to ``epoch_{E}/`` of the repo in the background (``run_as_future``): training goes on,

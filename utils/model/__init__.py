@@ -3,5 +3,5 @@ safetensors-only loader; it and labels.py are the code every saved model ships (
 ``pipeline`` imports nothing but ``..labels``. ``conditions``: the sampling scripts' condition, framing and
 sampler flags. ``consistency``: the consistency-distillation maths on the teacher's schedule.
 
-May import the loose modules (labels, cli); imported by hub/, run/, evaluation/ and the scripts.
+May import the loose modules (labels, cli); imported by hub/, evaluation/ and the scripts.
 """

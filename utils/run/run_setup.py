@@ -77,7 +77,7 @@ def load_training_data(args, accelerator):
                 from ..data.demo_data import make_demo_dataset
                 make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
             return fairface.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
-                                      args.cache_dir)
+                                          args.cache_dir)
         except ValueError as error:
             fail(str(error))
     dataset = distributed.in_writer_order(accelerator, build_or_load_data)
@@ -93,7 +93,7 @@ def load_training_data(args, accelerator):
 def build_pixel_cache(args, accelerator, dataset):
     """The pixel cache of --preprocess_cache, built by every process of a machine: each decodes a contiguous block
     of the images into part files of its own, the machine's local main assembles them and commits the cache
-    (utils/fairface.py; byte for byte a one-process build). Machines in writer order (utils/run/distributed.py): the
+    (utils/data/pixel_cache.py; byte for byte a one-process build). Machines in writer order (utils/run/distributed.py): the
     global main's first; then every other machine whose disk does not show that cache (a node-local
     --preprocess_cache) builds its own copy, and one that shares the disk loads the first. Every rank calls it."""
     folder = pixel_cache.pixel_cache_folder(dataset, args.preprocess_cache, args.resolution)
@@ -106,7 +106,7 @@ def build_pixel_cache(args, accelerator, dataset):
             tmp, part, parts = distributed.node_main_value(accelerator, tmp)
             if tmp is not None:
                 pixel_cache.encode_part(dataset, tmp, args.resolution, part, parts, args.dataloader_num_workers,
-                                 progress=accelerator.is_local_main_process)
+                                        progress=accelerator.is_local_main_process)
             accelerator.wait_for_everyone()  # every part written
             if tmp is not None and accelerator.is_local_main_process:
                 pixel_cache.assemble_parts(tmp, parts, args.resolution)
