@@ -537,7 +537,7 @@ NODE_CACHE_SCRIPT = """
 import sys
 from accelerate import Accelerator
 from train_fairface import parse_args
-from utils import run_setup
+from utils.run import run_setup
 from utils.run.distributed import leave_process_group
 
 accelerator = Accelerator()

@@ -363,8 +363,9 @@ def test_classification_accuracy_score_end_to_end(dataset, demo_dataset, tmp_pat
     # test images from --test_split, --max_test of them.
     import evaluate_cas
 
+    other = str(tmp_path / "other")
     evaluate_cas.main(evaluate_cas.parse_args([
         "--synthetic", dataset[0], "--dataset_name", demo_dataset, "--train_split", "validation", "--test_split",
-        "train", "--max_test", "30", "--train_steps", "2", "--batch_size", "8", "--output_dir", tmp_path / "other"]))
-    metrics = json.load(open(tmp_path / "other" / "metrics.json"))
+        "train", "--max_test", "30", "--train_steps", "2", "--batch_size", "8", "--output_dir", other]))
+    metrics = json.load(open(os.path.join(other, "metrics.json")))
     assert metrics["counts"]["test"] == 30 and all(r["count"] == 30 for r in metrics["cas"].values())
