@@ -19,24 +19,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-# Under pytest-xdist (`-n 2`, the full suite's command) this process is one of two workers on a 2-core machine:
-# one torch thread per process then, so that two multi-threaded processes never spin-wait against each other.
-XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 _HF_HOME = tempfile.mkdtemp(prefix="fairface-tests-hf-")
 os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"), HF_HUB_OFFLINE="1",
                   HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
-                  PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1" if XDIST_WORKER else "2"))
-
-# With `-n 2 --dist loadgroup` a test file runs whole on one worker (its module fixtures are built once); the files
-# that share the costly demo_model run on the same worker, so it is trained once.
-XDIST_GROUPS = {"test_app.py": "demo_model", "test_distill.py": "demo_model"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(items):
-    for item in items:
-        name = os.path.basename(str(item.fspath))
-        item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(name, name)))
+                  PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
 
 # A UNet of 1.0 M parameters at 32 px: trains a few hundred steps in seconds on a laptop CPU.
 # --no-use_ema: EMA is on by default for full-data runs (off with --demo); tests that need it pass --use_ema after.
