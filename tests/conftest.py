@@ -96,7 +96,9 @@ def clean_python(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory):
     """The demo recipe (train_fairface.py --demo, with framing) stopped after 5 epochs (315 steps): it draws the
-    requested gender (tests/test_app.py's docstring). FAIRFACE_APP_TEST_MODEL names an already trained one."""
+    requested gender (tests/test_app.py's docstring) and framing (tests/test_framing.py); tests/test_distill.py
+    distils it. The suite's costliest fixture (about 6 minutes), trained once. FAIRFACE_APP_TEST_MODEL names an
+    already trained one."""
     if os.environ.get("FAIRFACE_APP_TEST_MODEL"):
         return os.environ["FAIRFACE_APP_TEST_MODEL"]
     root = tmp_path_factory.mktemp("app-model")

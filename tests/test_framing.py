@@ -15,7 +15,7 @@ from PIL import Image
 
 import make_grid
 import sample_fairface
-from conftest import TINY_MODEL_ARGS, parse_error, run_script
+from conftest import parse_error, run_script
 from utils.data import fairface
 from utils import grid
 from utils.run import objective
@@ -23,18 +23,14 @@ from utils.data.demo_data import BACKGROUND
 from utils.labels import CONFIG_FRAMING, FRAMINGS, decode_condition
 from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet, generate, load_pipeline
 
-ROUND_TRIP_EPOCHS = 6  # 186 steps of batch 16 on 504 faces: enough for the tiny model to learn the framing
 FAST = ["--num_inference_steps", "3"]
 
 
 @pytest.fixture(scope="module")
-def framing_run(demo_dataset, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("runs") / "framing"
-    run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
-               "--train_batch_size", "16", "--num_epochs", ROUND_TRIP_EPOCHS, "--learning_rate", "1e-3",
-               "--save_model_epochs", "100", "--save_images_epochs", "100", "--checkpointing_steps", "1000",
-               "--framing_condition")
-    return str(output_dir)
+def framing_run(demo_model):
+    """A model trained with the framing condition: the demo recipe's 315 steps (conftest's demo_model, shared with
+    tests/test_app.py and tests/test_distill.py, so the suite trains it once)."""
+    return demo_model
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +63,8 @@ def _figure_area(images):
 def test_requested_framing_is_drawn(framing_run):
     """Same conditions and seeds asked tight and wide: the wide faces are drawn smaller (more margin).
 
-    After 186 steps the tiny model's faces are still too blurry for measure_framing's neck/shirt band (made for
-    the demo model's samples, benchmarks/conditioning_fidelity.py), but the head's size is already clear: on the
-    drawn faces, wide heads cover 0.8^2 = 64 % of the tight ones' area."""
+    The head's size tells them apart: on the drawn faces, wide heads cover 0.8^2 = 64 % of the tight ones'
+    area."""
     pipe = load_pipeline(framing_run)
     assert pipe.labels["framing"] == list(FRAMINGS)
     conditions = [decode_condition(c) for c in range(0, 126, 3)]  # 42 conditions, every attribute value
