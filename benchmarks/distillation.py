@@ -18,8 +18,9 @@ For the teacher and each student (``--teacher``, ``--students``: pipeline folder
   the teacher's training time.
 
 Settings: the teacher at 1 (one unguided DPM-Solver++ step), 2 (one guided step), 4 (two guided steps) and
-its default 12 evaluations; each student at 1, 2, 3 and 4 steps of its own saved sampler (LCM for a consistency student,
-the teacher's DPM-Solver++ for a guidance-distilled one), one evaluation each.
+its default 12 evaluations; each student at 1, 2, 3 and 4 steps (``--student_steps``) of its own saved sampler (the
+multistep consistency sampler, LCM's for --num_segments 1, the teacher's DPM-Solver++ for a guidance-distilled
+student), one evaluation each.
 
     python benchmarks/distillation.py --teacher fairface-demo --students fairface-demo-distilled --threads 1
 """
@@ -49,6 +50,8 @@ def parse_args(argv=None):
     add("--seeds_per_condition", type=int, default=2, help="Images per condition (126 conditions).")
     add("--batch_size", type=int, default=16)
     add("--seed_loop_images", type=int, default=2, help="Images drawn with the seed project's 1000-step loop.")
+    add("--student_steps", type=int, nargs="+", default=STUDENT_STEPS,
+        help="Each student's sampler steps to measure (default: %(default)s).")
     add("--threads", type=int, default=1, help="torch threads; 1 keeps CPU time comparable on a shared CPU.")
     add("--device", default="cpu")
     return parser.parse_args(argv)
@@ -145,7 +148,8 @@ def main(args):
     for student in args.students:
         pipe, name = load_student(student, args.teacher, args.device), student_name(student)
         defaults[student] = pipe.config.sampling_defaults
-        pipes.update({f"{name}, {n} step{'s' * (n > 1)}": (pipe, dict(num_inference_steps=n)) for n in STUDENT_STEPS})
+        pipes.update({f"{name}, {n} step{'s' * (n > 1)}": (pipe, dict(num_inference_steps=n))
+                      for n in args.student_steps})
     pairs = [(c, 1000 + k * NUM_CONDITIONS + c) for k in range(args.seeds_per_condition) for c in range(NUM_CONDITIONS)]
     conditions, seeds = [decode_condition(c) for c, _ in pairs], [s for _, s in pairs]
     images, cpu, wall, evals = sample_interleaved(pipes, conditions, seeds, args.batch_size, args.device)

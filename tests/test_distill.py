@@ -213,12 +213,12 @@ def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student,
     checkpoint = os.path.join(student, f"checkpoint-{STEPS // 2}")
     result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "distillation.py"), "--teacher", tiny_run,
                              "--students", student, checkpoint, "--seeds_per_condition", "1", "--seed_loop_images",
-                             "1"], capture_output=True, text=True, timeout=900)
+                             "1", "--student_steps", "1", "2"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()
             if line.startswith("| ") and "evals" not in line}
     assert rows["teacher, 2 steps"] == "4" and rows["student, 2 steps"] == "2"
-    assert rows[f"student/checkpoint-{STEPS // 2}, 1 step"] == "1"
+    assert rows[f"student/checkpoint-{STEPS // 2}, 1 step"] == "1" and "student, 3 steps" not in rows
     table = result.stdout
     assert f"Distillation cost of {checkpoint}: {STEPS // 2} steps" in table
     assert f"Distillation cost of {student}: {STEPS} steps" in table
