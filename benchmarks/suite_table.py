@@ -77,7 +77,7 @@ def suite_rows(folder):
     status, rows, device = step_status(folder), [], None
 
     def missing(step, kind):
-        if status.get(step, "done") != "done" or step not in status:
+        if status.get(step) != "done":
             rows.append([kind, f"not measured: {status.get(step, 'not run')}", "", "", "", ""])
 
     speed, compiled = _read(folder, "training_speed.json"), _read(folder, "training_speed_compile.json")
@@ -114,11 +114,11 @@ def suite_rows(folder):
     else:
         missing("model cost", "peak memory")
     teacher = sampling_rows(_read(folder, "sampling_speed.log"), "sampling")
-    rows += teacher or []
+    rows += teacher
     if not teacher:
         missing("sampling", "sampling")
     student = sampling_rows(_read(folder, "student_sampling_speed.log"), "sampling, as a distilled student", True)
-    rows += student or []
+    rows += student
     if not student:
         missing("student sampling", "sampling, as a distilled student")
     generation = [row for row in markdown_rows(_read(folder, "dataset_generation.log") or "", "variant")

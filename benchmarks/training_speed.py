@@ -32,6 +32,7 @@ the GPU targets (>= 3x, MFU >= 35 % on an H100) are for the full model on CUDA.
 
 import argparse
 import copy
+import json
 import os
 import resource
 import statistics
@@ -229,8 +230,6 @@ def main(args):
         warmup_seconds[variant.name] = time.perf_counter() - start
         print(f"warm-up {variant.name}: {warmup_seconds[variant.name]:.1f} s", flush=True)
     if args.json:  # the warm-ups (torch.compile's above all) are known even if a time limit cuts the timing
-        import json
-
         with open(args.json, "w") as f:
             json.dump(dict(device_name=torch.cuda.get_device_name(device) if cuda else "CPU", variants=[],
                            warmup_seconds=warmup_seconds, partial=True), f, indent=2)
@@ -297,8 +296,6 @@ def main(args):
     print()
     print("\n".join(machine_lines(device)))
     if args.json:
-        import json
-
         with open(args.json, "w") as f:
             json.dump(dict(device=str(device), device_name=torch.cuda.get_device_name(device) if cuda else "CPU",
                            model="tiny" if tiny else "seed", resolution=res, batch=batch_size, params=params,

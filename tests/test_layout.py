@@ -11,6 +11,7 @@ import os
 import pytest
 
 from conftest import REPO
+from utils.hub.space import imported_modules  # the Space follows app.py's imports with it
 
 # utils/__init__.py's floors. The loose modules at the top of utils/ are floor 0 with files/.
 FLOORS = {"labels": 0, "cli": 0, "grid": 0, "files": 0, "data": 1, "model": 1, "hub": 2, "run": 3, "datasets": 4,
@@ -26,21 +27,6 @@ MAX_LOOSE_MODULES = 8
 def utils_files():
     return sorted(os.path.relpath(p, REPO).replace(os.sep, "/")
                   for p in glob.glob(os.path.join(REPO, "utils", "**", "*.py"), recursive=True))
-
-
-def imported_modules(path):
-    """Absolute dotted names of everything ``path`` (relative to the repo) imports, relative imports resolved."""
-    package = os.path.dirname(path).split("/")
-    with open(os.path.join(REPO, path), encoding="utf-8") as f:
-        tree = ast.parse(f.read())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            yield from (alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            here = package[:len(package) - node.level + 1] if node.level else []
-            base = ".".join(filter(None, [*here, node.module or ""]))
-            yield base
-            yield from (f"{base}.{alias.name}" for alias in node.names)
 
 
 def group(folder):

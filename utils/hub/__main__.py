@@ -16,7 +16,7 @@ from ..cli import fail
 from ..run import run_folder
 from . import release, space
 from .model_card import set_card_space
-from .uploads import (PROG, PushError, _create_repo, _error_text, push_release, push_snapshot, repo_id_arg,
+from .uploads import (PROG, PushError, create_model_repo, error_text, push_release, push_snapshot, repo_id_arg,
                       retry_command)
 
 
@@ -71,7 +71,7 @@ def main(args):
 
 def create_space(args):
     """(model repo id, Space repo id), both resolved by the Hub; the card links the Space."""
-    model_id = _create_repo(args).repo_id
+    model_id = create_model_repo(args).repo_id
     space_id = space.create_space(args, model_id).repo_id
     set_card_space(args.output_dir, f"https://huggingface.co/spaces/{space_id}")
     return model_id, space_id
@@ -81,7 +81,7 @@ def _space_step(args, step):
     try:
         return step()
     except Exception as error:  # whatever huggingface_hub raises; the local release is untouched
-        raise PushError(f"could not create the Space ({_error_text(error)}); retry with: "
+        raise PushError(f"could not create the Space ({error_text(error)}); retry with: "
                         f"{retry_command(args)} --space") from error
 
 

@@ -107,7 +107,8 @@ def _run_setup(args):
     if is_initialized():
         state = AcceleratorState()
         precision = str(state.mixed_precision)
-        if precision == "fp16" and state.device.type == "cpu":  # no float16 autocast on a CPU (utils/run/flag_checks.py)
+        # No float16 autocast on a CPU (utils/run/flag_checks.py).
+        if precision == "fp16" and state.device.type == "cpu":
             precision = "no"
         return state.num_processes, precision
     return 1, args.mixed_precision or "no"

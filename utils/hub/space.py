@@ -24,6 +24,22 @@ APP = "app.py"
 SPACE_PACKAGES = ("torch", "diffusers", "safetensors", "huggingface_hub", "pillow", "numpy", "tqdm")
 
 
+def imported_modules(path):
+    """Dotted names of everything the repository file ``path`` imports, relative imports resolved: each module,
+    and for ``from x import y`` also ``x.y`` (y may be a module). Also used by tests/test_layout.py."""
+    package = os.path.dirname(path).split("/")
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            here = package[:len(package) - node.level + 1] if node.level else []  # `from ..x`: one folder up
+            base = ".".join(filter(None, [*here, node.module or ""]))
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
 def app_files(entry=APP):
     """``entry`` and every module of this repository it imports, transitively (paths relative to the repo)."""
     found, todo = [], [entry]
@@ -32,25 +48,13 @@ def app_files(entry=APP):
         if path in found:
             continue
         found.append(path)
-        package = os.path.dirname(path).split("/")
-        with open(os.path.join(REPO, path), encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                here = package[:len(package) - node.level + 1] if node.level else []  # `from ..x`: one folder up
-                base = ".".join(filter(None, [*here, node.module or ""]))
-                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for name in names:
-                parts = name.split(".")
-                for depth in range(1, len(parts) + 1):  # a package's __init__.py and the module itself
-                    stem = os.path.join(*parts[:depth])
-                    for candidate in (f"{stem}.py", os.path.join(stem, "__init__.py")):
-                        if os.path.isfile(os.path.join(REPO, candidate)):
-                            todo.append(candidate.replace(os.sep, "/"))
+        for name in imported_modules(path):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # a package's __init__.py and the module itself
+                stem = os.path.join(*parts[:depth])
+                for candidate in (f"{stem}.py", os.path.join(stem, "__init__.py")):
+                    if os.path.isfile(os.path.join(REPO, candidate)):
+                        todo.append(candidate.replace(os.sep, "/"))
     return sorted(found)
 
 

@@ -73,11 +73,11 @@ class _Uploads:
 _uploads = _Uploads()
 
 
-def _error_text(error):
+def error_text(error):
     return f"{type(error).__name__}: {(str(error).strip().splitlines() or ['no details'])[0]}"
 
 
-def _create_repo(args):
+def create_model_repo(args):
     """The repo's RepoUrl (created once per process). No token argument: huggingface_hub resolves it."""
     requested = requested_repo_id(args)
     if requested not in _uploads.repos:
@@ -95,12 +95,12 @@ def push_snapshot(args, folder):
     """
     name = os.path.basename(os.path.normpath(folder))
     try:
-        url = _create_repo(args)
+        url = create_model_repo(args)
         future = huggingface_hub.upload_folder(
             repo_id=url.repo_id, folder_path=folder, path_in_repo=name, allow_patterns=PIPELINE_PATTERNS,
             commit_message=f"Snapshot {name}", run_as_future=True)
     except Exception as error:  # network, login, quota...: a snapshot is never worth stopping training for
-        logger.warning(f"could not upload snapshot {name} to the Hub ({_error_text(error)}); training goes on")
+        logger.warning(f"could not upload snapshot {name} to the Hub ({error_text(error)}); training goes on")
         return None
     logger.info(f"uploading {name} to {url} in the background")
     future.add_done_callback(lambda done: _report_snapshot(name, url, done))
@@ -111,7 +111,7 @@ def push_snapshot(args, folder):
 def _report_snapshot(name, url, future):
     error = "cancelled" if future.cancelled() else future.exception()
     if error:
-        reason = error if isinstance(error, str) else _error_text(error)
+        reason = error if isinstance(error, str) else error_text(error)
         logger.warning(f"could not upload snapshot {name} to the Hub ({reason}); training goes on")
     else:
         logger.info(f"uploaded {name} to {url}/tree/main/{name}")
@@ -139,13 +139,13 @@ def push_release(args):
     """
     failed = wait_for_snapshots()
     try:
-        url = _create_repo(args)
+        url = create_model_repo(args)
         set_card_repo_id(args.output_dir, url.repo_id)
         huggingface_hub.upload_folder(
             repo_id=url.repo_id, folder_path=args.output_dir, allow_patterns=RELEASE_PATTERNS,
             delete_patterns=RELEASE_FOLDERS, commit_message="Release: pipeline, model card and samples")
     except Exception as error:  # whatever huggingface_hub raises (HTTP, login, offline mode, ...)
-        raise PushError(f"could not upload to the Hub as {requested_repo_id(args)} ({_error_text(error)}). The "
+        raise PushError(f"could not upload to the Hub as {requested_repo_id(args)} ({error_text(error)}). The "
                         f"model is saved in {args.output_dir}; retry with: {retry_command(args)}") from error
     if failed:
         logger.warning(f"snapshot upload(s) failed: {', '.join(failed)}; retry with: "
@@ -169,7 +169,7 @@ def push_dataset(output_dir, repo_id, private=False):
                                       allow_patterns=DATASET_PATTERNS, delete_patterns=["data/*"],
                                       commit_message="Generated dataset: shards and card")
     except Exception as error:  # whatever huggingface_hub raises (HTTP, login, offline mode, ...)
-        raise PushError(f"could not upload {output_dir} to the Hub as dataset {repo_id} ({_error_text(error)}); the "
+        raise PushError(f"could not upload {output_dir} to the Hub as dataset {repo_id} ({error_text(error)}); the "
                         f"dataset is intact: rerun the same command to retry") from error
     print(f"pushed {output_dir} to {url}")
     return str(url)

@@ -93,9 +93,10 @@ def load_training_data(args, accelerator):
 def build_pixel_cache(args, accelerator, dataset):
     """The pixel cache of --preprocess_cache, built by every process of a machine: each decodes a contiguous block
     of the images into part files of its own, the machine's local main assembles them and commits the cache
-    (utils/data/pixel_cache.py; byte for byte a one-process build). Machines in writer order (utils/run/distributed.py): the
-    global main's first; then every other machine whose disk does not show that cache (a node-local
-    --preprocess_cache) builds its own copy, and one that shares the disk loads the first. Every rank calls it."""
+    (utils/data/pixel_cache.py; byte for byte a one-process build). Machines in writer order
+    (utils/run/distributed.py): the global main's first; then every other machine whose disk does not show that
+    cache (a node-local --preprocess_cache) builds its own copy, and one that shares the disk loads the first.
+    Every rank calls it."""
     folder = pixel_cache.pixel_cache_folder(dataset, args.preprocess_cache, args.resolution)
     main_node = accelerator.process_index == accelerator.local_process_index  # the global main's machine
     for builders in (main_node, not main_node):  # which machines build in this round
