@@ -20,7 +20,6 @@ import argparse
 import copy
 import math
 import os
-import sys
 import time
 
 import torch
@@ -28,14 +27,11 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from diffusers import UNet2DConditionModel
 from diffusers.optimization import get_scheduler
-from tqdm.auto import tqdm
 
-from utils.run import checkpoints, distributed, objective, resume_check, run_setup, step_metrics, stop_signals
+from utils.run import flag_checks, lifecycle, nonfinite, objective, run_args, run_setup
 from utils.model import consistency
-from utils.data import fairface
-from utils.hub import uploads, model_card, student_card
-from utils.cli import (DEFAULT_MODEL_DIR, DEMO_DEFAULTS, beta, fail, nonnegative_int, positive_float, positive_int,
-                       probability)
+from utils.hub import model_card, student_card
+from utils.cli import DEFAULT_MODEL_DIR, DEMO_DEFAULTS, fail, positive_float, positive_int, probability
 from utils.model.conditions import load_pipeline_or_exit
 from utils.labels import UNKNOWN
 from utils.model.pipeline import FairFacePipeline, denoise, guided_prediction
@@ -59,17 +55,7 @@ def parse_args(input_args=None):
     add = parser.add_argument
     add("--teacher", default=None, help="The model to distil: a release folder, an epoch_N/ snapshot or a Hub id.")
     add("--demo", action="store_true", help="Distil the quick start's fairface-demo on its generated data.")
-    # Data: the teacher's (as train_fairface.py)
-    add("--dataset_name", default="HuggingFaceM4/FairFace", help="Hub dataset id or local folder in the same layout.")
-    add("--dataset_config_names", nargs="+", default=["0.25", "1.25"], help="FairFace configs to merge.")
-    add("--dataset_splits", nargs="+", default=["train", "validation"], help="Splits to merge.")
-    add("--cache_dir", default=None, help="datasets cache directory.")
-    add("--preprocess_cache", default=None, help="Folder for the uint8 pixel cache (as train_fairface.py).")
-    add("--dataloader_num_workers", type=nonnegative_int, default=0)
-    add("--random_flip", action="store_true", help="Randomly mirror faces horizontally.")
-    add("--cond_drop_prob", type=probability, default=0.1, help="Distil the unconditioned output too.")
-    add("--attr_drop_prob", type=probability, default=0.1, help="Distil partial conditions too.")
-    add("--framing_drop_prob", type=probability, default=0.1, help="Distil the model's-choice framing too.")
+    run_args.add_data_args(parser)  # the teacher's data (or data like it); dropout: distil those outputs too
     # Distillation
     add("--method", choices=["consistency", "guidance"], default="consistency", help="consistency: guided "
         "consistency distillation (multistep, see --num_segments); guidance: the guided teacher's prediction in one "
@@ -93,41 +79,19 @@ def parse_args(input_args=None):
     add("--num_inference_steps", type=positive_int, default=None, help="The student's saved default steps "
         "(default: --num_segments, or 4 for one segment: LCM's best at --demo's 400 steps, 92.5 %% all three; "
         "docs/distillation.md).")
-    # Optimisation
-    add("--train_batch_size", type=positive_int, default=64, help="Per-device batch size.")
+    # Optimisation: LCM's recipe (1e-5, constant after a short warm-up, no weight decay)
+    run_args.add_optimization_args(parser, learning_rate=1e-5, lr_scheduler="constant_with_warmup",
+                                   lr_warmup_steps=20, adam_weight_decay=0.0)
     add("--max_train_steps", type=positive_int, default=4000)
-    add("--gradient_accumulation_steps", type=positive_int, default=1)
-    add("--learning_rate", type=positive_float, default=1e-5)
-    add("--lr_scheduler", default="constant_with_warmup", choices=["linear", "cosine", "constant",
-                                                                    "constant_with_warmup"])
-    add("--lr_warmup_steps", type=nonnegative_int, default=20)
-    add("--adam_beta1", type=beta, default=0.9)
-    add("--adam_beta2", type=beta, default=0.999)
-    add("--adam_weight_decay", type=float, default=0.0)
-    add("--adam_epsilon", type=positive_float, default=1e-8)
-    add("--max_grad_norm", type=positive_float, default=1.0)
-    add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None)
-    add("--seed", type=nonnegative_int, default=0)
-    add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop after this many non-finite steps in a row.")
-    # Outputs
-    add("--output_dir", default=DEFAULT_MODEL_DIR + "-distilled")
-    add("--checkpointing_steps", type=positive_int, default=500)
-    add("--checkpoints_total_limit", type=positive_int, default=None)
-    add("--resume_from_checkpoint", default=None, help='"latest" or a checkpoint folder.')
-    add("--allow_resume_changes", action="store_true", help="Resume even though run flags differ.")
-    add("--logging_steps", type=positive_int, default=10)
-    add("--report_to", default="none", choices=["all", "none", "tensorboard", "wandb"])
-    add("--logging_dir", default="logs")
-    add("--push_to_hub", action="store_true")
-    add("--hub_model_id", type=uploads.repo_id_arg, default=None)
-    run_setup.add_ddp_timeout_arg(parser)
-    add("--hub_private_repo", action="store_true")
+    run_args.add_lifecycle_args(parser, output_dir=DEFAULT_MODEL_DIR + "-distilled", checkpointing_steps=500,
+                                report_to="none", tracker_project_name="fairface-distillation")
     args = parser.parse_args(input_args)
     if args.demo:
         parser.set_defaults(**DEMO)
         args = parser.parse_args(input_args)
     if args.teacher is None:
         parser.error("--teacher DIR_OR_REPO is required (or --demo)")
+    flag_checks.check_tracker(parser, args)
     return args
 
 
@@ -158,7 +122,7 @@ def student_pipeline(unet, encoder, teacher_scheduler, args):
 
 def main(args):
     # ---------------------------------------------------------------------------------------- setup
-    checkpoint = run_setup.check_output_dir(args)
+    run = lifecycle.TrainingRun(args, logger)
     teacher = load_pipeline_or_exit(args.teacher)
     identity = student_card.teacher_identity(args.teacher)
     config = teacher.scheduler.config
@@ -177,20 +141,10 @@ def main(args):
         fail("--num_segments applies to --method consistency only")
     args.num_inference_steps = args.num_inference_steps or default_inference_steps(args.num_segments)
     args.huber_c = args.huber_c or 0.00054 * math.sqrt(3 * args.resolution ** 2)
-    accelerator = run_setup.make_accelerator(args, logger)
-    checkpoint = distributed.main_process_value(accelerator, checkpoint)  # rank 0 decides which is `latest`
-    run_record = resume_check.record(args, accelerator.num_processes, RUN_FLAGS)
-    resume_changes = resume_check.check_or_exit(checkpoint, run_record, args.allow_resume_changes, RUN_FLAGS,
-                                                absent=RECORD_ABSENT)
-    distributed.use_available_cores(accelerator.device, logger)
-    stop = stop_signals.StopRequest()
+    accelerator = run.start(RUN_FLAGS, absent=RECORD_ABSENT)
 
     # ---------------------------------------------------------------------------------------- data
-    _, images = run_setup.load_training_data(args, accelerator)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    steps_per_epoch = len(images) // world // args.train_batch_size // args.gradient_accumulation_steps
-    if steps_per_epoch == 0:
-        fail(f"{len(images)} images are too few for {world} process(es) x batch {args.train_batch_size}")
+    images = run.load_data()
 
     # ---------------------------------------------------------------------------------------- models
     set_seed(args.seed)
@@ -206,45 +160,19 @@ def main(args):
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=args.max_train_steps)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
 
-    def save_model_hook(models, weights, output_dir):  # safetensors via save_pretrained
-        if accelerator.is_main_process:
-            models[0].save_pretrained(os.path.join(output_dir, "unet"))
-            target.save_pretrained(os.path.join(output_dir, "unet_target"))
-        weights.clear()
+    def load_target(folder):
+        loaded = UNet2DConditionModel.from_pretrained(folder, subfolder="unet_target", use_safetensors=True)
+        target.load_state_dict(loaded.state_dict())
 
-    def load_model_hook(models, input_dir):
-        for model, name in ((models.pop(), "unet"), (target, "unet_target")):
-            loaded = UNet2DConditionModel.from_pretrained(input_dir, subfolder=name, use_safetensors=True)
-            model.load_state_dict(loaded.state_dict())
-
-    accelerator.register_save_state_pre_hook(save_model_hook)
-    accelerator.register_load_state_pre_hook(load_model_hook)
+    unet, optimizer = run.prepare({"unet": unet}, optimizer, lr_scheduler,
+                                  save_extra=lambda folder: target.save_pretrained(os.path.join(folder, "unet_target")),
+                                  load_extra=load_target)
 
     # ---------------------------------------------------------------------------------------- resume
-    global_step, nonfinite_in_a_row, state, saved, train_seconds = 0, 0, {}, {}, 0.0
-    if checkpoint is not None:
-        try:
-            accelerator.load_state(checkpoint)
-        except (OSError, RuntimeError, ValueError, KeyError) as error:
-            fail(f"cannot resume from {checkpoint}: {str(error).strip().splitlines()[0]}")
-        state = checkpoints.read_training_state(checkpoint)
-        nonfinite_in_a_row, train_seconds = state.get("nonfinite_in_a_row", 0), state.get("train_seconds", 0.0)
-        global_step = resume_check.go_on(state, resume_changes, steps_per_epoch, lr_scheduler, logger.warning)
-        accelerator.print(f"resumed from {checkpoint} at step {global_step}")
-        saved.update({} if resume_changes else {global_step: checkpoint})
-    change_history = resume_check.history(state, resume_changes, global_step)
-    started = time.perf_counter() - train_seconds  # the training time of the whole run, across resumes
-
-    def save_checkpoint():
-        if global_step not in saved:
-            extra = dict(nonfinite_in_a_row=nonfinite_in_a_row, run=run_record, steps_per_epoch=steps_per_epoch,
-                         resume_changes=change_history, train_seconds=time.perf_counter() - started)
-            saved[global_step] = checkpoints.save_checkpoint(accelerator, args.output_dir, global_step, extra,
-                                                             args.checkpoints_total_limit)
-        return saved[global_step]
+    run.resume()
+    started = time.perf_counter() - run.state.get("train_seconds", 0.0)  # the whole run's training time
+    run.checkpoint_state = lambda: dict(train_seconds=time.perf_counter() - started)
 
     # ---------------------------------------------------------------------------------------- distil
     def distillation_loss(batch, generator):
@@ -281,79 +209,47 @@ def main(args):
         per_image = consistency.pseudo_huber(prediction, goal, args.huber_c)
         return (per_image * weights).sum() / weights.sum().clamp(min=1.0)
 
-    progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
-                    desc="distilling")
-    metrics = step_metrics.StepMetrics(device)
-    logger.info(f"{len(images)} images, {steps_per_epoch} steps/epoch, {args.max_train_steps} steps, guidance "
+    run.begin(args.max_train_steps, "distilling")
+    logger.info(f"{len(images)} images, {run.steps_per_epoch} steps/epoch, {args.max_train_steps} steps, guidance "
                 f"{args.guidance_scale:g} baked in, teacher {identity['teacher']} ({identity['weights_sha256'][:12]})")
-    epoch = global_step // steps_per_epoch
-    while global_step < args.max_train_steps:
-        start_item = (global_step - epoch * steps_per_epoch) * args.gradient_accumulation_steps * args.train_batch_size
-        sampler = fairface.EpochSampler(len(images), args.seed, epoch, rank, world, start_item)
-        loader = torch.utils.data.DataLoader(
-            images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
-            num_workers=args.dataloader_num_workers, collate_fn=lambda items: fairface.collate(items, args.resolution),
-            worker_init_fn=fairface.ignore_stop_signals)
+    step_loss = nonfinite.MicroBatchLoss()
+    epoch = run.global_step // run.steps_per_epoch
+    while run.global_step < args.max_train_steps:
         micro_step = 0
-        for batch in loader:
-            if global_step >= min((epoch + 1) * steps_per_epoch, args.max_train_steps):
+        for batch in run.epoch_loader(images, epoch):
+            if run.global_step >= min((epoch + 1) * run.steps_per_epoch, args.max_train_steps):
                 break
-            generator = objective.step_generator(args.seed, global_step, micro_step, rank, device)
+            generator = objective.step_generator(args.seed, run.global_step, micro_step, accelerator.process_index,
+                                                 device)
             micro_step = (micro_step + 1) % args.gradient_accumulation_steps
             with accelerator.accumulate(unet):
                 loss = distillation_loss(batch, generator)
                 accelerator.backward(loss)
+                step_loss.add(loss)
                 if not accelerator.sync_gradients:
                     continue
-                grad_norm = accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                finite = bool(torch.isfinite(grad_norm if accelerator.scaler is None else loss))
+                loss = step_loss.take()
+                grad_norm, finite = nonfinite.step(accelerator, optimizer, unet.parameters(), args.max_grad_norm, loss)
                 if finite:
-                    optimizer.step()
-                    if not optimizer.step_was_skipped:
-                        lr_scheduler.step()
-                        with torch.no_grad():  # the target follows the student (EMA)
-                            for t, s in zip(target.parameters(), accelerator.unwrap_model(unet).parameters()):
-                                t.lerp_(s, 1 - args.ema_decay)
+                    lr_scheduler.step()
+                    with torch.no_grad():  # the target follows the student (EMA)
+                        for t, s in zip(target.parameters(), accelerator.unwrap_model(unet).parameters()):
+                            t.lerp_(s, 1 - args.ema_decay)
                 optimizer.zero_grad(set_to_none=True)
-            nonfinite_in_a_row = 0 if finite else nonfinite_in_a_row + 1
-            global_step += 1
-            progress.update(1)
-            metrics.add(loss, grad_norm, counted=finite)
-            logging_step = global_step % args.logging_steps == 0 or global_step == args.max_train_steps
-            if logging_step:
-                metrics.report(accelerator, progress, lr_scheduler.get_last_lr()[0], global_step)
-            if nonfinite_in_a_row >= args.max_nonfinite_steps:
-                path = save_checkpoint()
-                progress.close()
-                fail(f"{nonfinite_in_a_row} non-finite steps in a row; stopped. Checkpoint {path}; try a lower "
-                     "--learning_rate")
-            checkpointed = global_step % args.checkpointing_steps == 0
-            if checkpointed:
-                save_checkpoint()
-            if stop.agreed(accelerator, all_ranks_here=logging_step or checkpointed):
-                path = save_checkpoint()
-                progress.close()
-                accelerator.print(f"stopped at step {global_step} by {stop.name}; checkpoint {path}. Resume with "
-                                  "the same command plus --resume_from_checkpoint latest")
-                accelerator.end_training()
-                sys.exit(0)
+            run.stop_if_asked(run.end_step(loss, grad_norm, finite))
         epoch += 1
 
     # ---------------------------------------------------------------------------------------- release
-    progress.close()
-    save_checkpoint()
-    train_seconds = time.perf_counter() - started
-    if accelerator.is_main_process:
+    def release():
         weights = target if args.release_weights == "target" else accelerator.unwrap_model(unet)
         student = student_pipeline(weights, encoder, teacher.scheduler, args)
-        card = student_card.build_card(args, identity, global_step, train_seconds, len(images),
+        run.write_samples(student, f"sample_step_{run.global_step}")
+        card = student_card.build_card(args, identity, run.global_step, time.perf_counter() - started, len(images),
                                        model_card.card_repo_id(args))
-        model_card.save_release(student, args, len(images), global_step, card=card)
-        if args.push_to_hub:
-            uploads.push_release(args)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    accelerator.print(f"done: {global_step} steps in {train_seconds:.0f} s; student in {args.output_dir}")
+        model_card.save_release(student, args, len(images), run.global_step, card=card)
+
+    run.finish(release, f"done: {run.global_step} steps in {time.perf_counter() - started:.0f} s; student in "
+                        f"{args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ import os
 import re
 import sys
 
+from .labels import NUM_CONDITIONS
+
 DEFAULT_MODEL_DIR = "fairface-diffusion-128"  # train_fairface.py's --output_dir, sample_fairface.py's --model
 # train_fairface.py --demo (and distill_fairface.py --demo, which distils its model): a tiny model on procedurally
 # drawn faces (utils/data/demo_data.py); flags given explicitly still win. No EMA and no framing: at the demo's 1008
@@ -75,6 +77,8 @@ nonnegative_float = _number("nonnegative_float", float, lambda v: v >= 0, "0 or 
 finite_float = _number("finite_float", float, lambda v: True, "a finite number")
 probability = _number("probability", float, lambda v: 0.0 <= v <= 1.0, "between 0 and 1")
 percentile = _number("percentile", float, lambda v: 0.0 < v < 100.0, "between 0 and 100")
+condition_id = _number("condition_id", int, lambda v: 0 <= v < NUM_CONDITIONS,
+                       f"a condition id 0-{NUM_CONDITIONS - 1} (age*14 + gender*7 + race)")
 beta = _number("beta", float, lambda v: 0.0 <= v < 1.0, "at least 0 and below 1")  # an Adam beta
 
 

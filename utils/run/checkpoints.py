@@ -43,13 +43,17 @@ def _checkpoints(output_dir):
 
 
 def resolve_checkpoint(output_dir, resume_from_checkpoint):
-    """Path to resume from: ``latest`` = newest complete checkpoint (None if there is none yet)."""
+    """Path to resume from: ``latest`` = newest complete checkpoint (None if there is none yet); a name such as
+    ``checkpoint-2000`` is looked up in ``output_dir`` as the diffusers examples do, unless it is a folder here."""
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1][1] if checkpoints else None
-    if not os.path.isfile(os.path.join(resume_from_checkpoint, TRAINING_STATE)):
-        raise ValueError(f"{resume_from_checkpoint} is not a complete checkpoint (no {TRAINING_STATE})")
-    return resume_from_checkpoint
+    path = resume_from_checkpoint
+    if not os.path.isdir(path) and os.sep not in path.rstrip(os.sep):
+        path = os.path.join(output_dir, path)
+    if not os.path.isfile(os.path.join(path, TRAINING_STATE)):
+        raise ValueError(f"{path} is not a complete checkpoint (no {TRAINING_STATE})")
+    return path
 
 
 def read_training_state(checkpoint):

@@ -30,12 +30,19 @@ def check(parser, args):
         parser.error("--ema_decay needs --use_ema")
     if args.hub_push_snapshots and not args.push_to_hub:
         parser.error("--hub_push_snapshots needs --push_to_hub")
-    if args.report_to not in ("all", "none"):
-        package = TRACKER_PACKAGES[args.report_to]
-        if importlib.util.find_spec(args.report_to) is None and not (
-                args.report_to == "tensorboard" and importlib.util.find_spec("tensorboardX")):
-            parser.error(f"--report_to {args.report_to}: {package} is not installed; run `pip install {package}` "
-                         "or pass --report_to none")
+    check_tracker(parser, args)
+
+
+def check_tracker(parser, args):
+    """parser.error (exit 2, one line) when --report_to names a tracker whose package is missing (every script
+    with trackers)."""
+    if args.report_to in ("all", "none"):
+        return
+    package = TRACKER_PACKAGES[args.report_to]
+    if importlib.util.find_spec(args.report_to) is None and not (
+            args.report_to == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+        parser.error(f"--report_to {args.report_to}: {package} is not installed; run `pip install {package}` or "
+                     "pass --report_to none")
 
 
 def warn_about_precision(accelerator, logger):

@@ -200,7 +200,7 @@ def apply_new_settings(args, lr_scheduler, emas, warn):
                 if (flag, old, new) not in changes:
                     changes.append((flag, old, new))
     for flag, attribute in EMA_SETTINGS.items():
-        new = getattr(args, flag)
+        new = getattr(args, flag, None)  # distill_fairface.py's --ema_decay is its target network's: recorded
         for ema in emas.values():
             old = getattr(ema, attribute)
             if old != new:

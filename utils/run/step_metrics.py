@@ -50,14 +50,23 @@ class StepMetrics:
         return logs
 
 
+# accelerate trackers whose log_images takes one image per key (the others take a list, TensorBoard an array).
+ONE_IMAGE_PER_KEY = ("aim", "clearml")
+
+
 def log_images(accelerator, images, step, tag="samples"):
-    """Sample images to the trackers that take images (TensorBoard, W&B)."""
+    """Sample images to every tracker that takes images, through accelerate's own ``log_images`` (TensorBoard,
+    W&B, Aim, ClearML, SwanLab); trackers without one (MLflow, Comet, ...) get the PNGs in --output_dir only."""
     import numpy as np
 
+    arrays = [np.asarray(image) for image in images]
     for tracker in accelerator.trackers:
+        if not callable(getattr(tracker, "log_images", None)):
+            continue
         if tracker.name == "tensorboard":
-            tracker.writer.add_images(tag, np.stack([np.asarray(i) for i in images]), step, dataformats="NHWC")
-        elif tracker.name == "wandb":
-            import wandb
-
-            tracker.log({tag: [wandb.Image(i) for i in images]}, step=step)
+            tracker.log_images({tag: np.stack(arrays)}, step=step, dataformats="NHWC")
+        elif tracker.name in ONE_IMAGE_PER_KEY:
+            for i, array in enumerate(arrays):
+                tracker.log_images({f"{tag}_{i}": array}, step=step)
+        else:
+            tracker.log_images({tag: arrays}, step=step)
