@@ -8,13 +8,14 @@ guidance scale, steps and framing (tight close-ups or wide margins, for a model 
 gallery; image k uses seed SEED + k, captioned with its condition and seed. Atlas tab: every condition from one
 seed (rows: ages; columns: gender x race), in one framing. Guidance and steps start at the model's saved
 sampling defaults. The model is loaded once, at start, with this repository's code-free loader. The generate
-tab is also the API endpoint ``generate`` (the framing, last, may be left out: the page's default, wide):
+tab is also the API endpoint ``generate`` (arguments left out take the page's values; docs/app.md):
 
     from gradio_client import Client
-    faces = Client("http://127.0.0.1:7860/").predict("20-29", "Female", "any", 4, 0, 2.0, 6, "tight",
-                                                     api_name="/generate")
+    faces = Client("http://127.0.0.1:7860/").predict(age="20-29", gender="Female", race="any", num_images=4,
+                                                     seed=0, api_name="/generate")
 
-Bad input (unknown label, 0 or more than --max_images images, steps out of range) is a message on the page.
+Bad input (unknown label, 0 or more than --max_images images, steps out of range, a distilled student's guidance
+other than 1) is a message on the page and from the API.
 The same file is the app of a Hugging Face Space (``python -m utils.hub OUTPUT_DIR --space``): there --model
 defaults to the model that the Space's README.md names (``models: [user/repo]``).
 """
@@ -36,7 +37,7 @@ from utils.labels import (AGES, ATTRIBUTES, FRAMINGS, GENDERS, NUM_CONDITIONS, R
 from utils.model.pipeline import generate  # noqa: E402
 
 ANY = "any"
-MAX_STEPS = 200  # more only costs time: the saved default sampler (3 steps) already holds the 6-step fidelity (docs/distillation.md)
+MAX_STEPS = 100  # more only costs time: the saved default sampler (3 steps) already holds the 6-step fidelity (docs/distillation.md)
 logger = logging.getLogger("app")
 
 
@@ -75,7 +76,7 @@ def parse_args(input_args=None):
 
 
 # ------------------------------------------------------------------------------------------------ requests
-def check_request(num_images, seed, guidance_scale, num_inference_steps, max_images):
+def check_request(pipe, num_images, seed, guidance_scale, num_inference_steps, max_images):
     """The numbers of a request as (int, int, float, int), or gr.Error with what is wrong and what is allowed."""
     try:
         num_images, seed, steps, guidance = int(num_images), int(seed), int(num_inference_steps), float(guidance_scale)
@@ -85,10 +86,15 @@ def check_request(num_images, seed, guidance_scale, num_inference_steps, max_ima
         raise gr.Error(f"number of images must be 1-{max_images}, got {num_images}")
     if not 0 <= seed < 2 ** 63:
         raise gr.Error(f"seed must be 0 or more, got {seed}")
-    if not 1 <= steps <= MAX_STEPS:
-        raise gr.Error(f"steps must be 1-{MAX_STEPS}, got {steps}")
+    most = min(MAX_STEPS, pipe.max_inference_steps)  # fewer for an LCM student: its distillation grid's size
+    if not 1 <= steps <= most:
+        raise gr.Error(f"steps must be 1-{most} for this model, got {steps}")
     if not 0 <= guidance <= 20:
         raise gr.Error(f"guidance scale must be 0-20 (1 = no guidance), got {guidance:g}")
+    distilled = pipe.sampling_settings().get("distilled_guidance_scale")
+    if distilled and guidance != 1:  # the API too: the page fixes it at 1 (sampling_controls)
+        raise gr.Error(f"guidance scale must be 1 for this distilled model (its teacher's guidance {distilled:g} is "
+                       f"in its weights: guiding again would guide twice), got {guidance:g}")
     return num_images, seed, guidance, steps
 
 
@@ -110,8 +116,8 @@ def make_generate(pipe, max_images):
             attributes = tuple(parse_label(name, value) for name, value in zip(ATTRIBUTES, (age, gender, race)))
         except ValueError as error:
             raise gr.Error(str(error)) from None
-        num_images, seed, guidance, steps = check_request(num_images, seed, guidance_scale, num_inference_steps,
-                                                          max_images)
+        num_images, seed, guidance, steps = check_request(pipe, num_images, seed, guidance_scale,
+                                                          num_inference_steps, max_images)
         framing = check_framing(pipe, framing)
         seeds = [seed + k for k in range(num_images)]
         images = generate(pipe, [attributes] * num_images, seeds, batch_size=max_images, guidance_scale=guidance,
@@ -125,7 +131,7 @@ def make_generate(pipe, max_images):
 def make_atlas(pipe, max_images):
     def draw_atlas(seed, guidance_scale, num_inference_steps, framing=ANY):
         """All 126 conditions from one seed, as one labelled image."""
-        _, seed, guidance, steps = check_request(1, seed, guidance_scale, num_inference_steps, max_images)
+        _, seed, guidance, steps = check_request(pipe, 1, seed, guidance_scale, num_inference_steps, max_images)
         framing = check_framing(pipe, framing)
         images = generate(pipe, [decode_condition(c) for c in range(NUM_CONDITIONS)], [seed] * NUM_CONDITIONS,
                           batch_size=max(max_images, 32), guidance_scale=guidance, num_inference_steps=steps,
@@ -144,7 +150,9 @@ def sampling_controls(pipe, prefix=""):
     guidance = gr.Slider(1, 6, value=1 if distilled else defaults["guidance_scale"], step=0.5,
                          label=f"guidance scale (distilled in: {distilled:g})" if distilled else "guidance scale",
                          interactive=not distilled, elem_id=f"{prefix}guidance")
-    steps = gr.Slider(1, 100, value=defaults["num_inference_steps"], step=1, label="steps", elem_id=f"{prefix}steps")
+    most = min(MAX_STEPS, pipe.max_inference_steps)  # as check_request: the API is refused above it too
+    steps = gr.Slider(1, most, value=defaults["num_inference_steps"], step=1, elem_id=f"{prefix}steps",
+                      label="steps" if most == MAX_STEPS else f"steps (at most {most}: the distillation grid)")
     has_framing = bool(pipe.condition_encoder.config.framings)
     framing = gr.Dropdown([ANY, *FRAMINGS] if has_framing else [ANY], value=GRID_FRAMING if has_framing else ANY,
                           label="framing" if has_framing else "framing (this model was trained without it)",

@@ -18,9 +18,9 @@ For the teacher and each student (``--teacher``, ``--students``: pipeline folder
   the teacher's training time.
 
 Settings: the teacher at 1 (one unguided DPM-Solver++ step), 2 (one guided step), 4 (two guided steps) and
-its default 12 evaluations; each student at 1, 2, 3 and 4 steps (``--student_steps``) of its own saved sampler (the
-multistep consistency sampler, LCM's for --num_segments 1, the teacher's DPM-Solver++ for a guidance-distilled
-student), one evaluation each.
+its default 12 evaluations; each student at 1, 2, 3 and 4 steps (``--student_steps``) of its own saved sampler (DDIM
+through the segment starts for a multistep consistency student, the default; LCM's for --num_segments 1; the
+teacher's DPM-Solver++ for a guidance-distilled student), one evaluation each.
 
     python benchmarks/distillation.py --teacher fairface-demo --students fairface-demo-distilled --threads 1
 """

@@ -23,6 +23,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import REPO, free_port, run_script
@@ -41,13 +42,39 @@ TIGHT, WIDE = 0, 1
 @pytest.fixture(scope="module")
 def app(demo_model, tmp_path_factory):
     """``python app.py --model DEMO --port P`` running; yields (url, log path). Stopped at the end."""
-    root = tmp_path_factory.mktemp("app")
+    yield from serve(demo_model, tmp_path_factory.mktemp("app"))
+
+
+@pytest.fixture(scope="module")
+def student_app(tmp_path_factory):
+    """app.py serving a one-segment student as distill_fairface.py releases one (``student_pipeline``; LCMScheduler on
+    a 10-point grid, --num_segments 1 --num_ddim_timesteps 10, its teacher's guidance 2 baked in), untrained and
+    tiny: what is tested is the app's plumbing, not the faces."""
+    import argparse
+
+    from diffusers import DDPMScheduler
+
+    from distill_fairface import student_pipeline
+    from utils.hub import remote_code
+    from utils.model.pipeline import ConditionEncoder, build_unet
+
+    root = tmp_path_factory.mktemp("student-app")
+    torch.manual_seed(0)
+    flags = argparse.Namespace(method="consistency", num_segments=1, num_ddim_timesteps=10, guidance_scale=2.0)
+    student = student_pipeline(build_unet(32, (16, 32), 1, cross_attention_dim=16), ConditionEncoder(16),
+                               DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"), flags)
+    remote_code.save_pipeline(student, str(root / "student"))
+    yield from serve(root / "student", root)
+
+
+def serve(model, root):
+    """``python app.py --model MODEL --port P`` running; yields (url, log path). Stopped at the end."""
     port = free_port()
     log = root / "app.log"
     env = {**os.environ, "GRADIO_TEMP_DIR": str(root / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
-        process = subprocess.Popen([sys.executable, "app.py", "--model", demo_model, "--port", str(port),
+        process = subprocess.Popen([sys.executable, "app.py", "--model", str(model), "--port", str(port),
                                     "--max_images", "8"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 600
@@ -206,6 +233,32 @@ def test_gradio_client_calls_the_generate_endpoint(app):
                                (("any", "any", "any", 2, 0, 2.0, 10 ** 4), "greater than maximum value")):
         with pytest.raises(AppError, match=message):
             client.predict(*arguments, api_name="/generate")
+
+
+def test_distilled_student_keeps_its_guidance_and_its_steps_on_the_api_too(student_app, browser):
+    """The page fixes a student's guidance at 1 and its steps slider stops at the LCM grid; the API refuses a guidance
+    scale other than 1 (guiding a student again would guide twice) and more steps than the grid holds, with a
+    message, and docs/app.md's call (guidance and steps left out: the model's) samples."""
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    url, _ = student_app
+    client = Client(url, verbose=False, download_files=tempfile.mkdtemp(prefix="fairface-client-"))
+    faces = client.predict(age="20-29", gender="Female", race="any", num_images=2, seed=3, api_name="/generate")
+    assert [face["caption"] for face in faces] == [f"20-29 Female any race, seed {s}" for s in (3, 4)]
+    assert Image.open(faces[0]["image"]).size == (32, 32)
+    refused = r"guidance scale must be 1 for this distilled model \(its teacher's guidance 2 is in its weights"
+    for api_name, arguments in (("/generate", ("20-29", "Female", "any", 2, 0, 2.0, 4)), ("/atlas", (0, 1.5, 4))):
+        with pytest.raises(AppError, match=refused):
+            client.predict(*arguments, api_name=api_name)
+    with pytest.raises(AppError, match=r"Value 11 is greater than maximum value 10\."):
+        client.predict("any", "any", "any", 1, 0, 1.0, 11, api_name="/generate")
+    assert len(client.predict("any", "any", "any", 1, 0, 1.0, 10, api_name="/generate")) == 1  # the whole grid
+
+    page = Page(browser, url)
+    steps, guidance = (page.css(f"#{name} input[type=range]")[0] for name in ("steps", "guidance"))
+    assert steps.get_attribute("max") == "10" and "at most 10: the distillation grid" in page.css("#steps")[0].text
+    assert guidance.get_attribute("value") == "1" and not guidance.is_enabled()
 
 
 def test_bad_model_is_a_one_line_error(tmp_path):

@@ -49,8 +49,10 @@ PIPELINE_FILES = ["model_index.json", "unet/*.json", "unet/*.safetensors", "cond
 # (0 = clean, num_train_timesteps - 1 = pure noise) whose steps get classifier-free guidance; the others make only
 # the conditional prediction, half the UNet work (Kynkaanniemi et al. 2024).
 # A distilled student (distill_fairface.py) saves guidance_scale 1 (one UNet evaluation per step: the teacher's
-# guidance is baked into its weights), its few-step sampler as the scheduler ("lcm"), and distilled_guidance_scale
-# (the teacher's guidance it learned), which __call__ does not read: guiding the student again would guide twice.
+# guidance is baked into its weights), its few-step sampler as the scheduler (DDIM through its segment starts, the
+# multistep consistency default; LCMScheduler for one segment; the teacher's own after guidance distillation), and
+# distilled_guidance_scale (the teacher's guidance it learned), which __call__ does not read: guiding the student
+# again would guide twice.
 SAMPLING_DEFAULTS = dict(num_inference_steps=3, guidance_scale=2.0, guidance_interval=None)
 # Pipelines saved before sampling defaults existed (no "sampling_defaults"): DPM-Solver++ 25, guidance 2 every step.
 LEGACY_SAMPLING_DEFAULTS = dict(num_inference_steps=25, guidance_scale=2.0, guidance_interval=None)
@@ -61,7 +63,7 @@ SCHEDULERS = {
     "unipc": UniPCMultistepScheduler,
     "ddim": DDIMScheduler,
     "ddpm": DDPMScheduler,
-    "lcm": LCMScheduler,  # consistency sampling: for distilled students only (utils/model/consistency.py)
+    "lcm": LCMScheduler,  # one-segment consistency students (distill --num_segments 1; utils/model/consistency.py)
 }
 
 
@@ -215,10 +217,22 @@ class FairFacePipeline(DiffusionPipeline):
         self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config, **options)
         return self
 
+    @property
+    def max_inference_steps(self):
+        """The most steps the sampler takes: an LCMScheduler's distillation grid (its ``original_inference_steps``,
+        distill's --num_ddim_timesteps: its steps are a subset of that grid), else every training timestep."""
+        config = self.scheduler.config
+        return config.get("original_inference_steps") or config.num_train_timesteps
+
     def sampling_settings(self, **given):
-        """The settings a call uses: ``given`` values that are not None, else this pipeline's saved defaults."""
+        """The settings a call uses: ``given`` values that are not None, else this pipeline's saved defaults;
+        ValueError, saying the range, for steps the sampler cannot take (LCMScheduler's own message does not)."""
         settings = {**LEGACY_SAMPLING_DEFAULTS, **(self.config.get("sampling_defaults") or {})}
         settings.update({k: v for k, v in given.items() if v is not None})
+        steps, most = settings["num_inference_steps"], self.max_inference_steps
+        if not 1 <= steps <= most:
+            grid = " (the sampler's distillation grid)" if most < self.scheduler.config.num_train_timesteps else ""
+            raise ValueError(f"num_inference_steps must be 1-{most}{grid}, got {steps}")
         interval = settings["guidance_interval"]
         if interval is not None:
             if len(interval) != 2 or not float(interval[0]) <= float(interval[1]):
@@ -249,7 +263,8 @@ class FairFacePipeline(DiffusionPipeline):
         (0 = clean, 999 = pure noise for 1000 training timesteps; ``(0, inf)``: every step); the other steps
         compute only the conditional prediction. ``num_inference_steps``, ``guidance_scale`` and
         ``guidance_interval`` left None take the pipeline's saved defaults (``sampling_settings()``).
-        ``output_type``: "pil", "np" (float in [0, 1]) or "pt" (float in [-1, 1]).
+        ``output_type``: "pil", "np" (float in [0, 1]), "pt" (float in [-1, 1]) or "latent" (diffusers' convention:
+        the sample before any decoding, here before the clamp to [-1, 1], a tensor).
         ``callback_on_step_end(pipe, i, t, callback_kwargs) -> dict`` as in diffusers: ``callback_kwargs`` holds
         the tensors named in ``callback_on_step_end_tensor_inputs`` (``"latents"``); returned ones replace them.
         The callback may read ``pipe.num_timesteps``, ``pipe.guidance_scale``, ``pipe.do_classifier_free_guidance``
@@ -307,7 +322,9 @@ class FairFacePipeline(DiffusionPipeline):
 
         images = latents.clamp(-1, 1).float()
         self.maybe_free_model_hooks()
-        if output_type == "pt":
+        if output_type == "latent":
+            result = latents
+        elif output_type == "pt":
             result = images
         else:
             result = ((images + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
