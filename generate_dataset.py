@@ -24,23 +24,24 @@ import sys
 
 import numpy as np
 
-from utils.datasets import dataset_card, dataset_plan as plans, dataset_shards as shards
+from utils.datasets import dataset_card, dataset_plan as plans, dataset_processes as processes, dataset_shards as shards
 from utils.files.atomic_files import SaveError
 from utils.cli import DEFAULT_MODEL_DIR, fail, load_or_fail, positive_int
 from utils.model.conditions import (add_condition_args, add_sampling_args, conditions_from_args, framing_or_exit,
                                     load_pipeline_or_exit, resolve_device_dtype, sampling_settings)
-from utils.evaluation.classifiers import add_classifier_args, load_classifiers, requested_label_scores
+from utils.evaluation.classifiers import CLIP_DEFAULT, add_classifier_args, load_classifiers, requested_label_scores
 from utils.evaluation.memorisation import add_memorisation_args, load_near_copy_check
 from utils.labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition
 from utils.model.pipeline import generate
+from utils.run.run_setup import add_ddp_timeout_arg
 from utils.run.stop_signals import StopRequest
 
 # Shard size: 1000 images of 128 px are ~30 MB of PNG (well under the Hub's 500 MB parquet default) and keep a
 # rerun's lost work to one shard per process; memory holds one shard of images per process, whatever the total.
 DEFAULT_SHARD_SIZE = 1000
 MEMORISATION_CACHE = ".memorisation.npz"  # the training pool's features and the threshold (never pushed)
-# Flags that decide the rows (the dataset folder's record): a rerun must repeat them. Not --batch_size, --device,
-# process counts: they change at most float rounding.
+# Flags that decide the rows (the dataset folder's record): a rerun must repeat them; dtype as resolved (the
+# device's default when not given). Not --batch_size, --device, process counts: they change at most float rounding.
 RECORDED_FLAGS = ["condition_ids", "counts", "framing", "seed", "shard_size", "scheduler", "num_inference_steps",
                   "guidance_scale", "guidance_interval", "dtype", "verify", "verify_attributes", "keep", "max_attempts",
                   "classifier", "age_classifier", "gender_classifier", "race_classifier", "check_memorisation"]
@@ -77,7 +78,7 @@ def parse_args(input_args=None):
         "classifiers read least reliably).")
     add("--max_attempts", type=positive_int, default=10, help="Images tried per row with --keep verified; a row "
         "still unverified after them keeps its last image, verified=false (default: %(default)s).")
-    add_classifier_args(add)
+    add_classifier_args(add, model_default=True)
     add = parser.add_argument_group("memorisation check").add_argument
     add("--check_memorisation", action="store_true", help="Add nearest_train_distance and near_copy columns: each "
         "image's distance to its nearest training image (of --dataset_name) and whether it is closer than "
@@ -89,6 +90,7 @@ def parse_args(input_args=None):
     add("--push_to_hub", nargs="?", const="", default=None, metavar="REPO_ID", help="Upload the dataset (shards "
         "and card) as a dataset repo: user/name, or the folder's name under your account when left out.")
     add("--hub_private_repo", action="store_true")
+    add_ddp_timeout_arg(parser)  # rank 0 alone builds --check_memorisation's training pool while the others wait
     args = parser.parse_args(input_args)
     try:
         if not args.condition and all(getattr(args, a) is None for a in ATTRIBUTES):
@@ -151,13 +153,9 @@ def make_shard(pipe, plan, shard, args, settings, classifiers, near_copies, prog
 
 
 def main(args):
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
     from tqdm.auto import tqdm
 
-    # cpu: gloo (PartialState, unlike Accelerator, does not read ACCELERATE_USE_CPU itself).
-    state = PartialState(cpu=args.device.type == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU"))
-    device = state.device if args.device.type == state.device.type else args.device  # cuda:RANK per process
+    state, device = processes.start_processes(args)  # the group waits --ddp_timeout; --device cuda:1 is honoured
     pipe = load_pipeline_or_exit(args.model, device=device, dtype=args.torch_dtype, scheduler=args.scheduler)
     for framing in args.framing or []:
         framing_or_exit(pipe, framing, args.model)
@@ -172,6 +170,14 @@ def main(args):
     if sum(args.counts) == 0:
         fail("the distribution gives 0 images; raise --images_per_condition")
     plan = plans.Plan(args.condition_ids, args.counts, args.framing, args.seed, args.shard_size)
+    # The weight files' SHA-256 as `sha256sum` prints them (users can check them), what the model's card says it
+    # was trained on
+    files, revision, trained_on = dataset_card.model_provenance(args.model, args.dataset_name)
+    if args.verify and args.classifier is None:  # a demo model's faces are read by the demo reader, unless told
+        args.classifier = "demo" if trained_on["synthetic"] else CLIP_DEFAULT
+        if trained_on["synthetic"] and state.is_main_process:
+            print(f"verifying with --classifier demo: the card of {dataset_card.public_name(args.model)} says it was "
+                  "trained on synthetic demo data (give --classifier to choose another)")
     classifiers = load_classifiers(args, device, load_or_fail) if args.verify else None
     record = {flag: getattr(args, flag, None) for flag in RECORDED_FLAGS}
     if args.check_memorisation:  # the training images compared with (a local folder by its absolute path)
@@ -180,7 +186,8 @@ def main(args):
     else:
         record.update({flag: None for flag in MEMORISATION_FLAGS})
     record.update(settings, model=os.path.abspath(args.model) if os.path.isdir(args.model) else args.model,
-                  model_weights=dataset_card.weights_sha256(pipe), guidance_interval=settings["guidance_interval"] and
+                  model_files=files, model_revision=revision, dtype=str(args.torch_dtype).replace("torch.", ""),
+                  devices=[device.type], guidance_interval=settings["guidance_interval"] and
                   list(settings["guidance_interval"]), scheduler=type(pipe.scheduler).__name__)
     plans.prepare_folder(args.output_dir, state, record)
     near_copies = load_near_copy_check(args, state, device, pipe.unet.config.sample_size, os.path.join(
@@ -199,16 +206,20 @@ def main(args):
     stop = StopRequest(after="this shard (finished shards are kept)")
     progress = tqdm(total=sum(len(plan.shard_rows(k)) for k in mine), unit="img", desc="generating",
                     disable=not state.is_main_process, smoothing=0.1)
-    for written, shard in enumerate(mine):
+    written = 0
+    for shard in mine:
         if stop.signal is not None:
             break
         columns = make_shard(pipe, plan, shard, args, settings, classifiers, near_copies, progress)
         try:
             shards.write_shard(plan.shard_path(args.output_dir, shard), columns, shard_features)
         except SaveError as error:
-            fail(f"{error}; the {written} shard(s) this process wrote are kept: rerun the same command to go on")
+            progress.close()  # the error is the last line
+            fail(f"{error}; the {written} shard(s) this process wrote are kept: rerun the same command to go on" +
+                 f" (process {state.process_index} of {state.num_processes})" * (state.num_processes > 1))
+        written += 1
     progress.close()
-    state.wait_for_everyone()
+    processes.wait_for_everyone(state, written, args.ddp_timeout)  # one line on every process if one failed
 
     # Finish: the card once every shard is there (a stopped run is finished by rerunning the command).
     paths = [plan.shard_path(args.output_dir, k) for k in range(plan.num_shards)]
@@ -220,7 +231,7 @@ def main(args):
         return None
     if state.is_main_process:
         dataset_card.write_card(args.output_dir, paths, plan, args, settings, record,
-                                dataset_card.public_command(sys.argv[1:]), near_copies)
+                                dataset_card.public_command(sys.argv[1:]), near_copies, trained_on)
         print(f"wrote {plan.num_rows} images in {plan.num_shards} shard(s) to {args.output_dir}/ "
               f"(load with datasets.load_dataset({args.output_dir!r}))")
         if args.push_to_hub is not None:

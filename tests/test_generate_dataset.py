@@ -78,7 +78,8 @@ def test_card_yaml_parses_and_its_counts_match(dataset):
     folder, _ = dataset
     card = DatasetCard.load(os.path.join(folder, "README.md"))
     data = card.data.to_dict()
-    assert data["license"] == "cc-by-4.0" and "synthetic" in data["tags"]
+    assert data["license"] == "mit" and "synthetic" in data["tags"]  # the tiny run learned from demo faces only
+    assert "source_datasets" not in data
     assert data["annotations_creators"] == ["machine-generated"] and data["task_categories"] == ["image-classification"]
     assert data["configs"][0]["data_files"][0]["path"] == "data/train-*"
     assert data["dataset_info"]["splits"][0]["num_examples"] == NUM_ROWS
@@ -89,7 +90,7 @@ def test_card_yaml_parses_and_its_counts_match(dataset):
         names = ds.features[attribute].names
         for value, name in enumerate(names):
             assert f"| {name} | {ds[attribute].count(value)} |" in card.text, (attribute, name)
-    assert "weights sha256" in card.text and "generate_dataset.py --model" in card.text
+    assert "sha256sum -c weights.sha256" in card.text and "generate_dataset.py --model" in card.text
     assert "/tmp" not in card.content and "Kärkkäinen" in card.text
 
 
@@ -296,14 +297,31 @@ def test_fairface_distribution_counts_the_training_labels(tiny_run, demo_dataset
 
 @pytest.mark.e2e
 def test_push_uploads_the_dataset_and_the_hub_id_loads_offline(dataset, tiny_run, tmp_path):
+    """The push into a repo that holds an older push's shards and files of its own under data/: the commit
+    replaces the shards and keeps the rest; then load_dataset of the repo id, online and offline."""
     import datasets
+    from huggingface_hub.utils import filter_repo_objects
 
     folder, record = shutil.copytree(dataset[0], tmp_path / "tiny-synthetic"), tmp_path / "record"
+    uploaded = record / "someone" / "tiny-synthetic"  # the fake Hub's copy of the repo (tests/fake_hub)
+    older = {f"data/train-{k:05d}-of-00006.parquet" for k in range(6)} | {"data/train-00001-of-00004.parquet"}
+    others = {"data/test-00000-of-00001.parquet", "data/LICENSE-images.txt"}  # not ours: kept
+    for name in older | others:  # real shards' bytes: a stale one left behind would add rows to the load below
+        os.makedirs((uploaded / name).parent, exist_ok=True)
+        shutil.copyfile(os.path.join(folder, "data", "train-00000-of-00004.parquet"), uploaded / name)
+    before = files_under(uploaded)
     result = generate(tiny_run, folder, "--push_to_hub", "someone/tiny-synthetic", env=fake_hub_env(record))
     calls = [json.loads(line) for line in open(record / "calls.jsonl")]
     assert [(c["call"], c["repo_type"]) for c in calls] == [("create_repo", "dataset"), ("upload_folder", "dataset")]
-    uploaded = record / "someone" / "tiny-synthetic"
-    assert files_under(uploaded) == {"README.md", "preview.png", *[f"data/train-{k:05d}-of-00004.parquet" for k in range(4)]}
+    new = {"README.md", "preview.png", *[f"data/train-{k:05d}-of-00004.parquet" for k in range(4)]}
+    assert set(calls[1]["files"]) == new
+    # The commit as the Hub applies it (huggingface_hub's upload_folder): the repo's files matching
+    # delete_patterns are deleted, except those the commit uploads.
+    deleted = set(filter_repo_objects(before, allow_patterns=calls[1]["delete_patterns"])) - new
+    assert deleted == older - new
+    for name in deleted:
+        os.remove(uploaded / name)
+    assert files_under(uploaded) == new | others
     assert "pushed" in result.stdout
     # load_dataset("someone/tiny-synthetic"): first online from a read-only Hub on 127.0.0.1 serving what was
     # pushed (datasets' real Hub code path), then offline with the server gone, from datasets' own cache (datasets

@@ -1,34 +1,72 @@
 """The dataset card (README.md with the Hub's dataset-card YAML) of a generated dataset, and its provenance.
 
-The YAML carries license, task_categories, tags (synthetic), source_datasets, annotations_creators
-(machine-generated), size_categories, ``configs`` (data/train-*) and ``dataset_info`` (the features with their
-ClassLabel names, the split sizes). The text says where the images came from (model, a hash of its weights,
-sampler settings, seed scheme, the exact command), the counts per age, gender, race and framing read back from
-the shards, what the labels mean, the verification rates per group, uses, biases and FairFace's attribution.
-The card has no timestamps: the same dataset gives the same card, byte for byte.
+The YAML carries license, task_categories, tags (synthetic), source_datasets (the data the model was trained
+on, as its model card says: none for demo data), annotations_creators (machine-generated), size_categories,
+``configs`` (data/train-*) and ``dataset_info`` (the features with their ClassLabel names, the split sizes). The
+text says where the images came from (model, the SHA-256 of its weight files as ``sha256sum`` prints them, its
+training data, sampler settings, dtype and devices, seed scheme, the exact command), the counts per age, gender,
+race and framing read back from the shards, what the labels mean, the verification rates per group, uses,
+biases and the licence (FairFace's attribution, or MIT for a demo model's faces). No local path, whatever form
+the command gave it in. The card has no timestamps: the same dataset gives the same card, byte for byte.
 """
 
+import glob
 import hashlib
 import os
 
 import numpy as np
-import torch
+import yaml
+from huggingface_hub import ModelCard
 
 from ..files.atomic_files import write_file_atomic
+from ..hub.student_card import teacher_folder
 from ..labels import AGES, ATTRIBUTES, FRAMINGS, GENDERS, RACES
+from ..model.pipeline import PIPELINE_FILES
 
 FAIRFACE = "HuggingFaceM4/FairFace"
 
 
-def weights_sha256(pipe):
-    """sha256 of the UNet's and the condition encoder's weights (names, dtypes, bytes): identifies the model
-    whether it came from a folder or the Hub."""
-    digest = hashlib.sha256()
-    for module in (pipe.unet, pipe.condition_encoder):
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
-    return digest.hexdigest()
+def model_provenance(model, dataset_name):
+    """(weight files {path in the model: SHA-256 hex}, Hub commit or None, ``training_data``) of ``model``, a folder
+    or a Hub id, read from the files that load (a pending release's, or the Hub snapshot with its card)."""
+    folder, revision = teacher_folder(model)
+    return weight_files_sha256(folder), revision, training_data(folder, dataset_name)
+
+
+def weight_files_sha256(folder):
+    """{path: SHA-256 hex} of the weight files ``load_pipeline`` reads in ``folder`` (the UNet's and the condition
+    encoder's safetensors), as ``sha256sum`` prints them: anyone can check them. Not of the tensors as loaded,
+    which change with --dtype and say nothing a user can compare."""
+    files = {}
+    for pattern in [p for p in PIPELINE_FILES if p.endswith(".safetensors")]:
+        for path in sorted(glob.glob(os.path.join(folder, pattern))):
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            files[os.path.relpath(path, folder).replace(os.sep, "/")] = digest.hexdigest()
+    return files
+
+
+def training_data(folder, dataset_name):
+    """What the model in ``folder`` was trained on, from its model card's YAML (utils/hub/model_card.py: the
+    ``synthetic-data`` tag for demo data, ``datasets`` for Hub data): {"synthetic": bool, "sources": [Hub dataset
+    ids], "text": a phrase without local paths}. A model without a (readable) card: --dataset_name (its help: the
+    model's training data)."""
+    try:
+        path = os.path.join(folder, "README.md")
+        card = ModelCard.load(path).data if os.path.isfile(path) else None
+    except (OSError, ValueError, yaml.YAMLError):  # a card that is no card: as none
+        card = None
+    if card is not None and "synthetic-data" in (card.tags or []):
+        return {"synthetic": True, "sources": [], "text": "synthetic demo data (faces drawn procedurally by "
+                "`utils/data/demo_data.py`, no photographs of people; FairFace's label names only)"}
+    if card is not None:
+        sources = list(card.datasets or [])
+        return {"synthetic": False, "sources": sources, "text": ", ".join(f"`{s}`" for s in sources) or
+                "a local dataset that is not on the Hub (the model card names none)"}
+    return {"synthetic": False, "sources": [] if os.path.isdir(dataset_name) else [dataset_name],
+            "text": f"`{public_name(dataset_name)}` (as `--dataset_name` says: the model has no card)"}
 
 
 def size_category(n):
@@ -101,18 +139,30 @@ def memorisation_paragraph(labels, near_copies):
             f"new faces flags about {percentile}; look at flagged rows (or drop them) before publishing.")
 
 
+def public_name(value):
+    """A local file or folder (or any absolute path) by its name only, as the card may be pushed; else as given."""
+    if value and (os.path.exists(value) or os.path.isabs(value)):
+        return os.path.basename(os.path.normpath(value))
+    return value
+
+
 def public_command(argv):
     """generate_dataset.py's command as run, every local file or folder (model, output, training data, feature
-    model, classifiers, weights file) by its name only: the card holds no local paths."""
+    model, classifiers, weights file) by its name only, given as ``--flag PATH`` or ``--flag=PATH``: the card
+    holds no local paths."""
     import shlex
 
-    return "generate_dataset.py " + shlex.join(os.path.basename(os.path.normpath(a)) if os.path.exists(a) else a
-                                               for a in argv)
+    def public(arg):
+        flag, equals, value = arg.partition("=") if arg.startswith("--") and "=" in arg else ("", "", arg)
+        return flag + equals + public_name(value)
+
+    return "generate_dataset.py " + shlex.join(public(a) for a in argv)
 
 
-def write_card(output_dir, paths, plan, args, settings, record, command, near_copies=None):
+def write_card(output_dir, paths, plan, args, settings, record, command, near_copies=None, trained_on=None):
     """Write OUTPUT_DIR/README.md atomically; the counts come from the shards themselves. ``near_copies``: the
-    NearCopyCheck of --check_memorisation (its threshold and reference)."""
+    NearCopyCheck of --check_memorisation (its threshold and reference); ``trained_on``: ``training_data``'s answer
+    (default: FairFace); ``record``: the folder's record (weight files, devices, dtype)."""
     import datasets
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -128,15 +178,16 @@ def write_card(output_dir, paths, plan, args, settings, record, command, near_co
     num_bytes = sum(os.path.getsize(p) for p in paths)
     splits.add(datasets.SplitInfo(name="train", num_examples=num_rows, num_bytes=num_bytes))
     info = datasets.DatasetInfo(features=shard_features, splits=splits)
-    card_data = DatasetCardData(
-        license="cc-by-4.0", task_categories=["image-classification"], tags=["synthetic", "faces", "fairface",
-                                                                              "diffusers"],
-        source_datasets=[FAIRFACE], annotations_creators=["machine-generated"],
+    trained_on = trained_on or {"synthetic": False, "sources": [FAIRFACE], "text": f"`{FAIRFACE}`"}
+    card_data = DatasetCardData(  # a demo model's data: MIT, as its model card (no FairFace image in it)
+        license="mit" if trained_on["synthetic"] else "cc-by-4.0", task_categories=["image-classification"],
+        tags=["synthetic", "faces", "fairface", "diffusers"],
+        source_datasets=trained_on["sources"] or None, annotations_creators=["machine-generated"],
         size_categories=[size_category(num_rows)],
         pretty_name=f"Synthetic FairFace-labelled faces ({os.path.basename(os.path.normpath(output_dir))})",
         configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}])
     datasets.info.DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    model = os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model
+    model = public_name(args.model)
     interval = settings["guidance_interval"]
     framing_column = ", `framing` (tight = FairFace's 0.25 crops, wide = 1.25)" if args.framing else ""
     verify_columns = ("; `p_age`, `p_gender`, `p_race`: the attribute classifier's probability of the requested "
@@ -146,11 +197,17 @@ def write_card(output_dir, paths, plan, args, settings, record, command, near_co
                        "closer than the memorisation threshold" if memorisation else "")
     replaced = (f" an image replaced by `--keep verified` takes attempt r from seed {args.seed} + r x {num_rows} + i;"
                 if args.keep == "verified" else "")
-    classifiers = (f"classifier `{args.classifier}`" + "".join(
-        f", {a} `{getattr(args, a + '_classifier')}`" for a in ATTRIBUTES if getattr(args, a + "_classifier"))
-        if args.verify else "none")
+    classifiers = (f"classifier `{public_name(args.classifier)}`" + "".join(
+        f", {a} `{public_name(getattr(args, a + '_classifier'))}`" for a in ATTRIBUTES
+        if getattr(args, a + "_classifier")) if args.verify else "none")
     guided = f"on timesteps {interval[0]:g}-{interval[1]:g}" if interval else "on every step"
-    dtype = str(args.torch_dtype).replace("torch.", "")
+    devices = " and ".join(record["devices"]) + " (they differ in float rounding only)" * (len(record["devices"]) > 1)
+    revision, download = "", ""
+    if record.get("model_revision"):  # a Hub model: its commit, and how to fetch the files to check
+        revision = f" (Hub commit `{record['model_revision']}`)"
+        download = (f" (fetched with `hf download {model} --revision {record['model_revision']} --local-dir "
+                    f"{model.split('/')[-1]}`; the Hub also shows each file's SHA256)")
+    weight_files = "\n".join(f"{digest}  {name}" for name, digest in record["model_files"].items())
     verified = (f"{_percent(labels['verified'])} of the images are recognised as the requested "
                 f"{', '.join(args.verify_attributes)} "
                 f"({_percent((labels['attempts'] == 1) & labels['verified'])} on the first image)." if args.verify else
@@ -188,14 +245,20 @@ seed){verify_columns}.
 
 ## Provenance
 
-- Model: `{model}`, weights sha256 `{record["model_weights"]}` (UNet and condition encoder).
+- Model: `{model}`{revision}, trained on {trained_on["text"]}.
+- Weights: the model's weight files below, SHA-256 as `sha256sum` prints it. To check a copy of the model, save
+  the lines as `weights.sha256` in its folder and run `sha256sum -c weights.sha256` there{download}.
 - Sampler: {record["scheduler"]}, {settings["num_inference_steps"]} steps, guidance scale {settings["guidance_scale"]:g}
-  {guided}, dtype {dtype}.
+  {guided}, dtype {record["dtype"]}, drawn on {devices}.
 - Conditions: {len(args.condition_ids)}, distribution `{os.path.basename(args.distribution)}`.
 - Seeds: image i of the dataset (shard order) is drawn from seed {args.seed} + i with its own generator (EDM's
   scheme), so the dataset does not depend on the number of processes;{replaced} `seed` holds the seed used.
 - Verification: {classifiers}.
 - Command: `{command}`
+
+```text
+{weight_files}
+```
 
 ## Uses
 
@@ -206,16 +269,33 @@ verifying people, inferring anyone's real age, gender or race, and any use prese
 
 ## Biases and limitations
 
-The model learned from FairFace, whose labels are perceived (by annotators), binary for gender and coarse for
-race and age; FairFace is balanced by race but skewed in age. The model adds its own errors: it draws some groups
-less faithfully than others (see the verification rates above). A balanced count is not a balanced quality.
+{_biases_and_license(trained_on)}
+"""
+    DatasetCard(text)  # parses the YAML, or raises
+    write_preview(output_dir, paths)
+    write_file_atomic(os.path.join(output_dir, "README.md"), lambda f: f.write(text))
+
+
+def _biases_and_license(trained_on):
+    """The card's last two sections: what the model learned from, and the licence that follows from it."""
+    if trained_on["synthetic"]:
+        return """The model learned from synthetic demo faces whose look per label is made up by
+`utils/data/demo_data.py`: these images say nothing about real faces or real groups. The model adds its own
+errors: it draws some groups less faithfully than others (see the verification rates above). A balanced count is
+not a balanced quality.
+
+## License
+
+MIT, as the model: it was trained only on synthetic images drawn by the MIT-licensed fairface-diffusion code. No
+FairFace image was used, only FairFace's label names (Kärkkäinen, K., & Joo, J. (2021). FairFace: Face Attribute
+Dataset for Balanced Race, Gender, and Age for Bias Measurement and Mitigation. WACV 2021)."""
+    return f"""The model learned from {trained_on["text"]}. FairFace's labels are perceived (by annotators), binary for
+gender and coarse for race and age; FairFace is balanced by race but skewed in age. The model adds its own errors:
+it draws some groups less faithfully than others (see the verification rates above). A balanced count is not a
+balanced quality.
 
 ## License and attribution
 
 CC BY 4.0, as FairFace: Kärkkäinen, K., & Joo, J. (2021). FairFace: Face Attribute Dataset for Balanced Race,
 Gender, and Age for Bias Measurement and Mitigation. WACV 2021. The images are synthetic, generated by a model
-trained on FairFace.
-"""
-    DatasetCard(text)  # parses the YAML, or raises
-    write_preview(output_dir, paths)
-    write_file_atomic(os.path.join(output_dir, "README.md"), lambda f: f.write(text))
+trained on FairFace-labelled data."""

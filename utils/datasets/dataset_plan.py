@@ -10,8 +10,10 @@ Shards. Rows are cut into shards of ``--shard_size`` consecutive rows, written a
 ``data/train-XXXXX-of-YYYYY.parquet`` (the Hub's naming); shard k belongs to process ``k % num_processes``.
 A shard on disk is finished (written atomically), so a rerun skips it.
 
-Record. The flags that decide the images are saved in the dataset folder (``RECORD_FILE``); a rerun with
-another value is refused with one line naming the flag, as training resume is (utils/run/resume_check.py).
+Record. The flags that decide the images are saved in the dataset folder (``RECORD_FILE``), with the SHA-256 of
+the model's weight files and the dtype it drew in; a rerun with another value is refused with one line naming
+what changed, as training resume is (utils/run/resume_check.py). The devices are recorded for the card, not
+checked: another device changes images by float rounding only, as --batch_size and process counts do.
 ``prepare_folder`` checks, locks and records the folder before any image is drawn.
 """
 
@@ -28,6 +30,9 @@ from .dataset_shards import remove_partial_shards
 from ..labels import ATTRIBUTES, FRAMINGS, NUM_CONDITIONS, decode_condition, parse_label
 
 RECORD_FILE = ".generate_dataset.json"
+# What the record says without deciding the rows: the devices (float rounding only) and the Hub commit (a new
+# commit may hold the same weight files; those are checked by their hashes).
+UNCHECKED = ("devices", "model_revision")
 DATA_DIR = "data"
 SHARD_PATTERN = "train-{:05d}-of-{:05d}.parquet"
 
@@ -151,21 +156,31 @@ def _show(value):
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def _changed_files(recorded, current):
+    """'unet/x.safetensors sha256 0123456789ab..., now ...' for each weight file that changed, came or went."""
+    return "; ".join(f"{name} sha256 {(recorded.get(name) or 'none')[:12]}..., now {(current.get(name) or 'none')[:12]}"
+                     "..." for name in sorted(set(recorded) | set(current)) if recorded.get(name) != current.get(name))
+
+
 def check_record(recorded, current, output_dir):
-    """None if ``current`` (flag -> value) matches the folder's record, else the one-line refusal naming the flag."""
+    """None if ``current`` (flag -> value) matches the folder's record, else the one-line refusal naming what
+    changed (a flag, or which weight file of the model)."""
     for flag, value in current.items():
-        if flag in recorded and recorded[flag] != value:
-            what = (f"the weights of --model (sha256 {recorded[flag][:12]}...), now {value[:12]}..." if flag ==
-                    "model_weights" else f"--{flag} {_show(recorded[flag])}, now {_show(value)}")
-            return (f"{output_dir} was generated with {what}: rerun it with the recorded value to finish it, or "
-                    "choose another --output_dir")
+        # dtype None: a record of an older version, which kept the flag as given (None: the device's default)
+        if flag in UNCHECKED or flag not in recorded or recorded[flag] == value or (flag, recorded[flag]) == \
+                ("dtype", None):
+            continue
+        what = (f"other weights of --model ({_changed_files(recorded[flag], value)})" if flag == "model_files" else
+                f"--{flag} {_show(recorded[flag])}, now {_show(value)}")
+        return (f"{output_dir} was generated with {what}: rerun it with the recorded value to finish it, or "
+                "choose another --output_dir")
     return None
 
 
 def prepare_folder(output_dir, state, record):
     """generate_dataset.py's folder: refuse one that holds something else or another command's dataset (one line,
     exit 2, on every process), take the run lock, remove partial shards of a killed run, save ``record``."""
-    refusal = None
+    refusal, recorded = None, None
     if state.is_main_process:  # before any rank creates anything in the folder
         recorded = read_record(output_dir) if os.path.isdir(output_dir) else None
         if recorded is None and os.path.isdir(output_dir) and \
@@ -187,6 +202,8 @@ def prepare_folder(output_dir, state, record):
         removed = remove_partial_shards(os.path.join(output_dir, DATA_DIR))
         if removed:
             print(f"removed {len(removed)} partial shard(s) of an interrupted run")
+        # every device that drew shards of this folder (the card names them)
+        record["devices"] = list(dict.fromkeys([*(recorded or {}).get("devices", []), *record.get("devices", [])]))
         try:
             write_json_atomic(os.path.join(output_dir, RECORD_FILE), record)
         except OSError as error:

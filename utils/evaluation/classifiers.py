@@ -164,12 +164,18 @@ class DemoAttributeClassifier:
         return {a: np.eye(len(names))[measured[a]].reshape(-1, len(names)) for a, names in ATTRIBUTES.items()}
 
 
-def add_classifier_args(add):
+CLIP_DEFAULT = "openai/clip-vit-large-patch14"
+
+
+def add_classifier_args(add, model_default=False):
     """The classifier flags of evaluate_fairface.py and generate_dataset.py (``add``: an argument group's
-    add_argument)."""
-    add("--classifier", default="openai/clip-vit-large-patch14",
+    add_argument). ``model_default``: --classifier defaults to None, for the script to choose by the model (the
+    demo reader for a model trained on demo data, else ``CLIP_DEFAULT``)."""
+    add("--classifier", default=None if model_default else CLIP_DEFAULT,
         help="CLIP model (Hub id or folder) for zero-shot age/gender/race classification ('demo': read the drawn "
-             "faces of --demo models by their colours).")
+             "faces of --demo models by their colours). Default: " + (
+                 f"demo for a model whose card says it was trained on demo data, else {CLIP_DEFAULT}."
+                 if model_default else "%(default)s."))
     add("--age_classifier", default=None, help="AutoModelForImageClassification checkpoint with FairFace age labels "
         "(id2label names such as '0-2', 'more than 70'); replaces CLIP for age.")
     add("--gender_classifier", default=None, help="Same, gender ('Male'/'Female', 'man'/'woman', ...).")

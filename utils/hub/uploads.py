@@ -154,19 +154,25 @@ def push_release(args):
     return str(url)
 
 
-DATASET_PATTERNS = ["README.md", "preview.png", "data/*.parquet"]  # a generated dataset: card, picture, shards
+# A generated dataset's shards, as utils/datasets/dataset_plan.py names them (data/train-XXXXX-of-YYYYY.parquet):
+# what a push uploads, and in the repo the files it may replace. Nothing else under data/ is ours to delete.
+DATASET_SHARDS = "data/train-" + "[0-9]" * 5 + "-of-" + "[0-9]" * 5 + ".parquet"
+DATASET_PATTERNS = ["README.md", "preview.png", DATASET_SHARDS]  # a generated dataset: card, picture, shards
 
 
 def push_dataset(output_dir, repo_id, private=False):
-    """Upload a generate_dataset.py folder as a *dataset* repo in one commit: the card and data/*.parquet only
-    (stale shards of an older push are deleted). ``repo_id`` "" = the folder's name under the account. Rerun to
-    retry: files the Hub already holds are not sent again (content-addressed LFS). Raises PushError (one line)."""
+    """Upload a generate_dataset.py folder as a *dataset* repo in one commit: the card, preview and its shards
+    only. Shards of an older push (``DATASET_SHARDS`` names the upload does not replace) are deleted in the same
+    commit, so ``data/train-*`` holds this dataset alone; any other file of the repo is kept. ``repo_id`` "" = the
+    folder's name under the account. Rerun to retry: files the Hub already holds are not sent again
+    (content-addressed LFS). Raises PushError (one line)."""
     repo_id = repo_id or os.path.basename(os.path.normpath(os.path.abspath(output_dir)))
     try:
         url = huggingface_hub.create_repo(repo_id, repo_type="dataset", private=True if private else None,
                                           exist_ok=True)
+        # upload_folder deletes the repo's files matching delete_patterns except those this commit uploads
         huggingface_hub.upload_folder(repo_id=url.repo_id, repo_type="dataset", folder_path=output_dir,
-                                      allow_patterns=DATASET_PATTERNS, delete_patterns=["data/*"],
+                                      allow_patterns=DATASET_PATTERNS, delete_patterns=[DATASET_SHARDS],
                                       commit_message="Generated dataset: shards and card")
     except Exception as error:  # whatever huggingface_hub raises (HTTP, login, offline mode, ...)
         raise PushError(f"could not upload {output_dir} to the Hub as dataset {repo_id} ({error_text(error)}); the "
