@@ -160,7 +160,10 @@ def main(args):
     for framing in args.framing or []:
         framing_or_exit(pipe, framing, args.model)
     pipe.set_progress_bar_config(disable=True)
-    settings = sampling_settings(pipe, args)
+    try:
+        settings = sampling_settings(pipe, args)
+    except ValueError as error:  # steps or a guidance interval this model's sampler cannot take
+        fail(str(error))
     if args.distribution == "fairface":
         try:
             args.counts = plans.exact_counts(plans.fairface_weights(args.dataset_name, args.condition_ids),

@@ -123,6 +123,15 @@ def test_demo_model_verifies_with_its_reader_and_the_card_is_checkable(
     assert "weights" not in refusal
 
 
+@pytest.mark.e2e
+def test_sampler_settings_the_model_cannot_take_are_one_line(tiny_run, tmp_path):
+    result = run_script("generate_dataset.py", "--model", tiny_run, "--output_dir", tmp_path / "out", "--conditions",
+                        "0", "--device", "cpu", "--num_inference_steps", "5000", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "num_inference_steps must be 1-1000, got 5000" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
 DRIVER = """\
 # generate_dataset.py as its __main__ runs it, then each process's group timeout (what --ddp_timeout set)
 import os, sys
