@@ -151,7 +151,7 @@ def main(args):
     device = accelerator.device
     teacher_unet, encoder = teacher.unet.to(device).requires_grad_(False), teacher.condition_encoder.to(device)
     encoder.requires_grad_(False)
-    unet = copy.deepcopy(teacher_unet).requires_grad_(True)
+    unet = copy.deepcopy(teacher_unet).requires_grad_(True).train()  # train mode: --gradient_checkpointing acts
     target = copy.deepcopy(teacher_unet)  # EMA of the student, no gradients
     alphas = consistency.teacher_alphas(config).to(device)
     grid, skip = consistency.grid_timesteps(config.num_train_timesteps, args.num_ddim_timesteps)

@@ -406,18 +406,15 @@ def test_bf16_checkpoint_resumed_with_fp16_grad_scaler_is_one_line(tmp_path, cap
 
 # ------------------------------------------------------------------------------------------------ several ranks
 @pytest.mark.e2e
-def test_ddp_timeout_is_the_process_groups_and_fits_a_slow_rank_0(data160, tmp_path):
+def test_the_default_ddp_timeout_fits_a_slow_rank_0(data160, tmp_path):
     """Two gloo processes; rank 0 alone assembles the pixel cache, slowly (12 s), while rank 1 waits in a
-    barrier: with --ddp_timeout 3 the wait ends the run (the timeout reaches the process group), with the
-    default the run goes through."""
+    barrier: with the default --ddp_timeout the run goes through (with --ddp_timeout 3 the same wait ends it, on
+    every script: tests/test_promises.py)."""
     from test_resume import launch
 
     args = ["--dataset_name", data160, *COMMON[:COMMON.index("--max_train_steps")], "--max_train_steps", "2",
             "--train_batch_size", "8", "--checkpointing_steps", "100"]
     slow = {"FAIRFACE_TEST_SAVE_FAULT": "pixel-cache-parts:sleep:12"}
-    code, output = finish(launch([*args, "--output_dir", tmp_path / "short", "--preprocess_cache", tmp_path / "c1",
-                                  "--ddp_timeout", "3"], tmp_path / "short.log", env=slow, nproc=2))
-    assert code != 0 and "timed out" in output.lower(), output[-4000:]
     code, output = finish(launch([*args, "--output_dir", tmp_path / "default", "--preprocess_cache", tmp_path / "c2"],
                                  tmp_path / "default.log", env=slow, nproc=2))
     assert code == 0 and "done: 2 steps" in output, output[-4000:]

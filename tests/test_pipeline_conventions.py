@@ -91,3 +91,17 @@ def test_lcm_student_says_how_many_steps_its_grid_holds(tmp_path, load):
     assert teacher.max_inference_steps == 1000  # other samplers: every training timestep
     with pytest.raises(ValueError, match=r"^num_inference_steps must be 1-1000, got 0$"):
         teacher(condition_ids=[42], num_inference_steps=0)
+
+
+@pytest.mark.e2e
+def test_scripts_refuse_more_steps_than_the_grid_in_one_line(tmp_path):
+    """sample_fairface.py asked for more steps than an LCM student's grid: one line, exit 2, no traceback (the
+    pipeline's ValueError reached the user as a traceback)."""
+    from conftest import run_script
+
+    student = saved(tmp_path / "lcm", consistency.lcm_scheduler(TEACHER.config, 10), distilled_guidance_scale=2.0)
+    result = run_script("sample_fairface.py", "--model", student, "--condition", "42", "--num_inference_steps", "11",
+                        "--output_dir", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "error: --num_inference_steps must be 1-10 (the sampler's distillation grid), got 11")

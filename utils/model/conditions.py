@@ -143,8 +143,11 @@ def sampling_settings(pipe, args):
     """The pipeline call's sampler settings: the add_sampling_args flags given, else the pipeline's defaults. Only
     the call's arguments: a student's saved distilled_guidance_scale is a record of its training (app.py shows
     it), not a call argument."""
-    settings = pipe.sampling_settings(num_inference_steps=args.num_inference_steps,
-                                      guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval)
+    try:
+        settings = pipe.sampling_settings(num_inference_steps=args.num_inference_steps,
+                                          guidance_scale=args.guidance_scale, guidance_interval=args.guidance_interval)
+    except ValueError as error:  # e.g. more steps than an LCM student's grid holds: one line, exit 2
+        fail(f"--{error}")
     return {name: settings[name] for name in SAMPLING_DEFAULTS}  # the call's settings, as every release saves
 
 

@@ -122,7 +122,10 @@ def process_group_kwargs(timeout_seconds):
 
     from accelerate.utils import InitProcessGroupKwargs
 
-    return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_seconds))
+    timeout = timedelta(seconds=timeout_seconds)
+    if timeout == InitProcessGroupKwargs().timeout:  # to_kwargs() leaves out a value equal to the class default
+        timeout += timedelta(microseconds=1)  # (600 s), and the backend then takes its own (gloo: 1800 s)
+    return InitProcessGroupKwargs(timeout=timeout)
 
 
 def leave_process_group():

@@ -76,9 +76,11 @@ class TrainingRun:
         Returns the prepared models and optimizer, in order."""
         accelerator, names = self.accelerator, list(models)
         if self.args.gradient_checkpointing:
-            for model in models.values():
-                if getattr(model, "_supports_gradient_checkpointing", False):
-                    model.enable_gradient_checkpointing()
+            checkpointed = [name for name, model in models.items()
+                            if getattr(model, "_supports_gradient_checkpointing", False)]
+            for name in checkpointed:
+                models[name].enable_gradient_checkpointing()
+            self.logger.info(f"gradient checkpointing: {', '.join(checkpointed)} recompute activations in backward")
         prepared = accelerator.prepare(*models.values(), optimizer)
         accelerator.register_for_checkpointing(lr_scheduler)
         self.lr_scheduler = lr_scheduler
