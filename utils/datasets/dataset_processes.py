@@ -18,6 +18,7 @@ kept for the rerun.
 import torch
 
 from ..cli import fail, first_line
+from ..run.distributed import broken_group_line, process_group_kwargs
 
 
 def start_processes(args):
@@ -25,8 +26,6 @@ def start_processes(args):
     2 for a device the processes cannot share."""
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
-
-    from ..run.distributed import process_group_kwargs
 
     # cpu: gloo (PartialState, unlike Accelerator, does not read ACCELERATE_USE_CPU itself). The timeout goes to
     # init_process_group as PartialState's own keyword (what Accelerator does with its InitProcessGroupKwargs), and
@@ -60,8 +59,5 @@ def wait_for_everyone(state, written, timeout):
     try:
         state.wait_for_everyone()
     except RuntimeError as error:  # torch.distributed's errors (DistBackendError too) are RuntimeErrors
-        reason = first_line(error).split("] ", 1)[-1].split(". ")[0]  # gloo's "[file.cc:553] Connection closed..."
-        what = (f"waited for the other processes longer than --ddp_timeout {timeout} s ({reason}): raise it"
-                if "timed out" in reason.lower() or "timeout" in reason.lower() else
-                f"another process of this run ended ({reason}; see its error)")
+        what = broken_group_line(error, timeout) or f"another process of this run ended ({first_line(error)})"
         fail(f"{what}; the {written} shard(s) this process wrote are kept: rerun the same command to go on")

@@ -137,3 +137,21 @@ def leave_process_group():
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def broken_group_line(error, timeout_seconds):
+    """One line for a collective that failed because another process of the run ended (gloo: "Connection closed
+    by peer"; its own error is in the log) or because the group waited longer than --ddp_timeout; None for any
+    other error (a bug keeps its traceback). Every script's way out of a broken process group."""
+    import torch.distributed as dist
+
+    if not isinstance(error, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    reason = text.split("] ", 1)[-1].split(". ")[0]  # gloo's "[file.cc:553] Connection closed by peer [...]"
+    if "timed out" in reason.lower() or "timeout" in reason.lower():
+        return f"waited for the other processes longer than --ddp_timeout {timeout_seconds} s ({reason}): raise it"
+    if any(sign in reason.lower() for sign in ("closed by peer", "connection reset", "broken pipe")):
+        return f"another process of this run ended ({reason}; see its error)"
+    return None
+

@@ -117,15 +117,22 @@ def build_pixel_cache(args, accelerator, dataset):
 
 def run_main(main, parse_args):
     """``main(parse_args())``; a SaveError (disk full, ...) ends it with one line and exit 2: the checkpoints,
-    snapshots and release written before are intact. The process group is left on every way out (one-line
-    failures included), so a multi-process run ends with its own exit status, not an abort at shutdown."""
+    snapshots and release written before are intact. So does a process group broken by another rank's failure or
+    by --ddp_timeout: the failing rank's own line says what went wrong, the others say they waited. The process
+    group is left on every way out (one-line failures included), so a multi-process run ends with its own exit
+    status, not an abort at shutdown."""
     from tqdm.auto import tqdm
 
+    args = parse_args()
     try:
-        main(parse_args())
-    except atomic_files.SaveError as error:
+        main(args)
+    except (atomic_files.SaveError, RuntimeError) as error:
+        line = str(error) if isinstance(error, atomic_files.SaveError) else \
+            distributed.broken_group_line(error, args.ddp_timeout)  # another rank failed: its error is the news
+        if line is None:
+            raise
         for bar in list(getattr(tqdm, "_instances", ())):
             bar.close()  # the error is the last line
-        fail(str(error))
+        fail(line)
     finally:
         distributed.leave_process_group()
