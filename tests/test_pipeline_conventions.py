@@ -69,6 +69,8 @@ def test_latent_output_is_the_sample_before_the_clamp(teacher_folder, load):
             callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
         return callback_kwargs
 
+    with pytest.raises(ValueError, match="output_type 'PIL'"):  # diffusers' names are lower case
+        pipe(condition_ids=[42], num_inference_steps=3, output_type="PIL")
     output = pipe(condition_ids=[42], num_inference_steps=3, callback_on_step_end=zero_last,
                   callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs, output_type="latent")[0]
     assert output.abs().sum() == 0

@@ -276,6 +276,8 @@ class FairFacePipeline(DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"callback_on_step_end_tensor_inputs {sorted(unknown)}: valid: {self._callback_tensor_inputs}")
+        if output_type not in ("pil", "np", "pt", "latent"):  # checked before sampling, not answered in numpy after
+            raise ValueError(f"output_type {output_type!r}: valid: 'pil', 'np', 'pt', 'latent'")
         settings = self.sampling_settings(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                           guidance_interval=guidance_interval)
         self._guidance_scale, self._interrupt = settings["guidance_scale"], False
