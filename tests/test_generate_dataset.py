@@ -360,11 +360,22 @@ def test_exact_counts_and_seeds_of_the_plan():
     assert plan.shards_of(0, 2) == [0] and plan.shards_of(1, 2) == [1] and plan.shards_of(0, 1) == [0, 1]
 
 
+# ------------------------------------------------------------------------------------------------ evaluate_cas.py
+@pytest.fixture(scope="module")
+def unseen_real(tmp_path_factory):
+    """Real faces the tiny run never saw: the demo layout drawn from another seed (docs/datasets.md's demo-unseen;
+    the tiny run trained on demo_dataset's train and validation splits, train_fairface.py's default)."""
+    from utils.data.demo_data import make_demo_dataset
+
+    return make_demo_dataset(str(tmp_path_factory.mktemp("unseen") / "unseen"), num_images=504, resolution=32,
+                             seed=1)
+
+
 @pytest.mark.e2e
-def test_classification_accuracy_score_end_to_end(dataset, demo_dataset, tmp_path):
-    """Train on the tiny model's 12 images / 12 real / both, test on the demo data's validation split."""
+def test_classification_accuracy_score_end_to_end(dataset, unseen_real, tmp_path):
+    """Train on the tiny model's 12 images / 12 real / both, test on 100 real faces the generator never saw."""
     output_dir = tmp_path / "cas"
-    result = run_script("evaluate_cas.py", "--synthetic", dataset[0], "--dataset_name", demo_dataset,
+    result = run_script("evaluate_cas.py", "--synthetic", dataset[0], "--dataset_name", unseen_real,
                         "--dataset_config_names", "0.25", "1.25", "--train_steps", "6", "--batch_size", "8",
                         "--output_dir", output_dir)
     metrics = json.load(open(output_dir / "metrics.json"))
@@ -376,14 +387,189 @@ def test_classification_accuracy_score_end_to_end(dataset, demo_dataset, tmp_pat
     report = open(output_dir / "report.md").read()
     assert "| race | " in report and "| Latino_Hispanic | " in report and "trained on real+synthetic" in report
     assert "12 synthetic, 12 real training images; 100 real test images" in result.stdout
+    assert metrics["test_split_check"]["status"] == "unseen" and "warning" not in result.stdout
+    assert f"--test_split validation of {unseen_real} is unseen by the generator" in result.stdout
+    assert sorted(os.listdir(output_dir)) == ["metrics.json", "report.md"]  # the decoded images are gone
 
-    # Other splits and a seeded test subset, in this process: the real images come from --train_split, the
-    # test images from --test_split, --max_test of them.
+
+@pytest.mark.e2e
+def test_cas_refuses_a_test_split_the_generator_trained_on(dataset, demo_dataset, tiny_run, tmp_path, monkeypatch,
+                                                          capsys):
+    """README's old example: the generator trained on train + validation (train_fairface.py's default), the test
+    on validation. Refused with one line that says how to test honestly, from the dataset's record and the run's
+    checkpoints, or from the dataset card alone; run anyway with --allow_test_on_training_data, and said so."""
+    refused = tmp_path / "refused"
+    result = run_script("evaluate_cas.py", "--synthetic", dataset[0], "--dataset_name", demo_dataset,
+                        "--dataset_config_names", "0.25", "1.25", "--output_dir", refused, check=False)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"evaluate_cas.py: error: --test_split validation of "
+                                                   f"{demo_dataset} is the generator's training data: "), lines
+    for words in (f"model {tiny_run} trained on train + validation of {os.path.abspath(demo_dataset)} (checkpoint-",
+                  "train_fairface.py --dataset_splits train and test on validation", "--allow_test_on_training_data"):
+        assert words in lines[0]
+    assert not refused.exists()  # refused before any data is loaded or written
+
     import evaluate_cas
 
-    other = str(tmp_path / "other")
-    evaluate_cas.main(evaluate_cas.parse_args([
-        "--synthetic", dataset[0], "--dataset_name", demo_dataset, "--train_split", "validation", "--test_split",
-        "train", "--max_test", "30", "--train_steps", "2", "--batch_size", "8", "--output_dir", other]))
-    metrics = json.load(open(os.path.join(other, "metrics.json")))
+    def cas(synthetic, *extra):
+        capsys.readouterr()
+        metrics = evaluate_cas.main(evaluate_cas.parse_args(["--synthetic", synthetic, "--dataset_name", demo_dataset,
+                                                             "--train_steps", "2", "--batch_size", "8", *extra]))
+        return metrics, capsys.readouterr().out
+
+    # The dataset card alone (a copy without generate_dataset.py's record) names the model by its folder's name:
+    # run from the folder that holds it, its checkpoints tell; from anywhere else nothing tells (a warning).
+    card_only = tmp_path / "card-only"
+    shutil.copytree(dataset[0], card_only, ignore=shutil.ignore_patterns(".generate_dataset.json", ".run-lock"))
+    monkeypatch.chdir(os.path.dirname(tiny_run))
+    with pytest.raises(SystemExit) as exit_:
+        cas(str(card_only), "--test_split", "train", "--output_dir", str(tmp_path / "by-card"))
+    assert exit_.value.code == 2
+    assert f"model {os.path.basename(tiny_run)} trained on train + validation" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    metrics, out = cas(str(card_only), "--max_test", "10", "--output_dir", str(tmp_path / "unknown"))
+    assert metrics["test_split_check"]["status"] == "unknown" and metrics["counts"]["test"] == 10
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "cannot tell whether the generator trained on --test_split validation" in \
+        warnings[0], out
+    assert "Whether the generator saw these images is unknown" in open(tmp_path / "unknown" / "report.md").read()
+
+    # Other splits and a seeded test subset: the real images come from --train_split, the test images from
+    # --test_split, --max_test of them; the generator's own training split, allowed and said so.
+    metrics, out = cas(dataset[0], "--train_split", "validation", "--test_split", "train", "--max_test", "30",
+                       "--allow_test_on_training_data", "--output_dir", str(tmp_path / "allowed"))
     assert metrics["counts"]["test"] == 30 and all(r["count"] == 30 for r in metrics["cas"].values())
+    assert metrics["test_split_check"]["status"] == "seen" and metrics["settings"]["allow_test_on_training_data"]
+    assert "warning: testing on the generator's training data (--allow_test_on_training_data)" in out
+    assert "**Not a test on unseen faces**" in open(tmp_path / "allowed" / "report.md").read()
+
+
+@pytest.mark.e2e
+def test_generator_training_data_from_run_records_and_model_cards(tiny_run, demo_dataset, unseen_real, tmp_path):
+    """The run's checkpoints name the data exactly (a snapshot's too); a copy of the release alone has only the
+    model card, which names a local folder by its name: the same name is taken as the same data."""
+    from utils.evaluation.generator_data import training_data
+
+    exact = training_data(tiny_run)
+    assert [(d.dataset, d.splits, d.by_name) for d in exact] == \
+        [(os.path.abspath(demo_dataset), ("train", "validation"), False)]
+    assert exact[0].source.startswith("checkpoint-") and training_data(os.path.join(tiny_run, "epoch_1")) == exact
+    assert exact[0].holds(demo_dataset, "validation") and not exact[0].holds(unseen_real, "validation")
+    release_copy = tmp_path / "downloaded"
+    os.makedirs(release_copy)
+    shutil.copy(os.path.join(tiny_run, "README.md"), release_copy)
+    by_card = training_data(str(release_copy))
+    assert [(d.dataset, d.splits, d.by_name) for d in by_card] == [("fairface", ("train", "validation"), True)]
+    assert by_card[0].holds(demo_dataset, "train") and not by_card[0].holds(demo_dataset, "test")
+    assert not by_card[0].holds(unseen_real, "validation") and not by_card[0].holds("HuggingFaceM4/FairFace", "train")
+
+
+def test_generator_training_data_of_a_model_trained_on_hub_data(tmp_path):
+    """A Hub-trained model's card (utils/hub/model_card.py's data sentence) names the Hub id and its splits."""
+    from argparse import Namespace
+
+    from utils.evaluation.generator_data import training_data
+    from utils.hub.model_card import describe_data
+
+    for splits, seen in ((["train"], False), (["train", "validation"], True)):
+        _, text, _, _ = describe_data(Namespace(dataset_name="HuggingFaceM4/FairFace", dataset_splits=splits,
+                                                dataset_config_names=["0.25", "1.25"]), 97698)
+        model = tmp_path / "-".join(splits)
+        os.makedirs(model)
+        (model / "README.md").write_text(f"# A model\n\n**Data:** {text}\n")
+        found = training_data(str(model))
+        assert [(d.dataset, d.splits, d.by_name) for d in found] == [("HuggingFaceM4/FairFace", tuple(splits), False)]
+        assert found[0].holds("HuggingFaceM4/FairFace", "validation") == seen
+        assert found[0].holds("HuggingFaceM4/FairFace", "train") and not found[0].holds("other/FairFace", "train")
+    assert training_data(str(tmp_path / "no-such-model")) == []
+
+
+def test_decoded_images_equal_decode_image_and_leave_out_unusable_records(tmp_path):
+    """decode_rows writes exactly decode_image's pixels of the asked rows, skipping unusable records, whether it
+    reads the Arrow files itself (a plain table) or through datasets (rows picked by an indices mapping); the
+    file reads back the same by index arrays, slices and end to end with another."""
+    from utils.data.demo_data import BROKEN_RECORDS_SKIPPED, make_demo_dataset
+    from utils.data.fairface import decode_image, load_fairface
+    from utils.evaluation.decoded_images import ConcatenatedImages, decode_rows, plain_arrow_files
+
+    resolution = 24  # not the stored 32 px: the file holds resized pixels
+    folder = make_demo_dataset(str(tmp_path / "odd"), num_images=40, resolution=32, broken_images=True)
+    dataset = load_fairface(folder, ["0.25", "1.25"], ["train"])  # two configs: two Arrow files end to end
+    shuffled = dataset.select(np.random.default_rng(0).permutation(len(dataset)))
+    assert len(plain_arrow_files(dataset)) == 2 and plain_arrow_files(shuffled) is None
+    decoded = {}
+    for name, source, rows in (("all", dataset, np.arange(len(dataset))), ("some", dataset, np.arange(3, 30, 4)),
+                               ("shuffled", shuffled, np.arange(0, len(dataset), 3))):
+        images, kept = decode_rows(source, rows, resolution, str(tmp_path / f"{name}.uint8"))
+        expected = [decode_image(source[int(row)]["image"], resolution) for row in rows]
+        assert kept.tolist() == [i for i, image in enumerate(expected) if image is not None], name
+        assert os.path.getsize(tmp_path / f"{name}.uint8") == len(kept) * resolution ** 2 * 3
+        np.testing.assert_array_equal(images[np.arange(len(kept))], np.stack([expected[i] for i in kept]))
+        decoded[name] = (images, np.stack([expected[i] for i in kept]))
+    images, expected = decoded["all"]
+    assert len(dataset) - len(images) == BROKEN_RECORDS_SKIPPED
+    np.testing.assert_array_equal(images[5:17], expected[5:17])
+    np.testing.assert_array_equal(images[[9, 2, 9]], expected[[9, 2, 9]])  # any order, repeats: a training batch
+    with pytest.raises(IndexError):
+        images[[len(images)]]
+    other, other_expected = decoded["some"]
+    both, both_expected = ConcatenatedImages(images, other), np.concatenate([expected, other_expected])
+    order = np.random.default_rng(1).permutation(len(both))
+    assert len(both) == len(both_expected)
+    np.testing.assert_array_equal(both[order], both_expected[order])
+    seam = slice(len(images) - 2, len(images) + 2)  # rows from both files
+    np.testing.assert_array_equal(both[seam], both_expected[seam])
+    for images, _ in decoded.values():
+        images.close()
+
+
+def test_cas_with_no_usable_synthetic_image_is_one_line(demo_dataset, tmp_path, capsys):
+    """A generated dataset whose images all fail to decode: one line naming it, exit 2, no traceback."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import evaluate_cas
+    from utils.datasets.dataset_shards import features
+
+    folder = tmp_path / "broken-synthetic"
+    os.makedirs(folder / "data")
+    shard_features = features()
+    columns = {"image": [{"bytes": b"not an image", "path": None}] * 3, "age": [0, 1, 2], "gender": [0, 1, 0],
+               "race": [0, 1, 2], "condition_id": [0, 21, 30], "seed": [0, 1, 2]}
+    pq.write_table(pa.Table.from_pydict(columns, schema=shard_features.arrow_schema),
+                   folder / "data" / "train-00000-of-00001.parquet")
+    prog = os.path.basename(sys.argv[0])  # utils.cli.fail's program name, in this process
+    for extra, message in (([], f"cannot read the size of {folder}'s first image (cannot identify image file "),
+                           (["--resolution", "32"],
+                            f"no usable synthetic ({folder}) image: 3 record(s), none decodes")):
+        with pytest.raises(SystemExit) as exit_:
+            evaluate_cas.main(evaluate_cas.parse_args(["--synthetic", str(folder), "--dataset_name", demo_dataset,
+                                                       "--output_dir", str(tmp_path / "cas"), *extra]))
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if ": error:" in line]  # beside datasets' progress bars
+        assert len(errors) == 1 and errors[0].startswith(f"{prog}: error: {message}") and "Traceback" not in err, err
+    assert os.listdir(tmp_path / "cas") == []  # the decoded-images folder is gone
+
+
+@pytest.mark.e2e
+def test_cas_memory_benchmark_measures_both_sizes(tmp_path):
+    """benchmarks/cas_memory.py, tiny: a whole evaluate_cas.py process at N and 10N images, its peak RSS each and
+    their ratio (no threshold here: memory is the benchmark's business, docs/datasets.md has its numbers)."""
+    output = tmp_path / "cas_memory.json"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "cas_memory.py"), "--images", "24",
+                             "--train_steps", "1", "--threads", "1", "--json", str(output)], cwd=REPO,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    numbers = json.loads(output.read_text())
+    assert sorted(numbers["runs"], key=int) == ["24", "240"]
+    for images, run in numbers["runs"].items():
+        n = int(images)
+        assert run["counts"] == {"synthetic": n, "real": n, "test": n // 4}  # demo data: 10 % of 2.5 n to test
+        pixels = (2 * n + n // 4) * 64 * 64 * 3 / 2 ** 20  # every image once, at the default 64 px
+        assert run["peak_rss_mib"] > 0 and run["decoded_pixels_mib"] == round(pixels, 1)
+    ratio = numbers["runs"]["240"]["peak_rss_mib"] / numbers["runs"]["24"]["peak_rss_mib"]
+    assert numbers["peak_rss_ratio"] == pytest.approx(ratio, abs=1e-4)
+    assert f"peak RSS at 240 / at 24 synthetic images: {ratio:.3f}x" in result.stdout
+    assert "| 240 | 240 / 60 |" in result.stdout
