@@ -64,6 +64,9 @@ def parse_args(input_args=None):
     add("--device", default="cpu", help="cpu (default) or cuda.")
     add("--output_dir", default="cas", help="Where metrics.json and report.md go (default: %(default)s/).")
     args = parser.parse_args(input_args)
+    if args.train_split == args.test_split:  # the real baseline (b) would be tested on its own training images
+        parser.error(f"--train_split and --test_split are both {args.test_split!r}: the real-data classifier would be "
+                     "scored on the images it trained on; give two splits")
     try:
         args.device = resolve_device_dtype(args.device)[0]
     except ValueError as error:

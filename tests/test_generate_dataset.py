@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, free_port, run_script
+from conftest import REPO, free_port, parse_error, run_script
 from test_evaluate import tiny_models  # noqa: F401 (fixture: a tiny DINOv2 feature model)
 from test_hub import fake_hub_env, files_under
 
@@ -573,3 +573,8 @@ def test_cas_memory_benchmark_measures_both_sizes(tmp_path):
     assert numbers["peak_rss_ratio"] == pytest.approx(ratio, abs=1e-4)
     assert f"peak RSS at 240 / at 24 synthetic images: {ratio:.3f}x" in result.stdout
     assert "| 240 | 240 / 60 |" in result.stdout
+
+
+def test_cas_refuses_one_split_for_training_and_testing_the_real_baseline(tmp_path):
+    code, stderr = parse_error("evaluate_cas.py", "--synthetic", tmp_path, "--train_split", "validation")
+    assert code == 2 and "--train_split and --test_split are both 'validation'" in stderr.strip().splitlines()[-1]

@@ -14,7 +14,10 @@ DINOv2 feature model) are thin wrappers around ``transformers`` ``from_pretraine
 * ``memorisation``: every generated image's cosine distance to its nearest training image, against the same
   distance for real images the model did not see.
 * ``drawing`` (PIL only) of the plots, and ``report``: the markdown report.
-* ``cas``: Classification Accuracy Score, a small CNN trained on synthetic, real and both, tested on real.
+* ``cas``: Classification Accuracy Score, a small CNN trained on synthetic, real and both, tested on real;
+  ``decoded_images``: the images it learns from, decoded once to raw uint8 files and read a batch at a time
+  (memory flat as the dataset grows); ``generator_data``: which real splits the generator trained on (its run
+  records and cards), so the test split can be refused when it is one of them.
 
 May import every lower floor (data/, model/, files/, run/'s process helpers); imported by the scripts only.
 """
