@@ -57,6 +57,28 @@ def run_script(script, *args, check=True, env=None, timeout=1800):
     return result
 
 
+def save_tiny_pipeline(folder, scheduler=None, **sampling_defaults):
+    """An untrained 32 px pipeline (seeded), saved as training saves one (safetensors and the shipped code), for
+    tests of plumbing rather than pictures. ``scheduler``: the DPM-Solver++ of training's noise schedule by
+    default. Returns (the pipeline, the folder as a string)."""
+    import torch
+    from diffusers import DDPMScheduler
+
+    from utils.hub import remote_code
+    from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet
+
+    torch.manual_seed(0)
+    training = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    pipe = FairFacePipeline(unet=build_unet(32, (16, 32), 1, cross_attention_dim=16),
+                            condition_encoder=ConditionEncoder(16), scheduler=scheduler or training,
+                            sampling_defaults=dict(num_inference_steps=3, guidance_scale=2.0, guidance_interval=None,
+                                                   **sampling_defaults))
+    if scheduler is None:
+        pipe.set_scheduler("dpm++")
+    remote_code.save_pipeline(pipe, str(folder))
+    return pipe, str(folder)
+
+
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory):
     """A FairFace-layout folder (configs 0.25/1.25, splits train/validation) of 504 synthetic faces."""

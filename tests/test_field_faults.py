@@ -53,20 +53,9 @@ def test_quick_start_resumes_with_the_command_it_prints(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_pipeline_folder(tmp_path_factory):
     """An untrained tiny pipeline, saved as training saves one (with the shipped code)."""
-    from diffusers import DDPMScheduler
+    from conftest import save_tiny_pipeline
 
-    from utils.hub import remote_code
-    from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet
-
-    import torch
-    torch.manual_seed(0)
-    pipe = FairFacePipeline(unet=build_unet(32, (16, 32), 1, cross_attention_dim=16),
-                            condition_encoder=ConditionEncoder(16),
-                            scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
-                            sampling_defaults=dict(num_inference_steps=3, guidance_scale=2.0, guidance_interval=None))
-    folder = str(tmp_path_factory.mktemp("callbacks") / "pipe")
-    remote_code.save_pipeline(pipe.set_scheduler("dpm++"), folder)
-    return folder
+    return save_tiny_pipeline(tmp_path_factory.mktemp("callbacks") / "pipe")[1]
 
 
 def _ours(folder):

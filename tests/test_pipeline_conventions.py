@@ -9,22 +9,16 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepScheduler
 
-from utils.hub import remote_code
+from conftest import save_tiny_pipeline
 from utils.model import consistency
-from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet, load_pipeline
+from utils.model.pipeline import load_pipeline
 
 TEACHER = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
 
 
 def saved(folder, scheduler, **sampling_defaults):
     """An untrained 32 px pipeline with ``scheduler``, saved as training saves one (with the shipped code)."""
-    torch.manual_seed(0)
-    pipe = FairFacePipeline(unet=build_unet(32, (16, 32), 1, cross_attention_dim=16),
-                            condition_encoder=ConditionEncoder(16), scheduler=scheduler,
-                            sampling_defaults=dict(num_inference_steps=3, guidance_scale=2.0, guidance_interval=None,
-                                                   **sampling_defaults))
-    remote_code.save_pipeline(pipe, str(folder))
-    return str(folder)
+    return save_tiny_pipeline(folder, scheduler, **sampling_defaults)[1]
 
 
 def dpm_solver():

@@ -15,6 +15,8 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants
 
+from conftest import save_tiny_pipeline
+
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 NEWER = "fedcba9876543210fedcba9876543210fedcba98"
 TEACHER_SECTION = "## The teacher's model card"
@@ -23,20 +25,11 @@ TEACHER_SECTION = "## The teacher's model card"
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """An untrained tiny teacher release: pipeline (safetensors, shipped code) and the card of a FairFace run."""
-    import torch
-    from diffusers import DDPMScheduler
-
     import train_fairface
-    from utils.hub import model_card, remote_code
-    from utils.model.pipeline import ConditionEncoder, FairFacePipeline, build_unet
+    from utils.hub import model_card
 
-    torch.manual_seed(0)
-    pipe = FairFacePipeline(unet=build_unet(32, (16, 32), 1, cross_attention_dim=16),
-                            condition_encoder=ConditionEncoder(16),
-                            scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
-                            sampling_defaults=dict(num_inference_steps=3, guidance_scale=2.0, guidance_interval=None))
     folder = tmp_path_factory.mktemp("teacher") / "fairface-teacher"
-    remote_code.save_pipeline(pipe.set_scheduler("dpm++"), str(folder))
+    pipe, _ = save_tiny_pipeline(folder)
     args = train_fairface.parse_args(["--output_dir", str(folder)])  # FairFace, configs 0.25 + 1.25: CC BY 4.0
     card = model_card.build_model_card(pipe, args, 86_744, 50_000, repo_id="someone/fairface-teacher")
     card.save(str(folder / "README.md"))
