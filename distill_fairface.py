@@ -12,8 +12,8 @@ evaluation per image per step: 2 by default;
 it is an ordinary release (safetensors, shipped pipeline code, a model card naming the teacher's weight hash),
 whose saved sampling defaults make every script of this repository use its few-step sampler.
 
-Outputs under --output_dir: checkpoint-{step}/ (resume with --resume_from_checkpoint latest) and the student at
-the root. The data flags must name the teacher's training data (or data like it): --dataset_name etc.
+Outputs under --output_dir: checkpoint-{step}/ (resume with --resume_from_checkpoint latest), the student at the
+root, and its samples sample_step_{N}_{i}.png (--validation_conditions). The data flags must name the teacher's training data (or data like it): --dataset_name etc.
 """
 
 import argparse
@@ -56,7 +56,7 @@ def parse_args(input_args=None):
     add("--teacher", default=None, help="The model to distil: a release folder, an epoch_N/ snapshot or a Hub id.")
     add("--demo", action="store_true", help="Distil the quick start's fairface-demo on its generated data.")
     run_args.add_data_args(parser)  # the teacher's data (or data like it); dropout: distil those outputs too
-    # Distillation
+    add = parser.add_argument_group("distillation").add_argument
     add("--method", choices=["consistency", "guidance"], default="consistency", help="consistency: guided "
         "consistency distillation (multistep, see --num_segments); guidance: the guided teacher's prediction in one "
         "pass at every timestep (Meng et al. 2023, stage 1), samples with the teacher's own sampler. Default "
@@ -80,9 +80,9 @@ def parse_args(input_args=None):
         "(default: --num_segments, or 4 for one segment: LCM's best at --demo's 400 steps, 92.5 %% all three; "
         "docs/distillation.md).")
     # Optimisation: LCM's recipe (1e-5, constant after a short warm-up, no weight decay)
-    run_args.add_optimization_args(parser, learning_rate=1e-5, lr_scheduler="constant_with_warmup",
-                                   lr_warmup_steps=20, adam_weight_decay=0.0)
-    add("--max_train_steps", type=positive_int, default=4000)
+    optimisation = run_args.add_optimization_args(parser, learning_rate=1e-5, lr_scheduler="constant_with_warmup",
+                                                  lr_warmup_steps=20, adam_weight_decay=0.0)
+    optimisation.add_argument("--max_train_steps", type=positive_int, default=4000)
     run_args.add_lifecycle_args(parser, output_dir=DEFAULT_MODEL_DIR + "-distilled", checkpointing_steps=500,
                                 report_to="none", tracker_project_name="fairface-distillation")
     args = parser.parse_args(input_args)
@@ -151,7 +151,7 @@ def main(args):
     device = accelerator.device
     teacher_unet, encoder = teacher.unet.to(device).requires_grad_(False), teacher.condition_encoder.to(device)
     encoder.requires_grad_(False)
-    unet = copy.deepcopy(teacher_unet).requires_grad_(True).train()  # train mode: --gradient_checkpointing acts
+    unet = copy.deepcopy(teacher_unet).requires_grad_(True).train()  # the student trains (the teacher: eval)
     target = copy.deepcopy(teacher_unet)  # EMA of the student, no gradients
     alphas = consistency.teacher_alphas(config).to(device)
     grid, skip = consistency.grid_timesteps(config.num_train_timesteps, args.num_ddim_timesteps)
@@ -240,16 +240,19 @@ def main(args):
         epoch += 1
 
     # ---------------------------------------------------------------------------------------- release
+    train_seconds = []  # the whole run's, taken once after the last checkpoint (the card and the last line)
+
     def release():
+        train_seconds.append(time.perf_counter() - started)
         weights = target if args.release_weights == "target" else accelerator.unwrap_model(unet)
         student = student_pipeline(weights, encoder, teacher.scheduler, args)
-        run.write_samples(student, f"sample_step_{run.global_step}")
-        card = student_card.build_card(args, identity, run.global_step, time.perf_counter() - started, len(images),
+        card = student_card.build_card(args, identity, run.global_step, train_seconds[0], len(images),
                                        model_card.card_repo_id(args))
         model_card.save_release(student, args, len(images), run.global_step, card=card)
+        run.write_samples(student, f"sample_step_{run.global_step}")
 
-    run.finish(release, f"done: {run.global_step} steps in {time.perf_counter() - started:.0f} s; student in "
-                        f"{args.output_dir}")
+    run.finish(release, lambda: f"done: {run.global_step} steps in {train_seconds[0] if train_seconds else 0:.0f} s; "
+               f"student in {args.output_dir}")
 
 
 if __name__ == "__main__":

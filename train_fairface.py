@@ -37,11 +37,10 @@ logger = get_logger(__name__)
 
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    run_args.add_data_args(parser)
-    add = parser.add_argument
+    add = run_args.add_data_args(parser).add_argument
     add("--resolution", type=positive_int, default=128, help="Training image size (square, centre-cropped).")
     add("--demo", action="store_true", help="Offline demo: generate synthetic FairFace-layout data, tiny model.")
-    # Model and conditioning (defaults: the seed's architecture)
+    add = parser.add_argument_group("model and conditioning (defaults: the seed's architecture)").add_argument
     add("--block_out_channels", type=positive_int, nargs="+", default=[64, 128, 256, 512])
     add("--layers_per_block", type=positive_int, default=3)
     add("--attention_levels", type=int, nargs="+", default=[1], help="UNet levels with cross-attention (0 = top).")
@@ -51,7 +50,7 @@ def parse_args(input_args=None):
         "cross-attention alone reached the fidelity target sooner (docs/measurements.md).")
     add("--framing_condition", action=argparse.BooleanOptionalAction, default=True, help="Condition on the framing "
         "(0.25 = tight, 1.25 = wide; SDXL micro-conditioning). --demo: off (docs/measurements.md: Framing and EMA).")
-    # Diffusion objective
+    add = parser.add_argument_group("diffusion objective").add_argument
     add("--num_train_timesteps", type=positive_int, default=1000)
     add("--beta_schedule", default="squaredcos_cap_v2", choices=["linear", "scaled_linear", "squaredcos_cap_v2",
         "sigmoid"], help="Cosine schedule: better than linear at small sizes.")
@@ -59,10 +58,12 @@ def parse_args(input_args=None):
         help="v: fast samplers stay stable at high noise (epsilon + cosine gave noise at 25 steps; docs/measurements.md).")
     add("--snr_gamma", type=finite_float, default=5.0, help="Min-SNR loss weighting gamma; <=0 turns it off.")
     # Optimisation (weight decay 1e-2: AdamW's usual; warm-up 500: longer than --demo's run, whose LR never peaks)
-    run_args.add_optimization_args(parser, learning_rate=2e-4, lr_scheduler="cosine", lr_warmup_steps=500,
-                                   adam_weight_decay=1e-2)
-    add("--num_epochs", type=positive_int, default=100)
-    add("--max_train_steps", type=positive_int, default=None, help="Overrides --num_epochs when set.")
+    optimisation = run_args.add_optimization_args(parser, learning_rate=2e-4, lr_scheduler="cosine",
+                                                  lr_warmup_steps=500, adam_weight_decay=1e-2)
+    optimisation.add_argument("--num_epochs", type=positive_int, default=100)
+    optimisation.add_argument("--max_train_steps", type=positive_int, default=None,
+                              help="Overrides --num_epochs when set.")
+    add = parser.add_argument_group("EMA, speed").add_argument
     add("--use_ema", action=argparse.BooleanOptionalAction, default=True, help="EMA weights for samples and release.")
     add("--ema_decay", type=probability, default=None, help="Maximum EMA decay (warm-up ramps towards it); 0.9999.")
     add("--ema_power", type=positive_float, default=3 / 4, help="EMA warm-up: decay 1 - (1 + step) ** -power, up to "
@@ -74,11 +75,12 @@ def parse_args(input_args=None):
     # Test hook: the loss is made NaN at these steps (numbered from 1, as logged).
     add("--inject_nonfinite_steps", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
     # Outputs, checkpoints, logging, Hub
-    run_args.add_lifecycle_args(parser, output_dir=DEFAULT_MODEL_DIR, checkpointing_steps=2000,
-                                report_to="tensorboard", tracker_project_name="fairface-diffusion")
+    add = run_args.add_lifecycle_args(parser, output_dir=DEFAULT_MODEL_DIR, checkpointing_steps=2000,
+                                      report_to="tensorboard", tracker_project_name="fairface-diffusion").add_argument
     add("--save_model_epochs", type=positive_int, default=10, help="Write epoch_{E}/ pipeline snapshots this often.")
     add("--save_images_epochs", type=positive_int, default=10, help="Write sample_epoch_{E}_{i}.png this often.")
     add("--hub_push_snapshots", action="store_true", help="Also upload epoch_{E}/ snapshots, in the background.")
+    add = parser.add_argument_group("sampler of the samples and the release").add_argument
     # Sampler of the samples, saved with every snapshot and the release as its defaults (FairFacePipeline
     # sampling_defaults); the defaults are the sweep's best (utils/model/pipeline.py SAMPLING_DEFAULTS, docs/distillation.md).
     add("--num_inference_steps", type=positive_int, default=SAMPLING_DEFAULTS["num_inference_steps"],
@@ -152,7 +154,9 @@ def main(args):
     # ---------------------------------------------------------------------------------------- resume
     run.resume(emas, after_load=lambda: start_emas_from(ema_folders, missing_emas, {"unet": unet, "condition_encoder":
                                                                                    encoder}, logger.warning))
-    epoch, skipped = 0, 0  # this epoch's unusable images, carried over a resume in each checkpoint
+    # Resumed at an epoch's last step: that epoch's end again (a kill may have come before its snapshot).
+    first_epoch = run.global_step // steps_per_epoch - (run.global_step > 0 and run.global_step % steps_per_epoch == 0)
+    epoch, skipped = first_epoch, 0  # this epoch's unusable images, carried over a resume in each checkpoint
     run.checkpoint_state = lambda: dict(skipped_images=[epoch, distributed.sum_over_ranks(accelerator, skipped)])
 
     def pipeline_for_release(emas=emas):
@@ -175,8 +179,6 @@ def main(args):
 
     # ---------------------------------------------------------------------------------------- train
     step_loss = nonfinite.MicroBatchLoss()
-    # Resumed at an epoch's last step: that epoch's end again (a kill may have come before its snapshot).
-    first_epoch = run.global_step // steps_per_epoch - (run.global_step > 0 and run.global_step % steps_per_epoch == 0)
     for epoch in range(first_epoch, num_epochs):
         unet.train()
         skipped, micro_step = resume_check.skipped_before(run.state, epoch, accelerator.is_main_process), 0

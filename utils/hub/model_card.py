@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
 FAIRFACE = "HuggingFaceM4/FairFace"
-# samples.png: every race, both genders, seven age groups; includes the training samples' conditions 42, 73, 120.
+# samples.png: every race, both genders, seven age groups; includes the default training samples' conditions 42,
+# 73, 120 (--validation_conditions).
 SAMPLE_GRID_CONDITIONS = [encode_condition(*c) for c in
                           ((3, 0, 0), (8, 1, 1), (1, 1, 2), (5, 0, 3), (4, 1, 4), (2, 0, 5), (7, 1, 6))]
 SAMPLE_GRID_SEEDS = [0, 1, 2, 3]

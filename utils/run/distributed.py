@@ -148,6 +148,8 @@ def broken_group_line(error, timeout_seconds):
     if not isinstance(error, RuntimeError) or not (dist.is_available() and dist.is_initialized()):
         return None
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if not (isinstance(error, getattr(dist, "DistError", ())) or "gloo" in text or "nccl" in text.lower()):
+        return None  # not the process group's (e.g. CUDA's own "launch timed out"): keeps its traceback
     reason = text.split("] ", 1)[-1].split(". ")[0]  # gloo's "[file.cc:553] Connection closed by peer [...]"
     if "timed out" in reason.lower() or "timeout" in reason.lower():
         return f"waited for the other processes longer than --ddp_timeout {timeout_seconds} s ({reason}): raise it"

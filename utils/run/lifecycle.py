@@ -3,7 +3,7 @@ a training-like script keeps, kept here once. train_fairface.py and distill_fair
 
     run = TrainingRun(args, logger)           # folder writable, Hub reachable, checkpoint path valid: at once
     ...                                       # (distill: load the teacher, derive flags from it)
-    accelerator = run.start(run_flags)        # accelerator (DDP timeout, trackers), lock, resume check, signals
+    accelerator = run.start(run_flags)        # accelerator (DDP timeout), lock, resume check, stop signals
     images = run.load_data()                  # dataset, pixel cache, steps per epoch
     ...                                       # models, optimizer, LR schedule
     unet, optimizer = run.prepare({"unet": unet}, optimizer, lr_scheduler)  # checkpoint hooks (safetensors)
@@ -12,7 +12,7 @@ a training-like script keeps, kept here once. train_fairface.py and distill_fair
     for batch in run.epoch_loader(images, epoch):
         ...                                   # the script's own step
         run.stop_if_asked(run.end_step(loss, grad_norm, finite))  # logs, non-finite streak, checkpoints, SIGTERM
-    run.finish(release)                       # last checkpoint, release, push, end
+    run.finish(release, "done: ...")          # last checkpoint, release (main process), push, end
 
 A script keeps only what is its own: its models, its loss, what it releases. tests/test_promises.py runs each
 promise against every script that makes it.
@@ -76,11 +76,12 @@ class TrainingRun:
         Returns the prepared models and optimizer, in order."""
         accelerator, names = self.accelerator, list(models)
         if self.args.gradient_checkpointing:
-            checkpointed = [name for name, model in models.items()
-                            if getattr(model, "_supports_gradient_checkpointing", False)]
-            for name in checkpointed:
-                models[name].enable_gradient_checkpointing()
-            self.logger.info(f"gradient checkpointing: {', '.join(checkpointed)} recompute activations in backward")
+            for model in models.values():
+                if getattr(model, "_supports_gradient_checkpointing", False):
+                    model.enable_gradient_checkpointing()
+            checkpointed = [name for name, model in models.items() if getattr(model, "is_gradient_checkpointing", 0)]
+            self.logger.info(f"gradient checkpointing: {', '.join(checkpointed) or 'no model'} recompute "
+                             "activations in backward")  # as the models themselves say (diffusers' flag)
         prepared = accelerator.prepare(*models.values(), optimizer)
         accelerator.register_for_checkpointing(lr_scheduler)
         self.lr_scheduler = lr_scheduler
@@ -209,7 +210,8 @@ class TrainingRun:
     # ------------------------------------------------------------------------------------------------ the end
     def finish(self, release, done):
         """The last checkpoint (unless this step's was just written), ``release()`` on the main process and the
-        push with --push_to_hub, then every rank ends together and prints ``done``."""
+        push with --push_to_hub, then every rank ends together and prints ``done`` (a text, or a callable giving
+        it after the release)."""
         self.progress.close()
         self.save_checkpoint()
         if self.accelerator.is_main_process:
@@ -218,4 +220,4 @@ class TrainingRun:
                 uploads.push_release(self.args)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
-        self.accelerator.print(done)
+        self.accelerator.print(done() if callable(done) else done)

@@ -20,8 +20,9 @@ VALIDATION_CONDITIONS = [42, 73, 120]
 
 
 def add_data_args(parser):
-    """The training data (FairFace or a local folder in its layout) and how it is read."""
-    add = parser.add_argument_group("data").add_argument
+    """The training data (FairFace or a local folder in its layout) and how it is read; returns the group."""
+    group = parser.add_argument_group("data")
+    add = group.add_argument
     add("--dataset_name", default="HuggingFaceM4/FairFace", help="Hub dataset id or local folder in the same layout.")
     add("--dataset_config_names", nargs="+", default=["0.25", "1.25"], help="FairFace configs (face padding) to merge.")
     add("--dataset_splits", nargs="+", default=["train", "validation"], help="Splits to merge (all go to training).")
@@ -30,22 +31,26 @@ def add_data_args(parser):
         "(>=10x faster epochs, benchmarks/data_loading.py); keyed by dataset, configs, splits and resolution.")
     add("--dataloader_num_workers", type=nonnegative_int, default=0, help="Data-loading worker processes.")
     add("--random_flip", action="store_true", help="Randomly mirror faces horizontally.")
-    add("--cond_drop_prob", type=probability, default=0.1, help="Drop the whole condition (classifier-free guidance).")
+    add("--cond_drop_prob", type=probability, default=0.1, help="Drop the whole condition: the unconditioned "
+        "output classifier-free guidance needs (train: learn it; distill: distil it).")
     add("--attr_drop_prob", type=probability, default=0.1, help="Drop each attribute on its own (partial conditions).")
     add("--framing_drop_prob", type=probability, default=0.1, help="Drop the framing on its own (model's choice).")
+    return group
 
 
 def add_optimization_args(parser, learning_rate, lr_scheduler, lr_warmup_steps, adam_weight_decay, train_batch_size=64):
-    """Batch, optimizer, precision, memory, seed and non-finite steps; the defaults that differ are the script's."""
-    add = parser.add_argument_group("optimisation").add_argument
+    """Batch, optimizer, precision, memory, seed and non-finite steps; the defaults that differ are the script's.
+    Returns the group."""
+    group = parser.add_argument_group("optimisation")
+    add = group.add_argument
     add("--train_batch_size", type=positive_int, default=train_batch_size, help="Per-device batch size.")
     add("--gradient_accumulation_steps", type=positive_int, default=1)
     add("--learning_rate", type=positive_float, default=learning_rate, help="Peak learning rate (default: "
         "%(default)s). A resume applies a new value (logged) from its step on.")
     add("--lr_scheduler", default=lr_scheduler, choices=LR_SCHEDULERS, help="diffusers get_scheduler name "
         "(default: %(default)s).")
-    add("--lr_warmup_steps", type=nonnegative_int, default=lr_warmup_steps, help="Longer than the run: the LR "
-        "never peaks (default: %(default)s).")
+    add("--lr_warmup_steps", type=nonnegative_int, default=lr_warmup_steps, help="Linear warm-up steps (default: "
+        "%(default)s); longer than the run, the LR never peaks.")
     add("--adam_beta1", type=beta, default=0.9)
     add("--adam_beta2", type=beta, default=0.999)
     add("--adam_weight_decay", type=nonnegative_float, default=adam_weight_decay)
@@ -54,16 +59,20 @@ def add_optimization_args(parser, learning_rate, lr_scheduler, lr_warmup_steps, 
     add("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="Default: accelerate config. fp16 "
         "on a CPU trains in float32 (accelerate has no fp16 autocast there; it says so); bf16 works on CPUs.")
     add("--gradient_checkpointing", action="store_true", help="Recompute the UNet's activations in the backward "
-        "pass instead of keeping them: less memory for a larger batch, about a third more compute; the same "
-        "weights (tests/test_promises.py).")
-    add("--seed", type=nonnegative_int, default=0, help="Seeds weights, data order and every random draw.")
+        "pass instead of keeping them: less memory for a larger batch, for another forward pass's compute; the "
+        "same weights.")
+    add("--seed", type=nonnegative_int, default=0, help="Seeds the data order and every random draw (train: the "
+        "initial weights too).")
     add("--max_nonfinite_steps", type=positive_int, default=10, help="Stop (after a checkpoint) after this many "
         "non-finite losses in a row; isolated ones are skipped.")
+    return group
 
 
 def add_lifecycle_args(parser, output_dir, checkpointing_steps, report_to, tracker_project_name):
-    """Output folder, checkpoints and resume, logging and trackers, processes, Hub: what lifecycle.py keeps."""
-    add = parser.add_argument_group("outputs, checkpoints, logging").add_argument
+    """Output folder, checkpoints and resume, logging and trackers, processes, Hub: what lifecycle.py keeps.
+    Returns the outputs group."""
+    outputs = parser.add_argument_group("outputs, checkpoints, logging, processes")
+    add = outputs.add_argument
     add("--output_dir", default=output_dir, help="The run's folder (default: %(default)s).")
     add("--checkpointing_steps", type=positive_int, default=checkpointing_steps, help="Write checkpoint-{step}/ "
         "this often (default: %(default)s).")
@@ -71,7 +80,8 @@ def add_lifecycle_args(parser, output_dir, checkpointing_steps, report_to, track
     add("--resume_from_checkpoint", default=None, help='"latest", a checkpoint-N folder of --output_dir (as in '
         "the diffusers examples) or a checkpoint's path.")
     add("--allow_resume_changes", action="store_true", help="Resume even though flags the run records (data, "
-        "batch, processes, seed, objective) differ from the checkpoint's (utils/run/resume_check.py).")
+        "batch, processes, seed, objective; distill: teacher, guidance, grid) differ from the checkpoint's "
+        "(utils/run/resume_check.py).")
     add("--logging_steps", type=positive_int, default=10, help="Log loss, grad norm and lr (window means) this "
         "often: values stay on the device in between (no per-step GPU sync).")
     add("--report_to", default=report_to, choices=["all", "none", *TRACKER_PACKAGES], help="accelerate tracker "
@@ -81,10 +91,11 @@ def add_lifecycle_args(parser, output_dir, checkpointing_steps, report_to, track
     add("--validation_conditions", type=condition_id, nargs="+", default=VALIDATION_CONDITIONS, metavar="ID",
         help="Condition ids (age*14 + gender*7 + race) of the samples the run writes and logs, seed i for the "
         "i-th (default: %(default)s: young, middle-aged, old).")
-    add_ddp_timeout_arg(parser)
+    add_ddp_timeout_arg(outputs)
     add = parser.add_argument_group("hub").add_argument
     add("--push_to_hub", action="store_true", help="Upload the release (weights, model card, samples).")
     add("--hub_model_id", type=uploads.repo_id_arg, default=None,
         help="user/repo (default: the output folder's name under your account).")
     add("--hub_private_repo", action="store_true")
+    return outputs
 
