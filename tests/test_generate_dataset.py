@@ -424,7 +424,8 @@ def test_cas_refuses_a_test_split_the_generator_trained_on(dataset, demo_dataset
     shutil.copytree(dataset[0], card_only, ignore=shutil.ignore_patterns(".generate_dataset.json", ".run-lock"))
     monkeypatch.chdir(os.path.dirname(tiny_run))
     with pytest.raises(SystemExit) as exit_:
-        cas(str(card_only), "--test_split", "train", "--output_dir", str(tmp_path / "by-card"))
+        cas(str(card_only), "--train_split", "validation", "--test_split", "train", "--output_dir",
+            str(tmp_path / "by-card"))
     assert exit_.value.code == 2
     assert f"model {os.path.basename(tiny_run)} trained on train + validation" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)
