@@ -88,7 +88,10 @@ def test_ctrl_c_stops_the_running_step_and_prints_the_table(tmp_path):
     process = subprocess.Popen(["bash", os.path.join(REPO, "benchmarks", "gpu_suite.sh"), "--tiny"], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert process.stdout.readline().startswith("[gpu_suite] results in")
-    time.sleep(3)  # inside the first step
+    deadline = time.monotonic() + 120  # inside the first step: its log is open (a fixed sleep missed it under load)
+    while not (tmp_path / "training_speed.log").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
     process.send_signal(signal.SIGINT)
     out = process.communicate(timeout=120)[0]
     assert process.returncode == 130, out
