@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from huggingface_hub import ModelCard
 
-from ..files.atomic_files import write_file_atomic
+from ..files.atomic_files import update_digest, write_file_atomic
 from ..hub.student_card import teacher_folder
 from ..labels import AGES, ATTRIBUTES, FRAMINGS, GENDERS, RACES
 from ..model.pipeline import PIPELINE_FILES
@@ -40,11 +40,7 @@ def weight_files_sha256(folder):
     files = {}
     for pattern in [p for p in PIPELINE_FILES if p.endswith(".safetensors")]:
         for path in sorted(glob.glob(os.path.join(folder, pattern))):
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            files[os.path.relpath(path, folder).replace(os.sep, "/")] = digest.hexdigest()
+            files[os.path.relpath(path, folder).replace(os.sep, "/")] = update_digest(hashlib.sha256(), path).hexdigest()
     return files
 
 

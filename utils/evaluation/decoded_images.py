@@ -15,7 +15,6 @@ peak RSS grow with the data, even though the kernel could drop those pages. ``re
 files under a ``datasets`` table with plain reads instead (benchmarks/cas_memory.py measures the difference).
 """
 
-import os
 
 import numpy as np
 

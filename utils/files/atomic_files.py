@@ -81,3 +81,13 @@ def write_file_atomic(path, write, mode="w"):
 
 def write_json_atomic(path, data):
     write_file_atomic(path, lambda f: json.dump(data, f, indent=2))
+
+
+def update_digest(digest, path):
+    """Feed the bytes of the file ``path`` to ``digest`` (a hashlib object), 1 MiB at a time; returns it. One
+    reading of a weight file's SHA-256 for the student card and the generated dataset's provenance."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+

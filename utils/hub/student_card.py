@@ -17,6 +17,7 @@ import huggingface_hub
 import yaml
 from huggingface_hub.errors import EntryNotFoundError
 
+from ..files.atomic_files import update_digest
 from ..model.pipeline import PENDING_RELEASE, PIPELINE_FILES
 
 logger = logging.getLogger(__name__)
@@ -47,9 +48,7 @@ def teacher_identity(teacher):
     folder, revision = teacher_folder(teacher)
     digest = hashlib.sha256()
     for parts in WEIGHT_FILES:
-        with open(os.path.join(folder, *parts), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        update_digest(digest, os.path.join(folder, *parts))
     name = teacher if revision else os.path.basename(os.path.normpath(os.path.abspath(teacher)))
     return {"teacher": name, "revision": revision, "weights_sha256": digest.hexdigest()}
 
