@@ -46,7 +46,7 @@ DEMO = dict(teacher=DEMO_DEFAULTS["output_dir"], output_dir=DEMO_DEFAULTS["outpu
 RUN_FLAGS = ["method", "train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name",
              "dataset_config_names", "dataset_splits", "seed", "teacher_weights", "guidance_scale",
              "num_ddim_timesteps", "num_segments", "huber_c", "ema_decay", "cond_drop_prob", "attr_drop_prob",
-             "framing_drop_prob", "random_flip"]
+             "framing_drop_prob", "random_flip", "balance_by", "balance_power", "balance_with"]
 RECORD_ABSENT = {"num_segments": 1}  # flags a run recorded before they existed ran with: earlier runs were LCM
 
 

@@ -243,7 +243,9 @@ def main(args):
                    "train_pool": int(len(pool_index)),
                    "train_pool_unusable": int((~np.isfinite(pool_features).all(axis=1)).sum()),
                    "aligned_copies": [f"{a[0]}/{a[1]} = {b[0]}/{b[1]}" for a, b in pool.aligned]},
-        "fidelity": fidelity, "frechet_distance": frechet, "diversity": diversity, "memorisation": memo,
+        "fidelity": fidelity, "training_share": ev.training_shares(pool.attributes),
+        "below_mean": ev.groups_below_mean(fidelity["generated"]["per_group"]["all"]),
+        "frechet_distance": frechet, "diversity": diversity, "memorisation": memo,
         "by_framing": by_framing,
     }
     with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:

@@ -28,7 +28,9 @@ from utils.run import distributed, flag_checks, lifecycle, nonfinite, objective,
 from utils.hub import uploads, model_card, remote_code
 from utils.run.ema import build_emas, ema_variant, load_emas, start_emas_from
 from utils.labels import FRAMINGS
-from utils.cli import (DEFAULT_MODEL_DIR, DEMO_DEFAULTS, GuidanceInterval, finite_float, nonnegative_float,
+from utils.data.group_balance import DISTRIBUTIONS
+from utils.cli import (DEFAULT_MODEL_DIR, DEMO_DEFAULTS, DEMO_LONG_TAILED_DIR, LONG_TAILED_DEMO_DEFAULTS,
+                       GuidanceInterval, finite_float, nonnegative_float,
                        positive_float, positive_int, probability)
 from utils.model.pipeline import (ConditionEncoder, FairFacePipeline, build_unet, denoise, DEFAULT_SCHEDULER,
                                   SAMPLING_DEFAULTS)
@@ -40,6 +42,9 @@ def parse_args(input_args=None):
     add = run_args.add_data_args(parser).add_argument
     add("--resolution", type=positive_int, default=128, help="Training image size (square, centre-cropped).")
     add("--demo", action="store_true", help="Offline demo: generate synthetic FairFace-layout data, tiny model.")
+    add("--demo_distribution", choices=DISTRIBUTIONS, default="uniform", help="--demo's faces: every condition "
+        "equally often (2016 faces), or 'fairface': FairFace's frequencies, long-tailed by age (16,128 faces in "
+        f"{DEMO_LONG_TAILED_DIR}; docs/long_tail.md). Default: %(default)s.")
     add = parser.add_argument_group("model and conditioning (defaults: the seed's architecture)").add_argument
     add("--block_out_channels", type=positive_int, nargs="+", default=[64, 128, 256, 512])
     add("--layers_per_block", type=positive_int, default=3)
@@ -92,8 +97,11 @@ def parse_args(input_args=None):
 
     args = parser.parse_args(input_args)
     if args.demo:  # demo defaults, except where a flag was given on the command line
-        parser.set_defaults(**DEMO_DEFAULTS)
+        parser.set_defaults(**{**DEMO_DEFAULTS, **(LONG_TAILED_DEMO_DEFAULTS if args.demo_distribution == "fairface"
+                                                   else {})})
         args = parser.parse_args(input_args)
+    elif args.demo_distribution != "uniform":
+        parser.error("--demo_distribution chooses --demo's generated faces; add --demo")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         args.snr_gamma = None
     flag_checks.check(parser, args)

@@ -12,12 +12,19 @@ DEFAULT_MODEL_DIR = "fairface-diffusion-128"  # train_fairface.py's --output_dir
 # drawn faces (utils/data/demo_data.py); flags given explicitly still win. No EMA and no framing: at the demo's 1008
 # steps they cost fidelity, at 4x that budget they did not (docs/measurements.md).
 DEMO_DATA_DIR = os.path.join("demo_data", "fairface-synthetic")
+
 DEMO_DEFAULTS = dict(
     dataset_name=DEMO_DATA_DIR, resolution=32, output_dir="fairface-demo", block_out_channels=[32, 64, 64],
     layers_per_block=1, cross_attention_dim=64, train_batch_size=32, num_epochs=16, learning_rate=1e-3,
     lr_warmup_steps=50, save_model_epochs=4, save_images_epochs=4, checkpointing_steps=200,
     preprocess_cache=os.path.join("demo_data", "pixel-cache"), random_flip=True, use_ema=False, framing_condition=False,
 )
+
+# --demo --demo_distribution fairface: 16,128 faces at FairFace's frequencies (utils/data/demo_data.py), 504 steps an
+# epoch; 2 epochs are the demo's budget of 1008 steps.
+DEMO_LONG_TAILED_DIR = DEMO_DATA_DIR + "-long-tailed"
+LONG_TAILED_DEMO_DEFAULTS = dict(dataset_name=DEMO_LONG_TAILED_DIR, output_dir="fairface-demo-long-tailed", num_epochs=2,
+                                 save_model_epochs=1, save_images_epochs=1)
 
 
 def fail(message, prog=None):

@@ -21,6 +21,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
+from . import group_balance
 from ..labels import AGES, ATTRIBUTES, GENDERS, NUM_CONDITIONS, RACES, decode_condition
 
 REFERENCE_RESOLUTION = 64  # measure_attributes resizes every image to this size before reading its regions
@@ -74,6 +75,14 @@ WIDE_THRESHOLD = 0.35  # position neck -> shirt; drawn faces: tight <= 0.27, wid
 BROKEN_RECORDS_SKIPPED = 7  # undecodable or outside the size limits: the training data loader must skip them
 ODD_RECORDS_CONVERTIBLE = 7  # unusual but valid modes: must be converted to RGB and used
 ODD_RECORDS_ADDED = BROKEN_RECORDS_SKIPPED + ODD_RECORDS_CONVERTIBLE
+
+# distribution="fairface": 8 x the uniform demo's 2016 faces, so that FairFace's rarest condition (70+ Female Middle
+# Eastern, 0.05 % of its faces) has 8 of them and an age group of 70+ 156; the demo budget (1008 steps of 32) sees
+# each image twice.
+LONG_TAILED_DEMO_IMAGES = 16128
+DISTRIBUTION_TEXT = {"uniform": "every one of the 126 equally often (+-1)",
+                     "fairface": "FairFace's own frequencies (long-tailed by age: 1 % over 70, 30 % in their "
+                                 "twenties), each condition's share the product of its age, gender and race shares"}
 
 
 # ---------------------------------------------------------------------------------------------------- drawing
@@ -263,7 +272,7 @@ def _features(label_names):
     })
 
 
-def _readme(parts):
+def _readme(parts, distribution):
     lines = ["---", "pretty_name: FairFace (synthetic demo)", "configs:"]
     for config in CONFIG_ZOOM:
         lines += [f"- config_name: '{config}'", "  data_files:"]
@@ -273,17 +282,22 @@ def _readme(parts):
               "Procedurally drawn faces written by `utils/data/demo_data.py` in the layout of `HuggingFaceM4/FairFace`",
               "(same configs, splits, columns and ClassLabel features), for offline training runs and tests.",
               "They are not photographs of anyone: skin tone encodes race, hair style gender, hair lightness age.", "",
+              f"Conditions: {DISTRIBUTION_TEXT[distribution]}.", "",
               "| config | split | records |", "|---|---|---:|"]
     lines += [f"| {config} | {split} | {count} |" for (config, split), count in parts.items()]
     return "\n".join(lines) + "\n"
 
 
-def make_demo_dataset(output_dir, num_images=2016, resolution=64, seed=0, broken_images=False, label_names=None):
+def make_demo_dataset(output_dir, num_images=2016, resolution=64, seed=0, broken_images=False, label_names=None,
+                      distribution="uniform"):
     """Write a synthetic FairFace (parquet files + README with ``configs:``) to ``output_dir``; returns it.
 
     ``num_images`` faces are split 40 % / 10 % / 40 % / 10 % over 0.25/train, 0.25/validation, 1.25/train and
-    1.25/validation. Conditions cycle through all 126 ids before shuffling (with ``seed``), so every condition
-    appears equally often (+-1) in the whole set. Everything is deterministic given ``seed``.
+    1.25/validation. ``distribution="uniform"``: conditions cycle through all 126 ids before shuffling (with
+    ``seed``), so every condition appears equally often (+-1) in the whole set. ``"fairface"``: FairFace's own
+    frequencies, long-tailed by age (utils/data/group_balance.py: exact counts, the product of the published
+    marginals; ``LONG_TAILED_DEMO_IMAGES`` gives its rarest condition 8 faces). Everything is deterministic given
+    ``seed``.
 
     ``label_names``: e.g. ``{"race": [...]}`` overrides ClassLabel names (same number of names) to write a
     deliberately *mislabelled* copy, which training must refuse.
@@ -307,7 +321,11 @@ def make_demo_dataset(output_dir, num_images=2016, resolution=64, seed=0, broken
     features = _features(label_names)
 
     rng = np.random.default_rng(seed)
-    conditions = rng.permutation(np.arange(num_images) % NUM_CONDITIONS)
+    if distribution == "uniform":
+        conditions = rng.permutation(np.arange(num_images) % NUM_CONDITIONS)
+    else:  # ValueError for an unknown distribution, or one that leaves a condition without an image
+        counts = group_balance.condition_counts(num_images, distribution)
+        conditions = rng.permutation(np.repeat(np.arange(NUM_CONDITIONS), counts))
     validation = max(1, round(0.1 * num_images))  # per config; the rest is train: 40/10/40/10 %
     first_train = (num_images - 2 * validation + 1) // 2
     sizes = [first_train, validation, num_images - 2 * validation - first_train, validation]
@@ -323,7 +341,7 @@ def make_demo_dataset(output_dir, num_images=2016, resolution=64, seed=0, broken
         _write_parquet(records, features, os.path.join(output_dir, config, f"{split}-00000-of-00001.parquet"))
         parts[config, split] = len(records["age"])
     with open(os.path.join(output_dir, "README.md"), "w") as f:
-        f.write(_readme(parts))
+        f.write(_readme(parts, distribution))
     return str(output_dir)
 
 

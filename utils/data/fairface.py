@@ -116,6 +116,7 @@ class FairFaceImages(torch.utils.data.Dataset):
 
     def __init__(self, dataset, resolution, cache=None):
         self.dataset, self.resolution, self.cache = dataset, resolution, cache
+        self.loss_weights = None  # per image (utils/data/group_balance.py, --balance_with loss); None: all 1
         framing = dataset["framing"] if "framing" in dataset.column_names else [UNKNOWN] * len(dataset)
         columns = [np.asarray(dataset[a]) for a in ATTRIBUTES] + [np.asarray(framing)]
         self.attributes = np.stack(columns, axis=1).astype(np.int64)
@@ -131,21 +132,24 @@ class FairFaceImages(torch.utils.data.Dataset):
         # A contiguous (3, H, W) copy: collate's torch.stack of permuted (H, W, 3) views is a slow strided uint8
         # copy (~2 ms per 128 px image, more than reading from the cache and as much as decoding a JPEG).
         return {"pixels": None if pixels is None else torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))),
-                "attributes": torch.from_numpy(self.attributes[index])}
+                "attributes": torch.from_numpy(self.attributes[index]),
+                "weight": 1.0 if self.loss_weights is None else float(self.loss_weights[index])}
 
 
 def collate(items, resolution):
-    """Stack the usable items; unusable ones are dropped and counted. Never returns an empty batch: if every
-    item was unusable, one black image with weight 0 keeps all DDP ranks doing the same forward/backward."""
+    """Stack the usable items; unusable ones are dropped and counted. Weights: 1 per image, or its loss-balancing
+    weight. Never returns an empty batch: if every item was unusable, one black image with weight 0 keeps all DDP
+    ranks doing the same forward/backward."""
     usable = [item for item in items if item["pixels"] is not None]
-    weights = torch.ones(len(usable))
+    num_skipped = len(items) - len(usable)
+    weights = torch.tensor([float(item.get("weight", 1.0)) for item in usable], dtype=torch.float32)
     if not usable:
         usable = [{"pixels": torch.zeros(3, resolution, resolution, dtype=torch.uint8),
                    "attributes": items[0]["attributes"]}]
         weights = torch.zeros(1)
     return {"pixels": torch.stack([item["pixels"] for item in usable]),
             "attributes": torch.stack([item["attributes"] for item in usable]),
-            "weights": weights, "num_skipped": len(items) - int(weights.sum())}
+            "weights": weights, "num_skipped": num_skipped}
 
 
 def ignore_stop_signals(worker_id=None):
@@ -166,12 +170,17 @@ class EpochSampler(torch.utils.data.Sampler):
 
     Each rank takes every ``world_size``-th index of the permutation (trimmed to equal lengths), so a run on
     N processes sees the same data as on one, and resuming mid-epoch just starts at ``start``: exact resume
-    needs no sampler state.
+    needs no sampler state. ``weights`` (balanced sampling, utils/data/group_balance.py): the epoch is ``length``
+    draws with replacement instead of a permutation, from the same (seed, epoch) generator: the same promises.
     """
 
-    def __init__(self, length, seed, epoch, rank=0, world_size=1, start=0, shuffle=True):
+    def __init__(self, length, seed, epoch, rank=0, world_size=1, start=0, shuffle=True, weights=None):
         generator = torch.Generator().manual_seed(seed * 100003 + epoch)
-        order = torch.randperm(length, generator=generator) if shuffle else torch.arange(length)
+        if weights is not None:  # balanced sampling: ``length`` draws with these weights, with replacement
+            order = torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), length, replacement=True,
+                                      generator=generator)
+        else:
+            order = torch.randperm(length, generator=generator) if shuffle else torch.arange(length)
         per_rank = length // world_size
         self.indices = order[rank: per_rank * world_size: world_size][start:].tolist()
 

@@ -8,7 +8,8 @@ DINOv2 feature model) are thin wrappers around ``transformers`` ``from_pretraine
 * ``classifiers``: age, gender and race of every image; accuracy is measured against the requested condition
   (generated images) or the dataset label (real images, the classifier's own ceiling).
 * ``features``: image features (DINOv2 CLS token) of images and of streamed pool records.
-* ``fidelity``: accuracy, confusion matrices and accuracy per group.
+* ``fidelity``: accuracy, confusion matrices and accuracy per group; each group's share of the training images
+  and the groups 5+ points under their mean.
 * ``frechet``: Fréchet distance between generated and real features, overall and per group (pytorch-fid's way).
 * ``diversity``: mean pairwise cosine distance of the features of the images of one condition.
 * ``memorisation``: every generated image's cosine distance to its nearest training image, against the same
@@ -29,7 +30,8 @@ from .classifiers import (CLIPAttributeClassifier, DemoAttributeClassifier, Imag
 from .diversity import diversity_by_condition, mean_pairwise_cosine_distance, summarise_diversity
 from .drawing import SHORT_NAMES, bar_panels, confusion_heatmap, hstack, pair_grid
 from .features import FeatureExtractor, from_pretrained_safetensors, record_features
-from .fidelity import accuracy, confusion_matrix, fidelity_metrics, group_accuracy
+from .fidelity import (accuracy, confusion_matrix, fidelity_metrics, group_accuracy, groups_below_mean,
+                       training_shares)
 from .frechet import feature_statistics, frechet_by_group, frechet_distance, frechet_distance_between
 from .memorisation import NearCopyCheck, add_memorisation_args, memorisation, nearest_neighbours, reference_distances
 from .report import fmt_number, fmt_percent, report_markdown

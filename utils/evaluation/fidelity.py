@@ -57,3 +57,26 @@ def fidelity_metrics(true, predicted, condition_ids):
         hits = correct["all"][condition_ids == c]
         result["per_condition"][str(c)] = {"accuracy": float(np.mean(hits)), "count": int(len(hits))}
     return result
+
+
+BELOW_MEAN_POINTS = 5.0  # a group this many points (or more) under the mean of its attribute's groups is marked
+
+
+def training_shares(attributes):
+    """{"by_age"|"by_gender"|"by_race": {label: share of the training images}} of int attributes (N, 3)."""
+    attributes = np.asarray(attributes, dtype=np.int64).reshape(-1, len(ATTRIBUTES))
+    total = max(len(attributes), 1)
+    return {f"by_{a}": {name: float(n / total) for name, n in zip(names, np.bincount(attributes[:, i],
+                                                                                     minlength=len(names)))}
+            for i, (a, names) in enumerate(ATTRIBUTES.items())}
+
+
+def groups_below_mean(per_group, points=BELOW_MEAN_POINTS):
+    """{"by_age"|...: [labels]} whose all-three accuracy lies ``points`` or more under the mean of that attribute's
+    evaluated groups (``per_group``: fidelity_metrics()["per_group"]["all"])."""
+    out = {}
+    for key, groups in per_group.items():
+        values = {name: v["accuracy"] for name, v in groups.items() if v["count"] and v["accuracy"] is not None}
+        mean = np.mean(list(values.values())) if values else None
+        out[key] = [name for name, v in values.items() if mean is not None and v <= mean - points / 100]
+    return out

@@ -1,6 +1,7 @@
 """The markdown report of a metrics dict written by evaluate_fairface.py."""
 
 from ..labels import ATTRIBUTES, describe_condition
+from .fidelity import BELOW_MEAN_POINTS
 
 
 def fmt_percent(value):
@@ -55,15 +56,22 @@ def report_markdown(metrics):
     for key in measured:
         g, r = gen["accuracy"].get(key), real["accuracy"].get(key)
         lines.append(_row(key, fmt_percent(g), fmt_percent(r), "n/a" if g is None or not r else f"{g / r:.2f}"))
+    shares, below = metrics.get("training_share") or {}, metrics.get("below_mean") or {}
     for group_by, names in ATTRIBUTES.items():
         lines += ["", f"### Accuracy per {group_by} group (generated / real)", "",
-                  _row(group_by, "n gen", *measured), "|---|---:|---:|---:|---:|---:|"]
+                  f"Training share: the group's share of the training images (`{s['dataset_name']}`, "
+                  f"{', '.join(s['train_splits'])}). ▼: all three right {BELOW_MEAN_POINTS:g}+ points under the mean of "
+                  f"the {group_by} groups.", "",
+                  _row(group_by, "training share", "n gen", *measured), "|---|---:|---:|---:|---:|---:|---:|"]
         for name in names:
             g = {m: gen["per_group"][m][f"by_{group_by}"][name] for m in measured}
             r = {m: real["per_group"][m][f"by_{group_by}"][name] for m in measured}
+            share = shares.get(f"by_{group_by}", {}).get(name)
+            mark = " ▼" if name in below.get(f"by_{group_by}", []) else ""
             if g["all"]["count"] + r["all"]["count"]:  # skip groups none of the evaluated conditions belongs to
-                lines.append(_row(name, g["all"]["count"], *[f"{fmt_percent(g[m]['accuracy'])} / "
-                                                             f"{fmt_percent(r[m]['accuracy'])}" for m in measured]))
+                lines.append(_row(name + mark, fmt_percent(share), g["all"]["count"],
+                                  *[f"{fmt_percent(g[m]['accuracy'])} / {fmt_percent(r[m]['accuracy'])}"
+                                    for m in measured]))
     worst = sorted(gen["per_condition"].items(), key=lambda kv: (kv[1]["accuracy"], int(kv[0])))[:10]
     lines += ["", "### Conditions drawn least faithfully (all three attributes right)", "",
               _row("id", "condition", "generated", "real"), "|---:|---|---:|---:|"]

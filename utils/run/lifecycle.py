@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoints, distributed, resume_check, run_setup, step_metrics, stop_signals
 from ..cli import fail
-from ..data import fairface
+from ..data import fairface, group_balance
 from ..hub import uploads
 from ..labels import decode_condition
 from ..model.pipeline import generate
@@ -62,6 +62,10 @@ class TrainingRun:
         """The training images (utils/data/fairface.py FairFaceImages); sets ``steps_per_epoch``."""
         args, accelerator = self.args, self.accelerator
         _, images = run_setup.load_training_data(args, accelerator)
+        weights = group_balance.balance_weights(images.attributes, args.balance_by, args.balance_power)
+        self.sampling_weights = weights if args.balance_with == "sampling" else None
+        images.loss_weights = weights if args.balance_with == "loss" else None
+        self.logger.info(group_balance.describe_balance(args))
         world = accelerator.num_processes
         self.steps_per_epoch = len(images) // world // args.train_batch_size // args.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
@@ -147,7 +151,7 @@ class TrainingRun:
         start = (self.global_step - epoch * self.steps_per_epoch) * args.gradient_accumulation_steps * \
             args.train_batch_size
         sampler = fairface.EpochSampler(len(images), args.seed, epoch, accelerator.process_index,
-                                        accelerator.num_processes, start)
+                                        accelerator.num_processes, start, weights=self.sampling_weights)
         return torch.utils.data.DataLoader(
             images, batch_size=args.train_batch_size, sampler=sampler, drop_last=True,
             num_workers=args.dataloader_num_workers, collate_fn=lambda items: fairface.collate(items, args.resolution),

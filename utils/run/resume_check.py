@@ -13,10 +13,12 @@ import os
 
 DATA_FLAGS = ["train_batch_size", "num_processes", "gradient_accumulation_steps", "dataset_name",
               "dataset_config_names", "dataset_splits", "resolution", "seed", "prediction_type",
-              "num_train_timesteps", "beta_schedule", "use_ema"]
+              "num_train_timesteps", "beta_schedule", "use_ema", "balance_by", "balance_power", "balance_with"]
 MODEL_FLAGS = ["block_out_channels", "layers_per_block", "attention_levels", "cross_attention_dim",
                "condition_in_time_embedding", "framing_condition",
                "ema_variants"]  # ema_variants: the benchmark's EMAs, checkpointed
+# What a record written before a flag existed implies (the behaviour then): a new default is a change to accept.
+ABSENT_BEFORE = {"balance_by": "none", "balance_power": 0.5, "balance_with": "sampling"}
 PATH_FLAGS = ["dataset_name"]  # a local folder is recorded and compared as an absolute path
 
 
@@ -92,7 +94,7 @@ def check_or_exit(checkpoint, current, allow_changes, flags=DATA_FLAGS + MODEL_F
     state = read_training_state(checkpoint)
     recorded = dict(state.get("run") or {})
     if recorded:
-        recorded = {**(absent or {}), **recorded}
+        recorded = {**ABSENT_BEFORE, **(absent or {}), **recorded}
     if "framing_condition" not in recorded:  # recorded before the flag existed: the saved encoder tells
         framing = _trained_with_framing(checkpoint)
         if framing is not None:

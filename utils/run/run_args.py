@@ -8,6 +8,7 @@ why where a default is not obvious. What the flags do is kept in one place too: 
 """
 
 from ..cli import beta, condition_id, nonnegative_float, nonnegative_int, positive_float, positive_int, probability
+from ..data import group_balance
 from ..hub import uploads
 from .flag_checks import TRACKER_PACKAGES
 from .run_setup import add_ddp_timeout_arg
@@ -35,6 +36,14 @@ def add_data_args(parser):
         "output classifier-free guidance needs (train: learn it; distill: distil it).")
     add("--attr_drop_prob", type=probability, default=0.1, help="Drop each attribute on its own (partial conditions).")
     add("--framing_drop_prob", type=probability, default=0.1, help="Drop the framing on its own (model's choice).")
+    add("--balance_by", choices=group_balance.BALANCE_GROUPS, default="none", help="Give rare groups their due: "
+        "weigh each image by how common its age, gender, race or condition is (FairFace has 30x fewer faces over 70 "
+        "than in their twenties; docs/long_tail.md). Default: none.")
+    add("--balance_power", type=positive_float, default=0.5, help="Weight = group count ** -POWER: 1 = every group "
+        "equally often (inverse frequency), 0.5 = square root (default: %(default)s).")
+    add("--balance_with", choices=group_balance.BALANCE_METHODS, default="sampling", help="sampling: draw each "
+        "epoch's images with those weights (with replacement; same length, exact resume); loss: keep the data order "
+        "and weigh each image's loss (default: %(default)s).")
     return group
 
 

@@ -74,8 +74,10 @@ def load_training_data(args, accelerator):
     def build_or_load_data():  # one writer per disk: the global main first (utils/run/distributed.py)
         try:
             if args.demo and not os.path.isdir(args.dataset_name):
-                from ..data.demo_data import make_demo_dataset
-                make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed)
+                from ..data.demo_data import LONG_TAILED_DEMO_IMAGES, make_demo_dataset
+                distribution = getattr(args, "demo_distribution", "uniform")
+                make_demo_dataset(args.dataset_name, resolution=64, seed=args.seed, distribution=distribution,
+                                  num_images=2016 if distribution == "uniform" else LONG_TAILED_DEMO_IMAGES)
             return fairface.load_fairface(args.dataset_name, args.dataset_config_names, args.dataset_splits,
                                           args.cache_dir)
         except ValueError as error:
