@@ -116,7 +116,7 @@ def evaluate(model, train_set, heldout, args):
     by_age = {name: float(hits[requested[:, 0] == a].mean()) for a, name in enumerate(AGES)}
     mean = float(np.mean(list(by_age.values())))
     worst = min(by_age, key=by_age.get)
-    (train_images, train_attributes), (held_images, held_attributes) = train_set, heldout
+    (train_images, _), (held_images, held_attributes) = train_set, heldout
     centre = train_images.reshape(len(train_images), -1).astype(np.float64).mean(0) / 255.0
     pool = pixel_features(train_images, centre)
     generated = pixel_features(images, centre)

@@ -98,7 +98,7 @@ def tiny_run(demo_dataset, tmp_path_factory):
     run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
                "--train_batch_size", "16", "--num_epochs", "3", "--save_model_epochs", "1", "--save_images_epochs",
                "1", "--checkpointing_steps", "1000", "--learning_rate", "1e-3", "--use_ema", "--random_flip",
-               "--condition_in_time_embedding", "--framing_condition")
+               "--condition_in_time_embedding", "--framing_condition", "--prediction_type", "v_prediction")
     return str(output_dir)
 
 

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import make_grid
-from conftest import run_script
+from conftest import parse_error, run_script
 from utils.grid import BACKGROUND, labelled_grid, tile_size
 
 FAST = ["--num_inference_steps", "2"]
@@ -86,8 +86,6 @@ def test_atlas_is_9_ages_by_14_gender_race(tiny_run, tmp_path):
     (["--run_dir", "{tmp}/missing"], "no run folder"),
     (["--run_dir", "{tmp}"], "no epoch_{E}/ snapshots"),
     (["--run_dir", "{run}", "--epochs", "2", "7"], "no snapshot for epoch 7"),
-    (["--run_dir", "{run}", "--conditions", "126"], "valid: ids 0-125"),
-    (["--atlas", "--epochs", "1"], "--atlas shows all 126"),
 ])
 def test_bad_runs_exit_2_with_one_line(tiny_run, tmp_path, capsys, flags, expected):
     flags = [f.format(tmp=tmp_path, run=tiny_run) for f in flags]
@@ -95,3 +93,12 @@ def test_bad_runs_exit_2_with_one_line(tiny_run, tmp_path, capsys, flags, expect
         make_grid.main(make_grid.parse_args(flags))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and expected in err, err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--conditions", "126"], "valid: ids 0-125"),
+    (["--atlas", "--epochs", "1"], "--atlas shows all 126"),
+])
+def test_bad_flags_exit_2_with_one_line(flags, expected):
+    code, err = parse_error("make_grid.py", *flags)
+    assert code == 2 and err.count("\n") == 1 and expected in err, err

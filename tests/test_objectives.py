@@ -9,7 +9,6 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from conftest import TINY_MODEL_ARGS, run_script
 from utils.run import objective
 from utils.model.pipeline import SCHEDULERS, generate, load_pipeline
 
@@ -88,12 +87,9 @@ def test_scheduler_step_with_true_v_matches_step_with_true_epsilon(t):
 
 
 @pytest.fixture(scope="module")
-def v_run(demo_dataset, tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("runs") / "v"
-    run_script("train_fairface.py", "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
-               "--train_batch_size", "16", "--max_train_steps", "2", "--prediction_type", "v_prediction",
-               "--checkpointing_steps", "1000", "--num_inference_steps", "2")  # quick end-of-run samples
-    return str(output_dir)
+def v_run(tiny_run):
+    """A run trained with --prediction_type v_prediction: the session's tiny run (conftest.tiny_run) passes it."""
+    return tiny_run
 
 
 @pytest.mark.e2e
