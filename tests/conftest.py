@@ -103,6 +103,20 @@ def tiny_run(demo_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Randomly initialised CLIP, DINOv2 and a gender ViT at 32 px (tests/test_evaluate.py writes them), saved once:
+    {"clip", "dinov2", "gender_vit": folder}."""
+    from test_evaluate import _write_clip, _write_dinov2, _write_gender_vit
+
+    root = tmp_path_factory.mktemp("eval-models")
+    paths = {name: str(root / name) for name in ("clip", "dinov2", "gender_vit")}
+    _write_clip(paths["clip"])
+    _write_dinov2(paths["dinov2"])
+    _write_gender_vit(paths["gender_vit"])
+    return paths
+
+
+@pytest.fixture(scope="session")
 def clean_python(tmp_path_factory):
     """python of a venv with only torch, diffusers and safetensors: $FAIRFACE_CLEAN_VENV (.ci/run makes it once),
     else one made here. Skipped, with pip's reason, only where pip cannot install them."""

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from conftest import parse_error, run_script
-from test_evaluate import tiny_models  # noqa: F401 (fixture: tiny CLIP, DINOv2 and gender ViT models)
 from test_generate_dataset import COMMON, ONE_THREAD, load
 
 
@@ -83,7 +82,7 @@ def test_push_pattern_is_the_plan_shard_names():
 # ---------------------------------------------------------------------------------------------- scripts
 @pytest.mark.e2e
 def test_demo_model_verifies_with_its_reader_and_the_card_is_checkable(
-        tiny_run, demo_dataset, tiny_models, tmp_path):  # noqa: F811 (tiny_models: the imported fixture)
+        tiny_run, demo_dataset, tiny_models, tmp_path):
     """The tiny run is trained on demo data (its card says so): --verify without --classifier reads its faces
     with the demo reader, offline (no CLIP from the Hub); the card's weight lines pass `sha256sum -c` in the model
     folder, name the demo data as what the model learned from and hold no local path in any flag form; a rerun in

@@ -70,16 +70,6 @@ def _write_gender_vit(folder):
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
 
 
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval-models")
-    paths = {name: str(root / name) for name in ("clip", "dinov2", "gender_vit")}
-    _write_clip(paths["clip"])
-    _write_dinov2(paths["dinov2"])
-    _write_gender_vit(paths["gender_vit"])
-    return paths
-
-
 @pytest.fixture(scope="module")
 def evaluation(tiny_run, demo_dataset, tiny_models, tmp_path_factory):
     """One sampled evaluation: 3 conditions x 2 images from the tiny run, against the demo dataset."""

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from conftest import REPO, free_port, parse_error, run_script
-from test_evaluate import tiny_models  # noqa: F401 (fixture: a tiny DINOv2 feature model)
 from test_hub import fake_hub_env, files_under
 
 # 3 conditions x 2 framings x 2 images = 12 rows in 4 shards of 3; 2 sampler steps keep each run in seconds.
@@ -251,7 +250,7 @@ def test_verify_alone_scores_every_row_and_keeps_them_all(tiny_run, tmp_path):
 
 @pytest.mark.e2e
 def test_memorisation_check_flags_rows_closer_than_unseen_images(tiny_run, demo_dataset,
-                                                                 tiny_models, tmp_path):  # noqa: F811
+                                                                 tiny_models, tmp_path):
     """--check_memorisation: every row's distance to its nearest training image and the flag past the threshold;
     a training image itself, through the same check, is flagged (distance 0)."""
     from utils import evaluation as ev

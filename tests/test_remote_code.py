@@ -222,14 +222,12 @@ def test_scripts_never_run_shipped_code(planted_run, tmp_path):
 
 
 @pytest.mark.e2e
-def test_evaluate_never_runs_shipped_code(planted_run, demo_dataset, tmp_path):
-    from test_evaluate import EVAL_ARGS, _write_clip, _write_dinov2
+def test_evaluate_never_runs_shipped_code(planted_run, demo_dataset, tiny_models, tmp_path):
+    from test_evaluate import EVAL_ARGS
 
-    _write_clip(str(tmp_path / "clip"))
-    _write_dinov2(str(tmp_path / "dinov2"))
     folder, marker = planted_run
     run_script("evaluate_fairface.py", "--model", folder, "--dataset_name", demo_dataset, "--classifier",
-               tmp_path / "clip", "--feature_model", tmp_path / "dinov2", "--conditions", "0", "42",
+               tiny_models["clip"], "--feature_model", tiny_models["dinov2"], "--conditions", "0", "42",
                "--num_images_per_condition", "1", "--output_dir", tmp_path / "eval", *EVAL_ARGS)
     assert (tmp_path / "eval" / "metrics.json").exists() and not marker.exists()
 
