@@ -124,13 +124,16 @@ def evaluate(model, train_set, heldout, args):
     held_distance, _ = ev.nearest_neighbours(pixel_features(held_images, centre), pool)
     condition_ids = requested[:, 0] * 14 + requested[:, 1] * 7 + requested[:, 2]
     diversity = ev.diversity_by_condition(generated, condition_ids)
+    held_ids = held_attributes[:, 0] * 14 + held_attributes[:, 1] * 7 + held_attributes[:, 2]
+    real_diversity = ev.diversity_by_condition(pixel_features(held_images, centre), held_ids)
     groups = {}
     for name in (RAREST_AGES[0], COMMONEST_AGE):
         a = AGES.index(name)
         threshold = memorisation_threshold(held_distance[held_attributes[:, 0] == a], 5.0)
         mine = requested[:, 0] == a
         groups[name] = {"near_copy": float((distance[mine] < threshold).mean()),
-                        "diversity": float(np.mean([v for c, v in diversity.items() if c // 14 == a]))}
+                        "diversity": float(np.mean([v for c, v in diversity.items() if c // 14 == a])),
+                        "real_diversity": float(np.mean([v for c, v in real_diversity.items() if c // 14 == a]))}
     return {"by_age": by_age, "mean": mean, "all": float(hits.mean()), "worst": worst, "gap": mean - by_age[worst],
             "groups": groups}
 
@@ -195,9 +198,13 @@ def run_benchmark(args, work):
     for group in (RAREST_AGES[0], COMMONEST_AGE):
         rows.append([f"near-copy rate, {group}", "", *[f"{100 * results[r]['groups'][group]['near_copy']:.1f}%"
                                                       for r in args.recipes]])
-    for group in (RAREST_AGES[0], COMMONEST_AGE):
-        rows.append([f"diversity, {group}", "", *[f"{results[r]['groups'][group]['diversity']:.4f}"
-                                                 for r in args.recipes]])
+    for group in (RAREST_AGES[0], COMMONEST_AGE):  # beside the unseen real faces' own (the data's variety)
+        real = results[args.recipes[0]]["groups"][group]["real_diversity"]
+        rows.append([f"diversity, {group} (real: {real:.4f})", "", *[
+            f"{results[r]['groups'][group]['diversity']:.4f}" for r in args.recipes]])
+    rows.append(["diversity ratio, rarest / commonest", "", *[
+        f"{results[r]['groups'][RAREST_AGES[0]]['diversity'] / results[r]['groups'][COMMONEST_AGE]['diversity']:.2f}"
+        for r in args.recipes]])
     print(f"\n### All three attributes right per age group ({args.max_train_steps} steps, {args.seeds} images per "
           "condition, default sampler)\n" + markdown_table(header, rows), flush=True)
     for recipe, (_, seconds) in runs.items():

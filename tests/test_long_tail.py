@@ -37,6 +37,7 @@ def test_balance_weights_make_groups_equally_likely_at_full_power_and_sqrt_halve
     sqrt = group_balance.balance_weights(attributes, "age", 0.5)
     assert sqrt[:90].sum() / sqrt[90:].sum() == pytest.approx(3.0)  # sqrt(9)
     assert group_balance.balance_weights(attributes, "none", 1.0) is None
+    assert group_balance.balance_weights(np.array([[3, 0, 0], [8, 1, 2]]), "age", 1.0) is None  # balanced already
     by_condition = group_balance.balance_weights(np.array([[0, 0, 0], [0, 0, 1], [0, 0, 1]]), "condition", 1.0)
     assert by_condition[0] == pytest.approx(2 * by_condition[1])
 

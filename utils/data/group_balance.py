@@ -66,19 +66,24 @@ def group_of(attributes, balance_by):
 
 
 def balance_weights(attributes, balance_by, power):
-    """Per-image weights, ``count(group) ** -power`` scaled to mean 1; None when ``balance_by`` is "none"."""
+    """Per-image weights, ``count(group) ** -power`` scaled to mean 1; None when ``balance_by`` is "none" or its
+    groups are equally common already (nothing to balance: the epoch stays a permutation, every image once)."""
     if balance_by in (None, "none"):
         return None
     groups = group_of(attributes, balance_by)
     _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if counts.min() == counts.max():
+        return None
     weights = counts[inverse].astype(np.float64) ** -float(power)
     return weights / weights.mean()
 
 
-def describe_balance(args):
-    """One line for the log: what the run's data balancing does."""
+def describe_balance(args, weights):
+    """One line for the log: what the run's data balancing does (``weights``: ``balance_weights``' answer)."""
     if args.balance_by == "none":
         return "no balancing: images drawn as often as the data holds them"
+    if weights is None:
+        return f"--balance_by {args.balance_by}: its groups are equally common in this data, nothing to balance"
     strength = {0.5: "sqrt", 1.0: "full"}.get(float(args.balance_power), f"power {args.balance_power:g}")
     what = "sampled" if args.balance_with == "sampling" else "loss weighted"
     return f"images {what} by {args.balance_by} frequency ** -{args.balance_power:g} ({strength})"
