@@ -19,7 +19,9 @@ demo set drawn with another seed (every condition equally often).
    rarest age groups' mean (70+, 0-2, 60-69: FairFace's fewest), the worst group and the overall mean, over
    --cas_seeds seeds (mean +- standard deviation).
 
-    python benchmarks/long_tail.py                      # every recipe: ~75 min on 2 CPU cores
+    python benchmarks/long_tail.py                      # every recipe at 1008 steps: hours on 2 CPU cores
+    python benchmarks/long_tail.py --max_train_steps 504 --recipes none "sampling by age, sqrt" \
+        "sampling by age, full" "loss by age, full"     # docs/long_tail.md: 50 min with the trainings reused
     python benchmarks/long_tail.py --recipes none "sampling by age, sqrt" --work_dir lt   # keep runs for a rerun
 """
 
