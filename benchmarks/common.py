@@ -43,6 +43,15 @@ def end_run(args, work):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def run_in_work_folder(args, prefix, benchmark):
+    """``benchmark(args, work)`` between ``start_run`` and ``end_run`` (the work folder goes even on a failure)."""
+    work, _ = start_run(args, prefix)
+    try:
+        benchmark(args, work)
+    finally:
+        end_run(args, work)
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:

@@ -38,7 +38,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from common import REPO, end_run, machine_lines, markdown_table, start_run
+from common import REPO, machine_lines, markdown_table, run_in_work_folder
 
 RECIPES = {  # name -> train_fairface.py flags
     "epsilon": ["--prediction_type", "epsilon", "--snr_gamma", "0"],
@@ -161,11 +161,7 @@ def save_look(path, rows, labels):
 
 
 def main(args):
-    work, _ = start_run(args, "fairface-bench-fidelity-")
-    try:
-        run_benchmark(args, work)
-    finally:
-        end_run(args, work)
+    run_in_work_folder(args, "fairface-bench-fidelity-", run_benchmark)
 
 
 def run_benchmark(args, work):

@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from common import REPO, end_run, machine_lines, markdown_table, start_run
+from common import REPO, machine_lines, markdown_table, run_in_work_folder
 
 RECIPES = {  # name -> train_fairface.py flags (on top of --demo --demo_distribution fairface)
     "none": [],
@@ -168,11 +168,7 @@ def spread(values):
 
 
 def main(args):
-    work, _ = start_run(args, "fairface-bench-long-tail-")
-    try:
-        run_benchmark(args, work)
-    finally:
-        end_run(args, work)
+    run_in_work_folder(args, "fairface-bench-long-tail-", run_benchmark)
 
 
 def run_benchmark(args, work):
