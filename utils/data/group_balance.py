@@ -78,11 +78,12 @@ def balance_weights(attributes, balance_by, power):
     return weights / weights.mean()
 
 
-def describe_balance(args, weights):
-    """One line for the log: what the run's data balancing does (``weights``: ``balance_weights``' answer)."""
+def describe_balance(args, nothing_to_balance=False):
+    """One line for the log and the model card: what the run's data balancing does (``nothing_to_balance``: the
+    groups were equally common, ``balance_weights`` gave None)."""
     if args.balance_by == "none":
         return "no balancing: images drawn as often as the data holds them"
-    if weights is None:
+    if nothing_to_balance:
         return f"--balance_by {args.balance_by}: its groups are equally common in this data, nothing to balance"
     strength = {0.5: "sqrt", 1.0: "full"}.get(float(args.balance_power), f"power {args.balance_power:g}")
     what = "sampled" if args.balance_with == "sampling" else "loss weighted"

@@ -19,6 +19,7 @@ import re
 import huggingface_hub
 
 from . import release, remote_code
+from ..data.group_balance import describe_balance
 from ..grid import labelled_grid
 from ..labels import AGES, GENDERS, RACES, decode_condition, describe_condition, encode_condition, label_table_markdown
 from ..model.pipeline import generate
@@ -164,7 +165,7 @@ def build_model_card(pipeline, args, num_images, global_step, repo_id=None):
              if args.use_ema else "no"),
         snr=(f"min-SNR loss weighting (gamma {args.snr_gamma:g})" if args.snr_gamma else "uniform loss weighting"),
         cond_drop_prob=f"{args.cond_drop_prob:g}", attr_drop_prob=f"{args.attr_drop_prob:g}",
-        balance=_balance_text(args),
+        balance=describe_balance(args),
         framing=bool(pipeline.condition_encoder.config.framings),
         precision={"no": "float32", "fp16": "float16 mixed precision", "bf16": "bfloat16 mixed precision"}.get(
             precision, precision) + f"; weights stored as {str(unet.dtype).replace('torch.', '')}",
@@ -199,11 +200,3 @@ def set_card_space(output_dir, space_url):
             f.write(_CARD_SPACE.sub(lambda _: f"<!-- fairface-diffusion space --> **On the Hub:** [{space_url}]"
                                     f"({space_url}) serves this page for this model.", text))
         os.replace(f"{path}.tmp", path)
-
-
-def _balance_text(args):
-    """The card's "rare groups" row: how the run weighed groups by their frequency (--balance_by, docs/long_tail.md)."""
-    if getattr(args, "balance_by", "none") == "none":
-        return "none: every image as often as the data holds it"
-    how = "drawn" if args.balance_with == "sampling" else "loss weighted"
-    return f"images {how} by {args.balance_by} frequency ** -{args.balance_power:g}"

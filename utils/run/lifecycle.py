@@ -65,7 +65,7 @@ class TrainingRun:
         weights = group_balance.balance_weights(images.attributes, args.balance_by, args.balance_power)
         self.sampling_weights = weights if args.balance_with == "sampling" else None
         images.loss_weights = weights if args.balance_with == "loss" else None
-        self.logger.info(group_balance.describe_balance(args, weights))
+        self.logger.info(group_balance.describe_balance(args, nothing_to_balance=weights is None))
         world = accelerator.num_processes
         self.steps_per_epoch = len(images) // world // args.train_batch_size // args.gradient_accumulation_steps
         if self.steps_per_epoch == 0:
