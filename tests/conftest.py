@@ -23,6 +23,7 @@ _HF_HOME = tempfile.mkdtemp(prefix="fairface-tests-hf-")
 os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"), HF_HUB_OFFLINE="1",
                   HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+import warm_python  # after the environment above: its server is started with it)
 
 # A UNet of 1.0 M parameters at 32 px: trains a few hundred steps in seconds on a laptop CPU.
 # --no-use_ema: EMA is on by default for full-data runs (off with --demo); tests that need it pass --use_ema after.
@@ -48,13 +49,31 @@ def parse_error(script, *argv):
 
 
 def run_script(script, *args, check=True, env=None, timeout=1800):
-    """Run ``python script args`` from the repo root; returns the CompletedProcess (stdout+stderr text)."""
-    result = subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    """Run ``python script args`` from the repo root; returns the CompletedProcess (stdout+stderr text).
+
+    A process of its own, forked by tests/warm_python.py with the libraries already imported (a cold
+    ``python`` where ``env`` changes what they read at import)."""
+    command, env = [os.path.join(REPO, script), *map(str, args)], {**os.environ, **(env or {})}
+    result = warm_python.run(command, REPO, env, timeout) or subprocess.run(
+        [sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
                              f"\n--- stderr\n{result.stderr[-6000:]}")
     return result
+
+
+def start_script(argv, log_path, cwd=REPO, env=None):
+    """Start ``python *argv`` in its own session (a process group to signal), stdout and stderr to ``log_path``;
+    forked warm where ``env`` allows (run_script). Returns a Popen-like process with ``log_path``."""
+    argv, env = [str(a) for a in argv], env or dict(os.environ)
+    open(log_path, "w").close()
+    process = warm_python.start(argv, cwd, env, log_path, new_session=True)
+    if process is None:
+        with open(log_path, "w") as log:
+            process = subprocess.Popen([sys.executable, *argv], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True)
+    process.log_path = log_path
+    return process
 
 
 def save_tiny_pipeline(folder, scheduler=None, **sampling_defaults):
@@ -131,15 +150,15 @@ def clean_python(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory):
-    """The demo recipe (train_fairface.py --demo, with framing) stopped after 5 epochs (315 steps): it draws the
+    """The demo recipe (train_fairface.py --demo, with framing) stopped after 4 epochs (252 steps): it draws the
     requested gender (tests/test_app.py's docstring) and framing (tests/test_framing.py); tests/test_distill.py
-    distils it. The suite's costliest fixture (about 6 minutes), trained once. FAIRFACE_APP_TEST_MODEL names an
+    distils it. The suite's costliest fixture (about 9 minutes on a busy 2-core machine at 5 epochs), trained once. FAIRFACE_APP_TEST_MODEL names an
     already trained one."""
     if os.environ.get("FAIRFACE_APP_TEST_MODEL"):
         return os.environ["FAIRFACE_APP_TEST_MODEL"]
     root = tmp_path_factory.mktemp("app-model")
     run_script("train_fairface.py", "--demo", "--dataset_name", root / "data", "--output_dir", root / "demo",
-               "--preprocess_cache", root / "cache", "--num_epochs", "5", "--save_model_epochs", "5",
-               "--save_images_epochs", "5", "--checkpointing_steps", "100000", "--report_to", "none",
+               "--preprocess_cache", root / "cache", "--num_epochs", "4", "--save_model_epochs", "4",
+               "--save_images_epochs", "4", "--checkpointing_steps", "100000", "--report_to", "none",
                "--framing_condition")
     return str(root / "demo")

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, start_script
 from test_resume import COMMON, data160, finish, resumed_from, saving, wait_for  # noqa: F401 (data160: fixture)
 
 TINY_DEMO = ["--num_epochs", "1", "--max_train_steps", "4", "--checkpointing_steps", "2", "--report_to", "none",
@@ -28,11 +28,7 @@ def test_quick_start_resumes_with_the_command_it_prints(tmp_path):
     command, from the same folder, resumes (it was refused: the record held the relative data path)."""
     command = [sys.executable, os.path.join(REPO, "train_fairface.py"), "--demo", *TINY_DEMO]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIRFACE_TEST_SAVE_FAULT": "2:pause"}
-    log = tmp_path / "1.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    process.log_path = log
+    process = start_script(command[1:], tmp_path / "1.log", cwd=tmp_path, env=env)
     wait_for(saving(str(tmp_path / "fairface-demo"), 2), process, "checkpoint-2")
     os.killpg(process.pid, signal.SIGINT)
     code, output = finish(process)
@@ -41,10 +37,9 @@ def test_quick_start_resumes_with_the_command_it_prints(tmp_path):
     assert hint in output, output[-4000:]
     extra = shlex.split(output.split(hint, 1)[1].splitlines()[0])
     assert extra == ["--resume_from_checkpoint", "latest"]
-    resumed = subprocess.run(command + extra, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                             env={**env, "FAIRFACE_TEST_SAVE_FAULT": ""})
-    output = resumed.stdout + resumed.stderr
-    assert resumed.returncode == 0, output[-4000:]
+    code, output = finish(start_script(command[1:] + extra, tmp_path / "2.log", cwd=tmp_path,
+                                       env={**env, "FAIRFACE_TEST_SAVE_FAULT": ""}))
+    assert code == 0, output[-4000:]
     assert resumed_from(output) == "resumed from fairface-demo/checkpoint-2 at step 2"
     assert "done: 4 steps" in output
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_MODEL_ARGS, free_port
+from conftest import REPO, TINY_MODEL_ARGS, free_port, start_script
 from utils.run import checkpoints
 
 STEPS = 12  # 1.2 epochs
@@ -34,12 +34,13 @@ WEIGHT_FOLDERS = ("unet", "condition_encoder", "unet_ema", "condition_encoder_em
 def launch(args, log_path, env=None, nproc=1, script="train_fairface.py"):
     """Start ``script`` (torchrun with ``nproc`` CPU processes) in its own session, output to log_path."""
     script = os.path.join(REPO, script)
-    command = [sys.executable, script] if nproc == 1 else [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-        str(free_port()), script]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(free_port()), script]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}  # 1 thread: fast on a busy CI machine too
     if nproc > 1:
         env.update(ACCELERATE_USE_CPU="true")
+    if nproc == 1:
+        return start_script([script, *args], log_path, env=env)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command + [str(a) for a in args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)

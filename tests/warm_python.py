@@ -1,0 +1,232 @@
+"""A Python with the libraries already imported, that forks a fresh process for each script run (a "zygote").
+
+Each script the tests run as a user would (``python train_fairface.py ...``) used to pay 5-8 s of imports (torch,
+diffusers, transformers, datasets) before doing anything, about 150 times a suite. This server imports them once,
+then forks one child per run: the child is a process of its own (its pid, session, cwd, environment, argv, stdout
+and stderr files, exit status, signals) that runs the script as ``__main__`` and exits as Python exits (atexit,
+non-daemon threads joined, an uncaught exception's traceback and status 1). Only the import of the libraries is
+shared, and this repository's own modules are imported afresh by every child.
+
+The tests call ``start`` (below), which returns a Popen-like ``WarmProcess``, or None where the run needs a cold
+Python: an environment that differs from the tests' own in a variable the libraries read at import (HF_HOME, a
+PYTHONPATH), or FAIRFACE_TEST_COLD=1 (every run cold: how to check that a failure is not this server's). The
+server, ``python tests/warm_python.py SOCKET STATUS_DIR``, is started on the first run and reads one JSON request
+per connection on its Unix socket; the reply is the child's pid. When a child ends, its
+``os.waitstatus_to_exitcode`` is written to STATUS_DIR/<request id>. It exits when its parent (pytest) is gone.
+"""
+
+import atexit
+import importlib
+import itertools
+import json
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ("train_fairface", "sample_fairface", "make_grid", "generate_dataset", "distill_fairface",
+           "evaluate_fairface", "evaluate_cas")
+# Imported inside functions by the scripts or by the libraries on first use (trackers, evaluation models, Parquet).
+LAZY = ("datasets", "pyarrow.parquet", "transformers", "torch.utils.tensorboard", "safetensors.torch",
+        "accelerate.utils", "diffusers.schedulers", "scipy.linalg", "tqdm.auto", "PIL.Image")
+
+
+def preload():
+    """Import what the scripts import, then forget this repository's modules (each child imports them anew, so
+    their import-time state is a child's own) while the libraries stay loaded."""
+    sys.path.insert(0, REPO)
+    for name in (*SCRIPTS, *LAZY):
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # a missing optional library: that child imports (and fails) as it would
+            print(f"warm_python: not preloaded {name}: {error}", file=sys.stderr)
+    ours = [name for name, module in sys.modules.items()
+            if name in SCRIPTS or name == "utils" or name.startswith("utils.")
+            or os.path.dirname(getattr(module, "__file__", None) or "/") == REPO]
+    for name in ours:
+        del sys.modules[name]
+    sys.path.remove(REPO)
+
+
+def run_child(request):
+    """In the forked child: become the script's process, run it as __main__, exit as `python script` exits."""
+    if request["new_session"]:
+        os.setsid()
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    stderr = stdout if request["stderr"] == request["stdout"] else os.open(request["stderr"],
+                                                                         os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        os.dup2(fd, target)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():  # what OpenMP reads at start-up; no parallel region has run before the fork
+        import torch
+        torch.set_num_threads(int(threads))
+    script = request["argv"][0]
+    sys.argv = list(request["argv"])
+    sys.path[0] = os.path.dirname(os.path.realpath(script))
+    runpy.run_path(script, run_name="__main__")
+    sys.exit(0)  # SystemExit and uncaught exceptions leave through the interpreter's own exit
+
+
+def reap(status_dir, children):
+    """Write the exit status of every child that ended (negative: killed by that signal, as Popen says)."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        request_id = children.pop(pid, None)
+        if request_id is not None:
+            path = os.path.join(status_dir, request_id)
+            with open(path + ".tmp", "w") as f:
+                f.write(str(os.waitstatus_to_exitcode(status)))
+            os.replace(path + ".tmp", path)
+
+
+def serve(socket_path, status_dir):
+    parent = os.getppid()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(16)
+    listener.settimeout(0.02)
+    children = {}
+    print("ready", flush=True)
+    while os.getppid() == parent:
+        reap(status_dir, children)
+        try:
+            connection, _ = listener.accept()
+        except socket.timeout:
+            continue
+        connection.settimeout(None)
+        with connection.makefile("r") as lines:
+            request = json.loads(lines.readline())
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            connection.close()
+            run_child(request)  # never returns: the child leaves through SystemExit or an exception
+        children[pid] = request["id"]
+        connection.sendall(f"{pid}\n".encode())
+        connection.close()
+
+
+# ------------------------------------------------------------------------------------------------ client (pytest)
+# Read at run time, not at import: a child may differ from the tests' environment in these (and FAIRFACE_TEST_*).
+RUN_TIME_VARIABLES = ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU")
+SERVER_ENV = dict(os.environ)  # the tests' environment as tests/conftest.py set it (before any monkeypatch)
+_server = {}
+_request_ids = itertools.count()
+
+
+class WarmProcess:
+    """The part of subprocess.Popen the tests use, for a child of the server (not of this process)."""
+
+    def __init__(self, args, pid, status_path):
+        self.args, self.pid, self.returncode, self._status_path = args, pid, None, status_path
+
+    def poll(self):
+        if self.returncode is None and os.path.exists(self._status_path):
+            with open(self._status_path) as f:
+                self.returncode = int(f.read())
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def send_signal(self, sig):
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self):
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
+def _warm_enough(env):
+    if os.environ.get("FAIRFACE_TEST_COLD") == "1":
+        return False
+    keys = set(env) | set(SERVER_ENV)
+    return all(env.get(key) == SERVER_ENV.get(key) for key in keys
+               if key not in RUN_TIME_VARIABLES and not key.startswith("FAIRFACE_TEST_"))
+
+
+def _connect():
+    """The server's socket path and status folder, starting it on first use; None if it cannot start."""
+    if "socket" not in _server:
+        folder = tempfile.mkdtemp(prefix="fairface-warm-")
+        socket_path, status_dir = os.path.join(folder, "socket"), os.path.join(folder, "status")
+        os.mkdir(status_dir)
+        log = open(os.path.join(folder, "server.log"), "w")
+        process = subprocess.Popen([sys.executable, os.path.abspath(__file__), socket_path, status_dir],
+                                   stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
+                                   env=SERVER_ENV)
+        atexit.register(process.kill)
+        ready = process.stdout.readline().strip() == "ready"
+        _server.update(socket=socket_path if ready else None, status_dir=status_dir)
+        if not ready:
+            print(f"warm_python: the server did not start (see {log.name}); scripts run cold", file=sys.stderr)
+    return _server["socket"], _server["status_dir"]
+
+
+def start(argv, cwd, env, stdout, stderr=None, new_session=False):
+    """Run ``python *argv`` as a child of the server: a WarmProcess, or None (run it cold) where ``env`` needs it.
+    ``stdout``/``stderr``: file paths the child appends to (the same path for both: one log)."""
+    if not _warm_enough(env):
+        return None
+    socket_path, status_dir = _connect()
+    if socket_path is None:
+        return None
+    request_id = str(next(_request_ids))
+    request = dict(id=request_id, argv=[str(a) for a in argv], cwd=str(cwd), env=env, stdout=str(stdout),
+                   stderr=str(stderr or stdout), new_session=new_session)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(socket_path)
+        connection.sendall((json.dumps(request) + "\n").encode())
+        pid = int(connection.makefile("r").readline())
+    return WarmProcess(request["argv"], pid, os.path.join(status_dir, request_id))
+
+
+def run(argv, cwd, env, timeout):
+    """Like subprocess.run(capture_output=True, text=True): a CompletedProcess, or None to run it cold."""
+    with tempfile.TemporaryDirectory(prefix="fairface-warm-run-") as folder:
+        out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
+        process = start(argv, cwd, env, out, err)
+        if process is None:
+            return None
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+        texts = []
+        for path in (out, err):
+            with open(path, errors="replace") if os.path.exists(path) else open(os.devnull) as f:
+                texts.append(f.read())
+        return subprocess.CompletedProcess(process.args, process.returncode, *texts)
+
+
+if __name__ == "__main__":
+    preload()
+    serve(sys.argv[1], sys.argv[2])
