@@ -1,8 +1,8 @@
 """Distilled student vs its teacher, side by side in one run, at the same UNet evaluations per image.
 
 For the teacher and each student (``--teacher``, ``--students``: pipeline folders, or a distillation run's
-``checkpoint-N/`` folders for a training-length curve) it samples every one of the
-126 conditions ``--seeds_per_condition`` times, all settings interleaved batch by batch on the same noise
+``checkpoint-N/`` folders for a training-length curve) it samples each of ``--conditions`` (all 126 by default)
+``--seeds_per_condition`` times, all settings interleaved batch by batch on the same noise
 (benchmarks/sampler_sweep.py's ``sample_interleaved``), and prints per setting:
 
 * **UNet evals/image** (counted by a forward hook) and **all three** attributes read back by
@@ -47,14 +47,23 @@ def parse_args(argv=None):
     add("--teacher", required=True, help="The teacher's pipeline folder.")
     add("--students", nargs="+", required=True, help="Students distilled from it (distill_fairface.py outputs or "
         "their checkpoint-N/ folders).")
-    add("--seeds_per_condition", type=int, default=2, help="Images per condition (126 conditions).")
+    add("--conditions", nargs="+", default=["all"], metavar="ID", help="Condition ids, ranges such as 0-13, or "
+        "'all' (default: all 126; fewer for a quick look, as the tests do).")
+    add("--seeds_per_condition", type=int, default=2, help="Images per condition.")
     add("--batch_size", type=int, default=16)
     add("--seed_loop_images", type=int, default=2, help="Images drawn with the seed project's 1000-step loop.")
     add("--student_steps", type=int, nargs="+", default=STUDENT_STEPS,
         help="Each student's sampler steps to measure (default: %(default)s).")
     add("--threads", type=int, default=1, help="torch threads; 1 keeps CPU time comparable on a shared CPU.")
     add("--device", default="cpu")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    from utils.model.conditions import parse_condition_ids
+
+    try:
+        args.conditions = parse_condition_ids(args.conditions)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def pixel_features(images):
@@ -150,7 +159,7 @@ def main(args):
         defaults[student] = pipe.config.sampling_defaults
         pipes.update({f"{name}, {n} step{'s' * (n > 1)}": (pipe, dict(num_inference_steps=n))
                       for n in args.student_steps})
-    pairs = [(c, 1000 + k * NUM_CONDITIONS + c) for k in range(args.seeds_per_condition) for c in range(NUM_CONDITIONS)]
+    pairs = [(c, 1000 + k * NUM_CONDITIONS + c) for k in range(args.seeds_per_condition) for c in args.conditions]
     conditions, seeds = [decode_condition(c) for c, _ in pairs], [s for _, s in pairs]
     images, cpu, wall, evals = sample_interleaved(pipes, conditions, seeds, args.batch_size, args.device)
 
@@ -180,8 +189,8 @@ def main(args):
     header = ["setting", "UNet evals/image", "all three", "95 % CI", "age", "gender", "race", "worst group (vs mean)",
               "Fréchet (16x16 px)", "sharpness vs real", "images/s (wall)", "speed vs teacher default (CPU)",
               "(wall)", "vs seed loop"]
-    print(f"\n## Distillation: {args.teacher} (126 conditions x {args.seeds_per_condition} seeds, batch "
-          f"{args.batch_size}, {args.device}, {args.threads} thread(s))\n")
+    print(f"\n## Distillation: {args.teacher} ({len(args.conditions)} conditions x {args.seeds_per_condition} seeds, "
+          f"batch {args.batch_size}, {args.device}, {args.threads} thread(s))\n")
     print(markdown_table(header, rows))
     floor = frechet_distance_between(pixel_features(real_faces(conditions, teacher.unet.config.sample_size, 1)),
                                      real_features)

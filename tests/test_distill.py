@@ -211,9 +211,11 @@ def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student,
     also for a run not yet released (its sampler from the run's record), never against another teacher."""
     checkpoint = os.path.join(student, f"checkpoint-{STEPS // 2}")
     result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "distillation.py"), "--teacher", tiny_run,
-                             "--students", student, checkpoint, "--seeds_per_condition", "1", "--seed_loop_images",
-                             "1", "--student_steps", "1", "2"], capture_output=True, text=True, timeout=900)
+                             "--students", student, checkpoint, "--conditions", "0-13", "--seeds_per_condition", "1",
+                             "--seed_loop_images", "1", "--student_steps", "1", "2"], capture_output=True, text=True,
+                            timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "(14 conditions x 1 seeds" in result.stdout  # the 14 ages 0-2 conditions: a quick look
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()
             if line.startswith("| ") and "evals" not in line}
     assert rows["teacher, 2 steps"] == "4" and rows["student, 2 steps"] == "2"
