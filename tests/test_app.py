@@ -1,8 +1,8 @@
 """app.py served and used as people use it (issue 12): headless Chromium clicks through the page, gradio_client
 calls the ``generate`` endpoint, and ``utils.data.demo_data.measure_attributes`` reads the faces that came back.
 
-The model is the demo recipe (``train_fairface.py --demo``) stopped after 4 epochs (252 steps): the fidelity
-benchmark measured gender right on 99.2 % of its images at 315 steps with guidance 2 (README, *Conditioning
+The model is the demo recipe (``train_fairface.py --demo``) stopped after 5 epochs (315 steps): the fidelity
+benchmark measured gender right on 99.2 % of its images at that step with guidance 2 (README, *Conditioning
 fidelity*), while age and race are learned later. So the page is asked for full conditions and the test checks
 gender, both ways (Female, then Male), and the framing control (wide, the page's default, then tight): the model is
 trained with --framing_condition. FAIRFACE_APP_TEST_MODEL names an already trained model (with framing) to use

@@ -28,7 +28,7 @@ FAST = ["--num_inference_steps", "3"]
 
 @pytest.fixture(scope="module")
 def framing_run(demo_model):
-    """A model trained with the framing condition: the demo recipe's first 252 steps (conftest's demo_model, shared
+    """A model trained with the framing condition: the demo recipe's 315 steps (conftest's demo_model, shared
     with tests/test_app.py and tests/test_distill.py, so the suite trains it once)."""
     return demo_model
 
