@@ -23,7 +23,7 @@ _HF_HOME = tempfile.mkdtemp(prefix="fairface-tests-hf-")
 os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"), HF_HUB_OFFLINE="1",
                   HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
                   PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-import warm_python  # after the environment above: its server is started with it)
+import warm_python  # after the environment above: its server is started with it
 
 # A UNet of 1.0 M parameters at 32 px: trains a few hundred steps in seconds on a laptop CPU.
 # --no-use_ema: EMA is on by default for full-data runs (off with --demo); tests that need it pass --use_ema after.

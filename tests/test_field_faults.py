@@ -26,9 +26,9 @@ TINY_DEMO = ["--num_epochs", "1", "--max_train_steps", "4", "--checkpointing_ste
 def test_quick_start_resumes_with_the_command_it_prints(tmp_path):
     """A first `--demo` run (its data not generated yet) stopped by Ctrl-C prints how to resume; that exact
     command, from the same folder, resumes (it was refused: the record held the relative data path)."""
-    command = [sys.executable, os.path.join(REPO, "train_fairface.py"), "--demo", *TINY_DEMO]
+    command = [os.path.join(REPO, "train_fairface.py"), "--demo", *TINY_DEMO]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FAIRFACE_TEST_SAVE_FAULT": "2:pause"}
-    process = start_script(command[1:], tmp_path / "1.log", cwd=tmp_path, env=env)
+    process = start_script(command, tmp_path / "1.log", cwd=tmp_path, env=env)
     wait_for(saving(str(tmp_path / "fairface-demo"), 2), process, "checkpoint-2")
     os.killpg(process.pid, signal.SIGINT)
     code, output = finish(process)
@@ -37,7 +37,7 @@ def test_quick_start_resumes_with_the_command_it_prints(tmp_path):
     assert hint in output, output[-4000:]
     extra = shlex.split(output.split(hint, 1)[1].splitlines()[0])
     assert extra == ["--resume_from_checkpoint", "latest"]
-    code, output = finish(start_script(command[1:] + extra, tmp_path / "2.log", cwd=tmp_path,
+    code, output = finish(start_script(command + extra, tmp_path / "2.log", cwd=tmp_path,
                                        env={**env, "FAIRFACE_TEST_SAVE_FAULT": ""}))
     assert code == 0, output[-4000:]
     assert resumed_from(output) == "resumed from fairface-demo/checkpoint-2 at step 2"

@@ -34,13 +34,12 @@ WEIGHT_FOLDERS = ("unet", "condition_encoder", "unet_ema", "condition_encoder_em
 def launch(args, log_path, env=None, nproc=1, script="train_fairface.py"):
     """Start ``script`` (torchrun with ``nproc`` CPU processes) in its own session, output to log_path."""
     script = os.path.join(REPO, script)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(free_port()), script]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}  # 1 thread: fast on a busy CI machine too
-    if nproc > 1:
-        env.update(ACCELERATE_USE_CPU="true")
     if nproc == 1:
         return start_script([script, *args], log_path, env=env)
+    env.update(ACCELERATE_USE_CPU="true")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(free_port()), script]
     with open(log_path, "w") as log:
         process = subprocess.Popen(command + [str(a) for a in args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)

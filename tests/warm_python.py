@@ -66,6 +66,8 @@ def run_child(request):
                                                                          os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
         os.dup2(fd, target)
+    for fd in {stdin, stdout, stderr} - {0, 1, 2}:  # the script's process holds only its three standard streams
+        os.close(fd)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads and threads.isdigit():  # what OpenMP reads at start-up; no parallel region has run before the fork
