@@ -4,7 +4,8 @@ Each script the tests run as a user would (``python train_fairface.py ...``) use
 diffusers, transformers, datasets) before doing anything, about 150 times a suite. This server imports them once,
 then forks one child per run: the child is a process of its own (its pid, session, cwd, environment, argv, stdout
 and stderr files, exit status, signals) that runs the script as ``__main__`` and exits as Python exits (atexit,
-non-daemon threads joined, an uncaught exception's traceback and status 1). Only the import of the libraries is
+non-daemon threads joined, an uncaught exception's traceback and status 1), without the interpreter's teardown of
+every loaded module (3 s a run). Only the import of the libraries is
 shared, and this repository's own modules are imported afresh by every child.
 
 The tests call ``start`` (below), which returns a Popen-like ``WarmProcess``, or None where the run needs a cold
@@ -16,6 +17,7 @@ per connection on its Unix socket; the reply is the child's pid. When a child en
 """
 
 import atexit
+import contextlib
 import importlib
 import itertools
 import json
@@ -26,6 +28,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,8 +79,41 @@ def run_child(request):
     script = request["argv"][0]
     sys.argv = list(request["argv"])
     sys.path[0] = os.path.dirname(os.path.realpath(script))
-    runpy.run_path(script, run_name="__main__")
-    sys.exit(0)  # SystemExit and uncaught exceptions leave through the interpreter's own exit
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exit_:
+        code = exit_code(exit_.code)
+    except KeyboardInterrupt:  # uncaught: Python prints it, then dies of SIGINT (status -2)
+        sys.excepthook(*sys.exc_info())
+        code = -signal.SIGINT
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    leave(code)
+
+
+def exit_code(value):
+    """The status ``sys.exit(value)`` gives: None 0, an int itself, anything else printed and 1."""
+    if value is None or isinstance(value, int):
+        return value or 0
+    print(value, file=sys.stderr)
+    return 1
+
+
+def leave(code):
+    """Exit as the interpreter does, minus its teardown of every loaded module (about 3 s with torch, diffusers and
+    transformers loaded, at every run): non-daemon threads joined, atexit callbacks (loggers, trackers, temporary
+    folders), the standard streams flushed, then the status. A script's own files are closed by the script."""
+    threading._shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if code < 0:  # died of a signal, as Python does for an uncaught KeyboardInterrupt
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
 
 
 def reap(status_dir, children):
@@ -104,7 +140,7 @@ def serve(socket_path, status_dir):
     listener.listen(16)
     listener.settimeout(0.02)
     children = {}
-    print("ready", flush=True)
+    print("ready", json.dumps(dict(os.environ)), flush=True)  # with what its imports set (TORCHINDUCTOR_CACHE_DIR)
     while os.getppid() == parent:
         reap(status_dir, children)
         try:
@@ -128,7 +164,8 @@ def serve(socket_path, status_dir):
 
 # ------------------------------------------------------------------------------------------------ client (pytest)
 # Read at run time, not at import: a child may differ from the tests' environment in these (and FAIRFACE_TEST_*).
-RUN_TIME_VARIABLES = ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU")
+# PYTEST_CURRENT_TEST: pytest sets it for every test, so a child sees the test it runs for, as a cold one would.
+RUN_TIME_VARIABLES = ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU", "PYTEST_CURRENT_TEST")
 SERVER_ENV = dict(os.environ)  # the tests' environment as tests/conftest.py set it (before any monkeypatch)
 _server = {}
 _request_ids = itertools.count()
@@ -165,16 +202,16 @@ class WarmProcess:
         self.send_signal(signal.SIGKILL)
 
 
-def _warm_enough(env):
-    if os.environ.get("FAIRFACE_TEST_COLD") == "1":
-        return False
-    keys = set(env) | set(SERVER_ENV)
-    return all(env.get(key) == SERVER_ENV.get(key) for key in keys
+def _warm_enough(env, server_env):
+    """Whether ``env`` is the server's, but for variables read at run time: the tests' environment, or the server's
+    own after its imports (the tests import the same libraries, which set the same variables)."""
+    keys = set(env) | set(SERVER_ENV) | set(server_env)
+    return all(env.get(key) in (SERVER_ENV.get(key), server_env.get(key)) for key in keys
                if key not in RUN_TIME_VARIABLES and not key.startswith("FAIRFACE_TEST_"))
 
 
 def _connect():
-    """The server's socket path and status folder, starting it on first use; None if it cannot start."""
+    """The server: {socket, status_dir, env}, started on first use; None if it cannot start."""
     if "socket" not in _server:
         folder = tempfile.mkdtemp(prefix="fairface-warm-")
         socket_path, status_dir = os.path.join(folder, "socket"), os.path.join(folder, "status")
@@ -184,21 +221,24 @@ def _connect():
                                    stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True,
                                    env=SERVER_ENV)
         atexit.register(process.kill)
-        ready = process.stdout.readline().strip() == "ready"
-        _server.update(socket=socket_path if ready else None, status_dir=status_dir)
-        if not ready:
+        word, _, server_env = process.stdout.readline().partition(" ")
+        if word == "ready":
+            _server.update(socket=socket_path, status_dir=status_dir, env=json.loads(server_env))
+        else:
+            _server.update(socket=None)
             print(f"warm_python: the server did not start (see {log.name}); scripts run cold", file=sys.stderr)
-    return _server["socket"], _server["status_dir"]
+    return _server if _server["socket"] else None
 
 
 def start(argv, cwd, env, stdout, stderr=None, new_session=False):
     """Run ``python *argv`` as a child of the server: a WarmProcess, or None (run it cold) where ``env`` needs it.
     ``stdout``/``stderr``: file paths the child appends to (the same path for both: one log)."""
-    if not _warm_enough(env):
+    if os.environ.get("FAIRFACE_TEST_COLD") == "1":
         return None
-    socket_path, status_dir = _connect()
-    if socket_path is None:
+    server = _connect()
+    if server is None or not _warm_enough(env, server["env"]):
         return None
+    socket_path, status_dir = server["socket"], server["status_dir"]
     request_id = str(next(_request_ids))
     request = dict(id=request_id, argv=[str(a) for a in argv], cwd=str(cwd), env=env, stdout=str(stdout),
                    stderr=str(stderr or stdout), new_session=new_session)
