@@ -9,7 +9,6 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -210,11 +209,9 @@ def test_benchmark_compares_a_release_and_a_checkpoint_with_the_teacher(student,
     (a training-length curve): a row per setting with its UNet evaluations counted, the checkpoint's weights used,
     also for a run not yet released (its sampler from the run's record), never against another teacher."""
     checkpoint = os.path.join(student, f"checkpoint-{STEPS // 2}")
-    result = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "distillation.py"), "--teacher", tiny_run,
-                             "--students", student, checkpoint, "--conditions", "0-13", "--seeds_per_condition", "1",
-                             "--seed_loop_images", "1", "--student_steps", "1", "2"], capture_output=True, text=True,
-                            timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_script(os.path.join("benchmarks", "distillation.py"), "--teacher", tiny_run, "--students", student,
+                        checkpoint, "--conditions", "0-13", "--seeds_per_condition", "1", "--seed_loop_images", "1",
+                        "--student_steps", "1", "2", timeout=900)
     assert "(14 conditions x 1 seeds" in result.stdout  # the 14 ages 0-2 conditions: a quick look
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in result.stdout.splitlines()
             if line.startswith("| ") and "evals" not in line}
