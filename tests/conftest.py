@@ -20,30 +20,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 _HF_HOME = tempfile.mkdtemp(prefix="fairface-tests-hf-")
-# Torch threads per process: with pytest-xdist's workers (-n 2, what CI runs) one each, so the workers share the
-# cores instead of spin-waiting on each other's; alone, the 2 cores of the development machine.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"), HF_HUB_OFFLINE="1",
                   HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
-                  PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1" if _WORKERS > 1 else "2"))
+                  PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
 import warm_python  # after the environment above: its server is started with it
 
 # A UNet of 1.0 M parameters at 32 px: trains a few hundred steps in seconds on a laptop CPU.
 # --no-use_ema: EMA is on by default for full-data runs (off with --demo); tests that need it pass --use_ema after.
 TINY_MODEL_ARGS = ["--resolution", "32", "--block_out_channels", "32", "64", "--layers_per_block", "1",
                    "--cross_attention_dim", "32", "--report_to", "none", "--lr_warmup_steps", "10", "--no-use_ema"]
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist (`-n 2`, pytest.ini's `--dist loadgroup`): a worker runs a whole test file, so a file's
-    module fixtures (trained references, served apps) are built once, and every test of the shared demo model
-    (conftest's costliest fixture) runs on one worker, which trains it once. Its group is the first one handed out
-    (tests/test_app.py is collected first; pytest.ini's --no-loadscope-reorder keeps that order)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        for item in items:
-            group = "demo_model" if "demo_model" in item.fixturenames else item.module.__name__
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def free_port():

@@ -21,6 +21,7 @@ SCRIPTS = {
         sys.stdout.write("no newline")
         """,
     "sys.exit(3)": "import sys; print('x'); sys.exit(3)",
+    "sys.exit(-1)": "import sys; sys.exit(-1)",
     "sys.exit(message)": "import sys; sys.exit('a message')",
     "uncaught exception": "raise ValueError('boom')",
     "uncaught KeyboardInterrupt": "raise KeyboardInterrupt",

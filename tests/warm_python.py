@@ -79,18 +79,18 @@ def run_child(request):
     script = request["argv"][0]
     sys.argv = list(request["argv"])
     sys.path[0] = os.path.dirname(os.path.realpath(script))
+    code, killed_by = 0, None
     try:
         runpy.run_path(script, run_name="__main__")
-        code = 0
     except SystemExit as exit_:
         code = exit_code(exit_.code)
     except KeyboardInterrupt:  # uncaught: Python prints it, then dies of SIGINT (status -2)
         sys.excepthook(*sys.exc_info())
-        code = -signal.SIGINT
+        killed_by = signal.SIGINT
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
-    leave(code)
+    leave(code, killed_by)
 
 
 def exit_code(value):
@@ -101,7 +101,7 @@ def exit_code(value):
     return 1
 
 
-def leave(code):
+def leave(code, killed_by=None):
     """Exit as the interpreter does, minus its teardown of every loaded module (about 3 s with torch, diffusers and
     transformers loaded, at every run): non-daemon threads joined, atexit callbacks (loggers, trackers, temporary
     folders), the standard streams flushed, then the status. A script's own files are closed by the script."""
@@ -110,9 +110,9 @@ def leave(code):
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    if code < 0:  # died of a signal, as Python does for an uncaught KeyboardInterrupt
-        signal.signal(-code, signal.SIG_DFL)
-        os.kill(os.getpid(), -code)
+    if killed_by is not None:  # as Python ends after an uncaught KeyboardInterrupt
+        signal.signal(killed_by, signal.SIG_DFL)
+        os.kill(os.getpid(), killed_by)
     os._exit(code & 0xFF)
 
 
