@@ -31,7 +31,8 @@ SCRIPTS = {
 
 def test_scripts_run_warm_inside_a_test(tmp_path):
     """A script a test runs is a child of the warm server, not a cold Python started by pytest (an environment
-    variable pytest sets per test, and one torch sets at import, once made every run cold)."""
+    variable pytest sets per test, one torch sets at import and one app.py sets once made every later run cold).
+    This file runs last: what an earlier test left in the environment shows here."""
     script = tmp_path / "parent.py"
     script.write_text("import os; print(os.getppid())")
     assert int(run_script(script).stdout) != os.getpid()

@@ -1,12 +1,12 @@
 """A Python with the libraries already imported, that forks a fresh process for each script run (a "zygote").
 
-Each script the tests run as a user would (``python train_fairface.py ...``) used to pay 5-8 s of imports (torch,
+Each script the tests run as a user would (``python train_fairface.py ...``) used to pay 5-12 s of imports (torch,
 diffusers, transformers, datasets) before doing anything, about 150 times a suite. This server imports them once,
 then forks one child per run: the child is a process of its own (its pid, session, cwd, environment, argv, stdout
 and stderr files, exit status, signals) that runs the script as ``__main__`` and exits as Python exits (atexit,
 non-daemon threads joined, an uncaught exception's traceback and status 1), without the interpreter's teardown of
-every loaded module (3 s a run). Only the import of the libraries is
-shared, and this repository's own modules are imported afresh by every child.
+every loaded module (3 s a run). Only the import of the libraries is shared, and this repository's own modules are
+imported afresh by every child.
 
 The tests call ``start`` (below), which returns a Popen-like ``WarmProcess``, or None where the run needs a cold
 Python: an environment that differs from the tests' own in a variable the libraries read at import (HF_HOME, a
@@ -165,7 +165,8 @@ def serve(socket_path, status_dir):
 # ------------------------------------------------------------------------------------------------ client (pytest)
 # Read at run time, not at import: a child may differ from the tests' environment in these (and FAIRFACE_TEST_*).
 # PYTEST_CURRENT_TEST: pytest sets it for every test, so a child sees the test it runs for, as a cold one would.
-RUN_TIME_VARIABLES = ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU", "PYTEST_CURRENT_TEST")
+# GRADIO_ANALYTICS_ENABLED: app.py sets it when a test imports it; gradio is not preloaded (a child reads it itself).
+RUN_TIME_VARIABLES = ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU", "PYTEST_CURRENT_TEST", "GRADIO_ANALYTICS_ENABLED")
 SERVER_ENV = dict(os.environ)  # the tests' environment as tests/conftest.py set it (before any monkeypatch)
 _server = {}
 _request_ids = itertools.count()
