@@ -22,13 +22,32 @@ sys.path.insert(0, REPO)
 _HF_HOME = tempfile.mkdtemp(prefix="fairface-tests-hf-")
 os.environ.update(HF_HOME=_HF_HOME, HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"), HF_HUB_OFFLINE="1",
                   HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
-                  PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+                  GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
 import warm_python  # after the environment above: its server is started with it
 
 # A UNet of 1.0 M parameters at 32 px: trains a few hundred steps in seconds on a laptop CPU.
 # --no-use_ema: EMA is on by default for full-data runs (off with --demo); tests that need it pass --use_ema after.
 TINY_MODEL_ARGS = ["--resolution", "32", "--block_out_channels", "32", "64", "--layers_per_block", "1",
                    "--cross_attention_dim", "32", "--report_to", "none", "--lr_warmup_steps", "10", "--no-use_ema"]
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test starts with the environment the previous one started with: a variable a test or a library it calls
+    in this process sets (gradio's Blocks sets HF_HUB_DISABLE_TELEMETRY) would otherwise reach every later test, and
+    send every later script run cold (tests/warm_python.py)."""
+    before = dict(os.environ)
+    yield
+    if os.environ != before:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How the session's script runs started: warm (forked by tests/warm_python.py) or cold, and why cold."""
+    if warm_python.RUNS:
+        runs = ", ".join(f"{count} {kind}" for kind, count in warm_python.RUNS.most_common())
+        terminalreporter.write_line(f"script runs: {runs}")
 
 
 def free_port():

@@ -29,6 +29,17 @@ SCRIPTS = {
 }
 
 
+def test_a_library_sets_a_variable_in_this_process():
+    """gradio's Blocks (built in-process by test_distill) sets HF_HUB_DISABLE_TELEMETRY: from that test on, stop 37's
+    whole suite ran every script cold. The next test checks that it does not outlive this one."""
+    import gradio as gr
+
+    before = os.environ.get("HF_HUB_DISABLE_TELEMETRY")
+    with gr.Blocks():
+        pass
+    assert os.environ.get("HF_HUB_DISABLE_TELEMETRY") != before
+
+
 def test_scripts_run_warm_inside_a_test(tmp_path):
     """A script a test runs is a child of the warm server, not a cold Python started by pytest (an environment
     variable pytest sets per test, one torch sets at import and one app.py sets once made every later run cold).
@@ -37,6 +48,7 @@ def test_scripts_run_warm_inside_a_test(tmp_path):
     script.write_text("import os; print(os.getppid())")
     assert int(run_script(script).stdout) != os.getpid()
     assert int(run_script(script, env={"OMP_NUM_THREADS": "1"}).stdout) != os.getpid()
+    assert int(run_script(script, env={"HF_HOME": str(tmp_path)}).stdout) == os.getpid()  # read at import: cold
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -17,6 +17,7 @@ per connection on its Unix socket; the reply is the child's pid. When a child en
 """
 
 import atexit
+import collections
 import contextlib
 import importlib
 import itertools
@@ -168,6 +169,7 @@ def serve(socket_path, status_dir):
 # GRADIO_ANALYTICS_ENABLED: app.py sets it when a test imports it; gradio is not preloaded (a child reads it itself).
 RUN_TIME_VARIABLES = ("OMP_NUM_THREADS", "ACCELERATE_USE_CPU", "PYTEST_CURRENT_TEST", "GRADIO_ANALYTICS_ENABLED")
 SERVER_ENV = dict(os.environ)  # the tests' environment as tests/conftest.py set it (before any monkeypatch)
+RUNS = collections.Counter()  # "warm", or "cold: <the variables that made it cold>": the suite's summary prints it
 _server = {}
 _request_ids = itertools.count()
 
@@ -203,12 +205,17 @@ class WarmProcess:
         self.send_signal(signal.SIGKILL)
 
 
-def _warm_enough(env, server_env):
-    """Whether ``env`` is the server's, but for variables read at run time: the tests' environment, or the server's
-    own after its imports (the tests import the same libraries, which set the same variables)."""
+def _differences(env, server_env):
+    """The variables in which ``env`` is not the server's, but for those read at run time: a value must be the tests'
+    environment's, or the server's own after its imports (the tests import the same libraries, which set the same
+    variables)."""
     keys = set(env) | set(SERVER_ENV) | set(server_env)
-    return all(env.get(key) in (SERVER_ENV.get(key), server_env.get(key)) for key in keys
-               if key not in RUN_TIME_VARIABLES and not key.startswith("FAIRFACE_TEST_"))
+    return sorted(key for key in keys if env.get(key) not in (SERVER_ENV.get(key), server_env.get(key))
+                  and key not in RUN_TIME_VARIABLES and not key.startswith("FAIRFACE_TEST_"))
+
+
+def _cold(reason):
+    RUNS[f"cold: {reason}"] += 1
 
 
 def _connect():
@@ -235,10 +242,15 @@ def start(argv, cwd, env, stdout, stderr=None, new_session=False):
     """Run ``python *argv`` as a child of the server: a WarmProcess, or None (run it cold) where ``env`` needs it.
     ``stdout``/``stderr``: file paths the child appends to (the same path for both: one log)."""
     if os.environ.get("FAIRFACE_TEST_COLD") == "1":
-        return None
-    server = _connect()
-    if server is None or not _warm_enough(env, server["env"]):
-        return None
+        return _cold("FAIRFACE_TEST_COLD=1")
+    # A variable the test itself changed needs a cold run: known before the server is started (13 s of imports).
+    differences = _differences(env, dict(os.environ))
+    server = None if differences else _connect()
+    if server is not None:
+        differences = _differences(env, server["env"])
+    if differences or server is None:
+        return _cold(", ".join(differences) or "no server")
+    RUNS["warm"] += 1
     socket_path, status_dir = server["socket"], server["status_dir"]
     request_id = str(next(_request_ids))
     request = dict(id=request_id, argv=[str(a) for a in argv], cwd=str(cwd), env=env, stdout=str(stdout),
