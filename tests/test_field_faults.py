@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, start_script
+from conftest import REPO, start_script, torchrun
 from test_resume import COMMON, data160, finish, resumed_from, saving, wait_for  # noqa: F401 (data160: fixture)
 
 TINY_DEMO = ["--num_epochs", "1", "--max_train_steps", "4", "--checkpointing_steps", "2", "--report_to", "none",
@@ -414,9 +414,9 @@ def _two_gloo_ranks(script):
 
     script.write_text(script.read_text() + "accelerator.wait_for_everyone()\n"
                       "from utils.run.distributed import leave_process_group\nleave_process_group()\n")
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                             str(free_port()), str(script)], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(torchrun(["--nproc_per_node", "2", "--master_port", free_port()], script, env=env),
+                            capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -541,14 +541,12 @@ def test_two_machines_of_two_processes_on_their_own_disks_each_build_the_cache(d
     port, nodes = free_port(), []
     try:
         for node in (0, 1):
-            command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "2",
-                       "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", str(port),
-                       str(script), data160, str(tmp_path / f"cache{node}")]
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "PYTHONPATH": REPO}
+            command = torchrun(["--nnodes", "2", "--nproc_per_node", "2", "--node_rank", node, "--master_addr",
+                                "127.0.0.1", "--master_port", port], script, data160, tmp_path / f"cache{node}", env=env)
             with open(tmp_path / f"node{node}.log", "w") as log:
                 nodes.append(subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                              start_new_session=True, env={
-                                                  **os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true",
-                                                  "PYTHONPATH": REPO}))
+                                              start_new_session=True, env=env))
         codes = [node.wait(timeout=300) for node in nodes]
     finally:
         for node in nodes:

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, free_port, parse_error, run_script
+from conftest import REPO, free_port, parse_error, run_script, torchrun
 from test_hub import fake_hub_env, files_under
 
 # 3 conditions x 2 framings x 2 images = 12 rows in 4 shards of 3; 2 sampler steps keep each run in seconds.
@@ -107,11 +107,10 @@ def test_rerun_of_a_finished_dataset_changes_nothing(dataset, tiny_run):
 def test_two_processes_write_the_same_bytes(dataset, tiny_run, tmp_path):
     """torchrun, 2 CPU processes on gloo: shards k % 2 each, the same dataset bitwise."""
     output_dir = tmp_path / "tiny-synthetic"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), os.path.join(REPO, "generate_dataset.py"), "--model", tiny_run, "--output_dir",
-               str(output_dir), *COMMON]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, **ONE_THREAD, "ACCELERATE_USE_CPU": "true"})
+    env = {**os.environ, **ONE_THREAD, "ACCELERATE_USE_CPU": "true"}
+    command = torchrun(["--nproc_per_node", "2", "--master_port", free_port()], os.path.join(REPO, "generate_dataset.py"),
+                       "--model", tiny_run, "--output_dir", output_dir, *COMMON, env=env)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stdout
     assert shard_bytes(output_dir) == shard_bytes(dataset[0])

@@ -10,11 +10,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, free_port
+from conftest import REPO, free_port, torchrun
 from test_resume import COMMON, assert_same_run, finish, run
 
 pytestmark = pytest.mark.e2e  # every test here trains a model or runs a script
@@ -32,10 +31,9 @@ def data160(tmp_path_factory):
 
 def launch_node(node_rank, port, args, log_path):
     """One "machine": torchrun --nnodes 2 --nproc_per_node 1 --node_rank R, rendezvous at 127.0.0.1:port."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-               "--node_rank", str(node_rank), "--master_addr", "127.0.0.1", "--master_port", str(port),
-               os.path.join(REPO, "train_fairface.py"), *map(str, args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    command = torchrun(["--nnodes", "2", "--nproc_per_node", "1", "--node_rank", node_rank, "--master_addr",
+                        "127.0.0.1", "--master_port", port], os.path.join(REPO, "train_fairface.py"), *args, env=env)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
@@ -116,11 +114,10 @@ def test_logged_loss_is_the_mean_over_every_process(tmp_path):
     """utils/run/step_metrics: each rank's window mean differs (2 and 3); both log the global batch's 2.5."""
     script = tmp_path / "window.py"
     script.write_text(LOGGED_LOSS_SCRIPT)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script),
-                             str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+    result = subprocess.run(torchrun(["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                                      free_port()], script, tmp_path, env=env),
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     windows = [(tmp_path / f"window{rank}.txt").read_text() for rank in (0, 1)]
     assert windows == ["{'loss': 2.5, 'grad_norm': 0.5}"] * 2, windows

@@ -13,14 +13,13 @@ import glob
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, TINY_MODEL_ARGS, free_port, start_script
+from conftest import REPO, TINY_MODEL_ARGS, free_port, start_script, torchrun
 from utils.run import checkpoints
 
 STEPS = 12  # 1.2 epochs
@@ -38,10 +37,9 @@ def launch(args, log_path, env=None, nproc=1, script="train_fairface.py"):
     if nproc == 1:
         return start_script([script, *args], log_path, env=env)
     env.update(ACCELERATE_USE_CPU="true")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(free_port()), script]
+    command = torchrun(["--nproc_per_node", nproc, "--master_port", free_port()], script, *args, env=env)
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command + [str(a) for a in args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
     process.log_path = log_path
     return process

@@ -3,14 +3,13 @@
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, TINY_MODEL_ARGS, free_port, parse_error, run_script
+from conftest import REPO, TINY_MODEL_ARGS, free_port, parse_error, run_script, torchrun
 from utils.data import fairface
 from utils.labels import RACES, decode_condition
 from utils.model.pipeline import generate, load_pipeline
@@ -119,12 +118,12 @@ def test_full_data_defaults_are_ema_and_framing():
 @pytest.mark.e2e
 def test_two_process_cpu_run_writes_one_set_of_outputs(demo_dataset, tmp_path):
     output_dir = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               os.path.join(REPO, "train_fairface.py"), "--dataset_name", demo_dataset, "--output_dir",
-               str(output_dir), *TINY_MODEL_ARGS, "--train_batch_size", "8", "--num_epochs", "1",
-               "--max_train_steps", "6", "--checkpointing_steps", "3", "--save_model_epochs", "1"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true"}
+    command = torchrun(["--nproc_per_node", "2", "--master_port", free_port()], os.path.join(REPO, "train_fairface.py"),
+                       "--dataset_name", demo_dataset, "--output_dir", output_dir, *TINY_MODEL_ARGS,
+                       "--train_batch_size", "8", "--num_epochs", "1", "--max_train_steps", "6",
+                       "--checkpointing_steps", "3", "--save_model_epochs", "1", env=env)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 process(es)" in result.stderr
     assert sorted(n for n in os.listdir(output_dir) if n.startswith(("checkpoint-", "epoch_"))) == \

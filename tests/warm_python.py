@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import runpy
+import select
 import signal
 import socket
 import subprocess
@@ -61,13 +62,18 @@ def run_child(request):
     """In the forked child: become the script's process, run it as __main__, exit as `python script` exits."""
     if request["new_session"]:
         os.setsid()
+    if request.get("watch"):
+        die_with(request["watch"])
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    stdin = os.open(os.devnull, os.O_RDONLY)
-    stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    stderr = stdout if request["stderr"] == request["stdout"] else os.open(request["stderr"],
-                                                                         os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    if request.get("stdio"):  # a torchrun worker's own three streams (tests/warm_worker.py), passed over the socket
+        stdin, stdout, stderr = request["stdio"]
+    else:
+        stdin = os.open(os.devnull, os.O_RDONLY)
+        stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        stderr = stdout if request["stderr"] == request["stdout"] else os.open(
+            request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
         os.dup2(fd, target)
     for fd in {stdin, stdout, stderr} - {0, 1, 2}:  # the script's process holds only its three standard streams
@@ -80,6 +86,8 @@ def run_child(request):
     script = request["argv"][0]
     sys.argv = list(request["argv"])
     sys.path[0] = os.path.dirname(os.path.realpath(script))
+    if os.environ.get("PYTHONPATH") == REPO:  # as Python puts it: after the script's folder (_differences allows it)
+        sys.path.insert(1, REPO)
     code, killed_by = 0, None
     try:
         runpy.run_path(script, run_name="__main__")
@@ -92,6 +100,22 @@ def run_child(request):
         sys.excepthook(*sys.exc_info())
         code = 1
     leave(code, killed_by)
+
+
+def die_with(pid):
+    """A torchrun worker's script runs here while torchrun holds its stand-in (tests/warm_worker.py): when that
+    process dies (SIGKILL from torchrun or a test), this one's process group is killed too, as the worker's
+    would be."""
+    try:
+        watched = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os.killpg(0, signal.SIGKILL)
+
+    def watch():
+        select.select([watched], [], [])
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="warm_python.die_with").start()
 
 
 def exit_code(value):
@@ -134,6 +158,17 @@ def reap(status_dir, children):
             os.replace(path + ".tmp", path)
 
 
+def receive(connection):
+    """One request (a JSON line) and the file descriptors sent with it (a torchrun worker's standard streams)."""
+    data, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+    while not data.endswith(b"\n"):
+        more = connection.recv(1 << 20)
+        if not more:
+            break
+        data += more
+    return json.loads(data), fds
+
+
 def serve(socket_path, status_dir):
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -149,8 +184,9 @@ def serve(socket_path, status_dir):
         except socket.timeout:
             continue
         connection.settimeout(None)
-        with connection.makefile("r") as lines:
-            request = json.loads(lines.readline())
+        request, fds = receive(connection)
+        if fds:
+            request["stdio"] = fds
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -158,6 +194,8 @@ def serve(socket_path, status_dir):
             listener.close()
             connection.close()
             run_child(request)  # never returns: the child leaves through SystemExit or an exception
+        for fd in fds:
+            os.close(fd)
         children[pid] = request["id"]
         connection.sendall(f"{pid}\n".encode())
         connection.close()
@@ -211,7 +249,8 @@ def _differences(env, server_env):
     variables)."""
     keys = set(env) | set(SERVER_ENV) | set(server_env)
     return sorted(key for key in keys if env.get(key) not in (SERVER_ENV.get(key), server_env.get(key))
-                  and key not in RUN_TIME_VARIABLES and not key.startswith("FAIRFACE_TEST_"))
+                  and key not in RUN_TIME_VARIABLES and not key.startswith("FAIRFACE_TEST_")
+                  and not (key == "PYTHONPATH" and env[key] == REPO))  # this repository only: no sitecustomize
 
 
 def _cold(reason):
@@ -219,7 +258,7 @@ def _cold(reason):
 
 
 def _connect():
-    """The server: {socket, status_dir, env}, started on first use; None if it cannot start."""
+    """The server: {socket, status_dir, env, pid}, started on first use; None if it cannot start."""
     if "socket" not in _server:
         folder = tempfile.mkdtemp(prefix="fairface-warm-")
         socket_path, status_dir = os.path.join(folder, "socket"), os.path.join(folder, "status")
@@ -231,16 +270,16 @@ def _connect():
         atexit.register(process.kill)
         word, _, server_env = process.stdout.readline().partition(" ")
         if word == "ready":
-            _server.update(socket=socket_path, status_dir=status_dir, env=json.loads(server_env))
+            _server.update(socket=socket_path, status_dir=status_dir, env=json.loads(server_env), pid=process.pid)
         else:
             _server.update(socket=None)
             print(f"warm_python: the server did not start (see {log.name}); scripts run cold", file=sys.stderr)
     return _server if _server["socket"] else None
 
 
-def start(argv, cwd, env, stdout, stderr=None, new_session=False):
-    """Run ``python *argv`` as a child of the server: a WarmProcess, or None (run it cold) where ``env`` needs it.
-    ``stdout``/``stderr``: file paths the child appends to (the same path for both: one log)."""
+def server_for(env):
+    """The server ({socket, status_dir, env}) if a Python started with ``env`` may be its child, else None (the
+    reason is counted in RUNS)."""
     if os.environ.get("FAIRFACE_TEST_COLD") == "1":
         return _cold("FAIRFACE_TEST_COLD=1")
     # A variable the test itself changed needs a cold run: known before the server is started (13 s of imports).
@@ -250,6 +289,15 @@ def start(argv, cwd, env, stdout, stderr=None, new_session=False):
         differences = _differences(env, server["env"])
     if differences or server is None:
         return _cold(", ".join(differences) or "no server")
+    return server
+
+
+def start(argv, cwd, env, stdout, stderr=None, new_session=False):
+    """Run ``python *argv`` as a child of the server: a WarmProcess, or None (run it cold) where ``env`` needs it.
+    ``stdout``/``stderr``: file paths the child appends to (the same path for both: one log)."""
+    server = server_for(env)
+    if server is None:
+        return None
     RUNS["warm"] += 1
     socket_path, status_dir = server["socket"], server["status_dir"]
     request_id = str(next(_request_ids))
