@@ -40,9 +40,12 @@ def _environment_restored():
     send every later script run cold (tests/warm_python.py)."""
     before = dict(os.environ)
     yield
-    if os.environ != before:
-        os.environ.clear()
-        os.environ.update(before)
+    for key in set(before) | set(os.environ):
+        if key != "PYTEST_CURRENT_TEST" and os.environ.get(key) != before.get(key):  # pytest's own, per test phase
+            if key in before:
+                os.environ[key] = before[key]
+            else:
+                del os.environ[key]
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -88,7 +91,10 @@ def torchrun(launcher_flags, script, *args, env=None):
     it starts a user's; where ``env`` (default: this process's) allows, that worker is a stand-in whose script is
     forked from the warm Python (tests/warm_worker.py): 12 s of imports and 3 s of teardown less per worker."""
     launcher = [sys.executable, "-m", "torch.distributed.run", *map(str, launcher_flags)]
-    server = warm_python.server_for(dict(os.environ) if env is None else env)
+    env = dict(os.environ) if env is None else env
+    # Without OMP_NUM_THREADS, the scripts ask their parent's environment whether the user chose a thread count
+    # (utils/run/distributed.py): a warm worker's parent is the server, so that run is cold.
+    server = warm_python.server_for(env) if "OMP_NUM_THREADS" in env else warm_python._cold("torchrun's threads")
     if server is None:
         return [*launcher, str(script), *map(str, args)]
     warm_python.RUNS["warm torchrun"] += 1

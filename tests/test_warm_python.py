@@ -49,6 +49,7 @@ def test_scripts_run_warm_inside_a_test(tmp_path):
     """A script a test runs is a child of the warm server, not a cold Python started by pytest (an environment
     variable pytest sets per test, one torch sets at import and one app.py sets once made every later run cold).
     This file runs last: what an earlier test left in the environment shows here."""
+    assert os.environ.get("HF_HUB_DISABLE_TELEMETRY") == "1"  # as tests/conftest.py set it, whatever ran before
     script = tmp_path / "parent.py"
     script.write_text("import os; print(os.getppid())")
     assert int(run_script(script).stdout) != os.getpid()
@@ -72,6 +73,8 @@ rank = int(os.environ["RANK"])
 print(f"rank {rank} of {os.environ['WORLD_SIZE']}, parent {os.getppid()}", flush=True)
 if sys.argv[1] == "fail":
     sys.exit(3 if rank == 1 else 0)
+if sys.argv[1] == "killed" and rank == 1:
+    os.kill(os.getpid(), signal.SIGKILL)
 with open(os.path.join(sys.argv[2], f"{rank}.pid"), "w") as f:
     f.write(str(os.getpid()))
 signal.signal(signal.SIGTERM, lambda *_: (print(f"rank {rank} got SIGTERM", flush=True), sys.exit(0)))
@@ -85,20 +88,21 @@ def _torchrun_rank_script(tmp_path, mode, env):
     return torchrun(["--nproc_per_node", "2", "--master_port", free_port()], script, mode, tmp_path, env=env)
 
 
-def test_a_warm_torchrun_worker_ends_as_a_cold_one(tmp_path):
+@pytest.mark.parametrize("mode, says", [("fail", "exitcode  : 3"), ("killed", "Signal 9 (SIGKILL)")])
+def test_a_warm_torchrun_worker_ends_as_a_cold_one(mode, says, tmp_path):
     """conftest.torchrun: torchrun starts each worker as it starts a user's, and the worker's script runs forked from
-    the warm Python; what torchrun prints and returns for a rank that fails is the cold run's."""
+    the warm Python; what torchrun prints and returns for a rank that exits 3 or is killed is the cold run's."""
     env = dict(os.environ)
-    warm_command = _torchrun_rank_script(tmp_path, "fail", env)
+    warm_command = _torchrun_rank_script(tmp_path, mode, env)
     assert "--no-python" in warm_command
     warm = subprocess.run(warm_command, capture_output=True, text=True, timeout=120, env=env)
     cold_command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    str(free_port()), str(tmp_path / "ranks.py"), "fail", str(tmp_path)]
+                    str(free_port()), str(tmp_path / "ranks.py"), mode, str(tmp_path)]
     cold = subprocess.run(cold_command, capture_output=True, text=True, timeout=120, env=env)
     assert warm.returncode == cold.returncode == 1
     for result in (warm, cold):
         assert "rank 0 of 2" in result.stdout and "rank 1 of 2" in result.stdout, result.stdout
-        assert "exitcode  : 3" in result.stderr and "rank      : 1" in result.stderr, result.stderr[-2000:]
+        assert says in result.stderr and "rank      : 1" in result.stderr, result.stderr[-2000:]
     parents = {line.rsplit(" ", 1)[1] for line in warm.stdout.splitlines() if line.startswith("rank ")}
     assert str(warm_python._connect()["pid"]) in parents  # forked by the server, not started by torchrun
 
@@ -126,8 +130,9 @@ def test_signals_to_a_warm_worker_reach_its_script(tmp_path):
         assert "rank 0 got SIGTERM" in (tmp_path / "log").read_text()
         assert not _alive(scripts[0])
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(launcher.pid, signal.SIGKILL)
+        for pid in [launcher.pid, *[int(p.read_text()) for p in tmp_path.glob("*.pid")]]:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def _alive(pid):

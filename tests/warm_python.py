@@ -62,8 +62,6 @@ def run_child(request):
     """In the forked child: become the script's process, run it as __main__, exit as `python script` exits."""
     if request["new_session"]:
         os.setsid()
-    if request.get("watch"):
-        die_with(request["watch"])
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -78,6 +76,9 @@ def run_child(request):
         os.dup2(fd, target)
     for fd in {stdin, stdout, stderr} - {0, 1, 2}:  # the script's process holds only its three standard streams
         os.close(fd)
+    if request.get("watch"):
+        die_with(request["watch"])
+    os.close(request["started"])  # the server replies now: a signal sent from here on reaches this session
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads and threads.isdigit():  # what OpenMP reads at start-up; no parallel region has run before the fork
@@ -110,9 +111,17 @@ def die_with(pid):
         watched = os.pidfd_open(pid)
     except ProcessLookupError:
         os.killpg(0, signal.SIGKILL)
+    except OSError:  # no pidfd (Linux before 5.3, a seccomp filter): ask every 0.1 s instead
+        watched = None
 
     def watch():
-        select.select([watched], [], [])
+        if watched is not None:
+            select.select([watched], [], [])
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                while True:
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True, name="warm_python.die_with").start()
@@ -184,21 +193,38 @@ def serve(socket_path, status_dir):
         except socket.timeout:
             continue
         connection.settimeout(None)
+        try:
+            handle(connection, listener, children)
+        except (OSError, ValueError) as error:  # a client that died mid-request, or fork failed: serve the next
+            print(f"warm_python: request failed: {error!r}", file=sys.stderr, flush=True)
+        finally:
+            connection.close()
+
+
+def handle(connection, listener, children):
+    """Fork the child a request asks for; reply with its pid once it is in its own session (signals land)."""
+    fds = []
+    try:
         request, fds = receive(connection)
         if fds:
             request["stdio"] = fds
         sys.stdout.flush()
         sys.stderr.flush()
+        started, request["started"] = os.pipe()
         pid = os.fork()
         if pid == 0:
             listener.close()
             connection.close()
+            os.close(started)
             run_child(request)  # never returns: the child leaves through SystemExit or an exception
+        children[pid] = request["id"]
+        os.close(request["started"])
+        os.read(started, 1)  # end of file: the child closed its end (or died)
+        os.close(started)
+        connection.sendall(f"{pid}\n".encode())
+    finally:
         for fd in fds:
             os.close(fd)
-        children[pid] = request["id"]
-        connection.sendall(f"{pid}\n".encode())
-        connection.close()
 
 
 # ------------------------------------------------------------------------------------------------ client (pytest)
@@ -250,7 +276,7 @@ def _differences(env, server_env):
     keys = set(env) | set(SERVER_ENV) | set(server_env)
     return sorted(key for key in keys if env.get(key) not in (SERVER_ENV.get(key), server_env.get(key))
                   and key not in RUN_TIME_VARIABLES and not key.startswith("FAIRFACE_TEST_")
-                  and not (key == "PYTHONPATH" and env[key] == REPO))  # this repository only: no sitecustomize
+                  and not (key == "PYTHONPATH" and env.get(key) == REPO))  # this repository only: no sitecustomize
 
 
 def _cold(reason):

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -33,24 +34,44 @@ def main():
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
-    request_id = f"worker-{os.getpid()}"
+    request_id = f"worker-{uuid.uuid4().hex}"
     request = {"id": request_id, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "new_session": True,
                "watch": os.getpid()}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.connect(socket_path)
-        socket.send_fds(connection, [(json.dumps(request) + "\n").encode()], [0, 1, 2])
-        script_session.append(int(connection.makefile("r").readline()))
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(socket_path)
+            socket.send_fds(connection, [(json.dumps(request) + "\n").encode()], [0, 1, 2])
+            script_session.append(int(connection.makefile("r").readline()))
+    except (OSError, ValueError) as error:  # no server (it died): the worker torchrun would have started, cold
+        print(f"warm_worker: {error!r}; running {argv[0]} cold", file=sys.stderr, flush=True)
+        os.execv(sys.executable, [sys.executable, "-u", *argv])
     for sig in pending:
         forward(sig, None)
-    status_path = os.path.join(status_dir, request_id)
+    os._exit(wait_for_status(os.path.join(status_dir, request_id), script_session[0]))
+
+
+def wait_for_status(status_path, pid):
+    """The script's exit status as the server wrote it; 1 if the script is gone and no status came (no server)."""
+    gone_since = None
     while not os.path.exists(status_path):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            gone_since = gone_since or time.monotonic()
+            if time.monotonic() - gone_since > 2:
+                print(f"warm_worker: the script (pid {pid}) ended and the server wrote no status", file=sys.stderr)
+                return 1
         time.sleep(0.02)
     with open(status_path) as f:
         code = int(f.read())
+    os.remove(status_path)
     if code < 0:  # killed by a signal: so is this process, with the default action
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-    os._exit(code & 0xFF)
+        time.sleep(1)  # a signal whose default action is not to end the process: end with 128 + its number
+        return 128 - code
+    return code
 
 
 if __name__ == "__main__":
