@@ -329,11 +329,21 @@ def start(argv, cwd, env, stdout, stderr=None, new_session=False):
     request_id = str(next(_request_ids))
     request = dict(id=request_id, argv=[str(a) for a in argv], cwd=str(cwd), env=env, stdout=str(stdout),
                    stderr=str(stderr or stdout), new_session=new_session)
+    pid = fork_script(socket_path, request)
+    return WarmProcess(request["argv"], pid, os.path.join(status_dir, request_id))
+
+
+def fork_script(socket_path, request, fds=()):
+    """Send one request (and ``fds``, the standard streams of a torchrun worker's stand-in) to the server; the pid
+    of the child it forked."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         connection.connect(socket_path)
-        connection.sendall((json.dumps(request) + "\n").encode())
-        pid = int(connection.makefile("r").readline())
-    return WarmProcess(request["argv"], pid, os.path.join(status_dir, request_id))
+        message = (json.dumps(request) + "\n").encode()
+        if fds:
+            socket.send_fds(connection, [message], list(fds))
+        else:
+            connection.sendall(message)
+        return int(connection.makefile("r").readline())
 
 
 def run(argv, cwd, env, timeout):

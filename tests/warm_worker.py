@@ -10,13 +10,13 @@ are a user's; only the script's imports are shared.
 """
 
 import contextlib
-import json
 import os
 import signal
-import socket
 import sys
 import time
 import uuid
+
+import warm_python  # its client half: standard library only, imported in milliseconds
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -38,10 +38,7 @@ def main():
     request = {"id": request_id, "argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), "new_session": True,
                "watch": os.getpid()}
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.connect(socket_path)
-            socket.send_fds(connection, [(json.dumps(request) + "\n").encode()], [0, 1, 2])
-            script_session.append(int(connection.makefile("r").readline()))
+        script_session.append(warm_python.fork_script(socket_path, request, fds=(0, 1, 2)))
     except (OSError, ValueError) as error:  # no server (it died): the worker torchrun would have started, cold
         print(f"warm_worker: {error!r}; running {argv[0]} cold", file=sys.stderr, flush=True)
         os.execv(sys.executable, [sys.executable, "-u", *argv])
